@@ -1,0 +1,202 @@
+"""
+What a chat request carries, checked: the pure model shared by the request
+parsing (L{inkflow.uploads}), the forwarder (L{inkflow.forward}) and the demo
+responder.  No reactor, no twisted.web.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from inkflow.errors import ApiError
+
+__all__ = [
+    "ChatBody",
+    "ChatMessage",
+    "UploadedFile",
+    "new_request_id",
+    "parse_chat",
+    "parse_json_body",
+]
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+ACTIONS = ("sendMessage", "loadPreviousSession")
+#: Largest accepted C{metadata}, as JSON text.
+MAX_METADATA_BYTES = 8 * 1024
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """
+    One attached file, spooled to disk.
+
+    @ivar path: the temp file holding the bytes.
+    @ivar filename: the sanitised name (Hebrew kept; no path parts).
+    @ivar content_type: the type detected from the bytes.
+    @ivar size: bytes.
+    """
+
+    path: str
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass
+class ChatBody:
+    """
+    A request body as received: fields (strings, or any JSON value for a JSON
+    body) and the files spooled to disk.  Owns the files until L{cleanup}.
+    """
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    files: list[UploadedFile] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        """
+        Remove every spooled file; safe to call more than once.
+        """
+        for f in self.files:
+            try:
+                os.unlink(f.path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # the cleanup loop removes what is left
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """
+    A validated chat request, ready to forward.
+    """
+
+    request_id: str
+    session_id: str
+    action: str
+    text: str
+    metadata: dict[str, Any]
+    files: tuple[UploadedFile, ...] = ()
+    session_generated: bool = False
+
+    def upstream_json(self) -> dict[str, Any]:
+        """
+        The JSON body n8n receives (contract: C{action, sessionId, chatInput,
+        metadata{requestId, source}}).
+        """
+        body: dict[str, Any] = {
+            "action": self.action,
+            "sessionId": self.session_id,
+            "chatInput": self.text,
+            "metadata": self.upstream_metadata(),
+        }
+        return body
+
+    def upstream_metadata(self) -> dict[str, Any]:
+        meta = dict(self.metadata)
+        meta["requestId"] = self.request_id
+        meta["source"] = "inkflow"
+        return meta
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_json_body(raw: bytes) -> ChatBody:
+    """
+    Parse a JSON request body into a L{ChatBody}.
+
+    @raise ApiError: 400 C{bad_request} for anything but a UTF-8 JSON object.
+    """
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError("bad_request", "the body is not valid UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError("bad_request", "the body must be a JSON object")
+    return ChatBody(fields=value)
+
+
+def _text_field(fields: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        if name in fields and fields[name] is not None:
+            value = fields[name]
+            if not isinstance(value, str):
+                raise ApiError("bad_request", f"{name} must be a string")
+            return value
+    return None
+
+
+def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: int) -> ChatMessage:
+    """
+    Validate a received body against the contract.
+
+    Accepts the plain shape C{{"message", "sessionId"}} and the @n8n/chat
+    widget's C{{"action", "sessionId", "chatInput", "metadata"}} (in JSON or as
+    multipart fields, C{metadata} then being a JSON string).
+
+    @raise ApiError: C{bad_request} or C{too_many_files}.
+    """
+    fields = body.fields
+    if len(body.files) > max_files:
+        raise ApiError("too_many_files", f"at most {max_files} files")
+
+    action = _text_field(fields, "action") or "sendMessage"
+    if action not in ACTIONS:
+        raise ApiError("bad_request", f"action must be one of {', '.join(ACTIONS)}")
+
+    session = _text_field(fields, "sessionId")
+    generated = False
+    if session is None or session == "":
+        if action == "loadPreviousSession":
+            raise ApiError("bad_request", "sessionId is required to load a session")
+        session = uuid.uuid4().hex
+        generated = True
+    elif not SESSION_ID.match(session):
+        raise ApiError("bad_request", "sessionId must be 1-128 of A-Z a-z 0-9 _ -")
+
+    text = _text_field(fields, "chatInput", "message")
+    if action == "sendMessage":
+        if text is None or not text.strip():
+            if not body.files:
+                raise ApiError("bad_request", "message is missing")
+            text = text or ""
+        if len(text) > max_chars:
+            raise ApiError("bad_request", f"message is longer than {max_chars} characters")
+        if "\x00" in text:
+            raise ApiError("bad_request", "message contains a NUL character")
+    else:
+        text = ""
+        if body.files:
+            raise ApiError("bad_request", "loadPreviousSession takes no files")
+
+    metadata = fields.get("metadata")
+    if metadata is None or metadata == "":
+        metadata = {}
+    elif isinstance(metadata, str):
+        if len(metadata.encode("utf-8")) > MAX_METADATA_BYTES:
+            raise ApiError("bad_request", "metadata is too large")
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            raise ApiError("bad_request", "metadata is not valid JSON") from None
+    if not isinstance(metadata, dict):
+        raise ApiError("bad_request", "metadata must be a JSON object")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ApiError("bad_request", "metadata is too large")
+
+    return ChatMessage(
+        request_id=request_id,
+        session_id=session,
+        action=action,
+        text=text,
+        metadata=metadata,
+        files=tuple(body.files),
+        session_generated=generated,
+    )
