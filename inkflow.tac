@@ -1,0 +1,18 @@
+# twistd -ny inkflow.tac: the same service as `twistd -n inkflow`, configured only by
+# INKFLOW_* environment variables and the TOML file named by INKFLOW_CONFIG.
+import os
+import sys
+
+from twisted.application import service
+
+from inkflow.settings import ConfigError, load_settings
+from inkflow.service import makeService
+
+try:
+    settings = load_settings(environ=os.environ)
+except ConfigError as e:
+    sys.stderr.write(f"inkflow: error: {e}\n")
+    raise SystemExit(2) from None
+
+application = service.Application("inkflow")
+makeService(settings).setServiceParent(application)

@@ -1,0 +1,195 @@
+"""
+The one place InkFlow is assembled: L{makeService}.
+
+The twistd plugin and C{inkflow.tac} both call it.  It builds a
+C{MultiService} of:
+
+ - the core service (L{InkFlowService}): owns the site, the n8n client and the
+   queue, and drains them on shutdown;
+ - the HTTP server on the C{--listen} endpoint;
+ - the cleanup loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
+
+from inkflow import __version__
+from inkflow.admission import ChatQueue, RateLimiter
+from inkflow.cleanup import Cleaner
+from inkflow.health import ProcessMetrics
+from inkflow.http import InkFlowRequest, InkFlowSite
+from inkflow.settings import Settings, describe
+from inkflow.web import InkFlowApp
+
+__all__ = ["InkFlowService", "makeService"]
+
+log = Logger()
+
+
+class InkFlowService(service.Service):
+    """
+    The core: on start, makes the upload folder; on stop, drains.
+
+    Drain: the listening port is closed by its own service; here the queue
+    stops taking work, idle connections close, busy ones finish their
+    response and close, for up to C{--drain-timeout}; whatever is left is
+    cut, and the n8n connection pool is closed.
+    """
+
+    name = "inkflow"
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        site: InkFlowSite,
+        app: InkFlowApp,
+        queue: ChatQueue,
+        pool: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.site = site
+        self.app = app
+        self.queue = queue
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
+        if self.settings.mode == "demo":
+            log.warn(
+                "No --webhook configured: chat is answered by the built-in demo responder (mode: demo)",
+            )
+        log.info(
+            "InkFlow {version} starting in {mode} mode, listening on {listen}",
+            version=__version__,
+            mode=self.settings.mode,
+            listen=self.settings.listen,
+            settings=describe(self.settings),
+        )
+        if not self.app.static.exists():
+            log.warn("The page is missing: no index.html in {static_dir}", static_dir=self.settings.static_dir)
+
+    async def _drain(self) -> None:
+        clock: IReactorTime = self.reactor
+        self.site.draining = True
+        self.queue.start_draining()
+        log.info(
+            "Draining: {connections} connections open, up to {timeout}s",
+            connections=len(self.site.channels),
+            timeout=self.settings.drain_timeout,
+        )
+        gone = self.site.drain()
+        if self.site.channels:
+            try:
+                await gone.addTimeout(self.settings.drain_timeout, clock)
+            except defer.TimeoutError:
+                log.warn(
+                    "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
+                )
+                self.site.abort_all()
+        if self.pool is not None:
+            await self.pool.closeCachedConnections()
+        log.info("Drained; stopping")
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._drain())
+
+
+def _access_logger(settings: Settings) -> Any:
+    if not settings.access_log:
+        return None
+    access = Logger(namespace="inkflow.access")
+
+    def log_request(request: InkFlowRequest) -> None:
+        access.info(
+            "{method} {uri} {status} {bytes}",
+            method=request.method.decode("latin-1"),
+            uri=request.uri[:300].decode("latin-1"),
+            status=request.code,
+            bytes=request.sentLength,
+            request_id=getattr(request, "request_id", None),
+        )
+
+    return log_request
+
+
+def _ignore_sighup(reactor: Any) -> None:
+    """
+    SIGHUP would kill the process silently (twistd installs no handler):
+    log it and carry on.  Log rotation is SIGUSR1 (twistd's own).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(log.info, "SIGHUP received and ignored (use SIGUSR1 to rotate the log file)")
+
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def makeService(settings: Settings, reactor: Any = None, *, install_signals: bool = True) -> service.MultiService:
+    """
+    Build the whole InkFlow service from its settings.
+
+    @param reactor: the reactor (also the clock); the global one when C{None}
+        (only here, at the edge).
+    @param install_signals: install the SIGHUP handler (off in tests).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    assert IReactorTime.providedBy(reactor) and IReactorCore.providedBy(reactor)
+
+    queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
+    rate_limiter = RateLimiter(settings.rate_limit, reactor)
+    cleaner = Cleaner(settings.upload_dir, reactor)
+
+    forwarder = None
+    pool = None
+    if settings.mode == "proxy":
+        from inkflow.forward import Forwarder, make_http_client
+
+        client, pool = make_http_client(reactor, settings)
+        forwarder = Forwarder(settings, client, reactor)
+
+    site_ref: list[InkFlowSite] = []
+
+    def site_stats() -> tuple[int, int, bool]:
+        site = site_ref[0]
+        return len(site.channels), site.connections_rejected, site.draining
+
+    app = InkFlowApp(
+        settings,
+        reactor,
+        forwarder=forwarder,
+        queue=queue,
+        rate_limiter=rate_limiter,
+        process_metrics=ProcessMetrics(),
+        site_stats=site_stats,
+        cleanup=cleaner,
+    )
+    site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _access_logger(settings))
+    site_ref.append(site)
+
+    top = service.MultiService()
+    InkFlowService(settings, reactor, site, app, queue, pool).setServiceParent(top)
+    cleaner.service(settings.cleanup_interval).setServiceParent(top)
+    http_service = strports.service(settings.listen, site, reactor=reactor)
+    http_service.setName("http")
+    http_service.setServiceParent(top)
+    if install_signals:
+        reactor.callWhenRunning(_ignore_sighup, reactor)
+    return top

@@ -1,0 +1,257 @@
+"""
+The page and its assets, served from memory.
+
+Files under the static folder are read once (and again when their size or
+modification time changes), with a strong ETag, Last-Modified and, for text,
+a gzip form made once.  Lookups refuse anything that could leave the folder:
+empty, C{.} or C{..} segments, dot-files, encoded slashes or backslashes, NUL,
+symlinks pointing outside.  Folders are never listed.
+
+Pure apart from reading files: the request object is only used through its
+header methods.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import mimetypes
+import os
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Protocol
+
+__all__ = ["StaticEntry", "StaticFiles"]
+
+#: Files larger than this are not cached (they are still served, read per request).
+MAX_CACHED_SIZE = 4 * 1024 * 1024
+
+TEXT_TYPES = (
+    "text/",
+    "application/javascript",
+    "application/json",
+    "image/svg+xml",
+    "application/manifest+json",
+    "application/xml",
+)
+
+EXTRA_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".txt": "text/plain; charset=utf-8",
+    ".woff2": "font/woff2",
+    ".woff": "font/woff",
+    ".ico": "image/x-icon",
+    ".webp": "image/webp",
+    ".map": "application/json",
+}
+
+
+class HeaderRequest(Protocol):
+    """
+    The part of a twisted.web request the static server uses.
+    """
+
+    method: bytes
+
+    def getHeader(self, key: str | bytes) -> str | bytes | None: ...
+
+    def setHeader(self, name: str | bytes, value: str | bytes) -> None: ...
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class StaticEntry:
+    path: str
+    size: int
+    mtime_ns: int
+    content_type: str
+    etag: str
+    last_modified: str
+    body: bytes
+    gzipped: bytes | None
+
+
+def _content_type(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in EXTRA_TYPES:
+        return EXTRA_TYPES[ext]
+    guessed, _ = mimetypes.guess_type(path)
+    if guessed is None:
+        return "application/octet-stream"
+    if guessed.startswith("text/"):
+        return guessed + "; charset=utf-8"
+    return guessed
+
+
+def _is_text(content_type: str) -> bool:
+    return content_type.startswith(TEXT_TYPES)
+
+
+def _safe_segment(segment: bytes | str) -> str | None:
+    if isinstance(segment, bytes):
+        try:
+            segment = segment.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not segment or segment.startswith(".") or any(c in segment for c in "/\\\0"):
+        return None
+    if any(ord(c) < 32 for c in segment):
+        return None
+    return segment
+
+
+class StaticFiles:
+    """
+    Serves one folder.
+
+    @param root: the folder.
+    @param cache_control: C{Cache-Control} for assets; HTML pages always get
+        C{no-cache} so a new page is seen at once.
+    """
+
+    def __init__(self, root: str, cache_control: str = "public, max-age=3600") -> None:
+        self.root = os.path.realpath(root)
+        self.cache_control = cache_control
+        self._cache: dict[str, StaticEntry] = {}
+
+    def exists(self) -> bool:
+        return os.path.isfile(os.path.join(self.root, "index.html"))
+
+    def resolve(self, segments: list[bytes] | list[str]) -> str | None:
+        """
+        The file a URL path names, or C{None} when it names nothing servable.
+        A trailing empty segment (C{/examples/}) means the folder's index.html.
+        """
+        parts: list[str] = []
+        for i, raw in enumerate(segments):
+            if raw in (b"", "") and i == len(segments) - 1:
+                parts.append("index.html")
+                continue
+            safe = _safe_segment(raw)
+            if safe is None:
+                return None
+            parts.append(safe)
+        if not parts:
+            parts = ["index.html"]
+        candidate = os.path.realpath(os.path.join(self.root, *parts))
+        if not candidate.startswith(self.root + os.sep):
+            return None
+        if os.path.isdir(candidate):
+            return None  # no listings; /folder (no slash) is not the index either
+        if not os.path.isfile(candidate):
+            return None
+        return candidate
+
+    def entry(self, path: str) -> StaticEntry | None:
+        """
+        The cached entry for C{path}, refreshed when the file changed.
+        """
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._cache.pop(path, None)
+            return None
+        cached = self._cache.get(path)
+        if cached is not None and cached.size == st.st_size and cached.mtime_ns == st.st_mtime_ns:
+            return cached
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+        except OSError:
+            return None
+        content_type = _content_type(path)
+        gzipped = None
+        if _is_text(content_type) and len(body) > 256:
+            packed = gzip.compress(body, compresslevel=9, mtime=0)
+            if len(packed) < len(body):
+                gzipped = packed
+        entry = StaticEntry(
+            path=path,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            content_type=content_type,
+            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+            last_modified=formatdate(st.st_mtime, usegmt=True),
+            body=body,
+            gzipped=gzipped,
+        )
+        if len(body) <= MAX_CACHED_SIZE:
+            self._cache[path] = entry
+        return entry
+
+    def render(self, request: HeaderRequest, segments: list[bytes] | list[str]) -> bytes | None:
+        """
+        Answer C{request} with the file C{segments} names: sets status and
+        headers, returns the body (empty for HEAD and 304).  C{None} when there
+        is no such file (the caller answers 404).
+        """
+        path = self.resolve(segments)
+        if path is None:
+            return None
+        entry = self.entry(path)
+        if entry is None:
+            return None
+        return self.respond(request, entry)
+
+    def respond(self, request: HeaderRequest, entry: StaticEntry) -> bytes:
+        is_html = entry.content_type.startswith("text/html")
+        request.setHeader(b"Content-Type", entry.content_type.encode())
+        request.setHeader(b"ETag", entry.etag.encode())
+        request.setHeader(b"Last-Modified", entry.last_modified.encode())
+        request.setHeader(b"Cache-Control", b"no-cache" if is_html else self.cache_control.encode())
+        if entry.gzipped is not None:
+            request.setHeader(b"Vary", b"Accept-Encoding")
+
+        if self._not_modified(request, entry):
+            request.setResponseCode(304)
+            return b""
+
+        body = entry.body
+        if entry.gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
+            body = entry.gzipped
+            request.setHeader(b"Content-Encoding", b"gzip")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        if request.method == b"HEAD":
+            return b""
+        return body
+
+    @staticmethod
+    def _not_modified(request: HeaderRequest, entry: StaticEntry) -> bool:
+        inm = request.getHeader(b"If-None-Match")
+        if inm is not None:
+            text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
+            tags = {t.strip().removeprefix("W/") for t in text.split(",")}
+            return entry.etag in tags or "*" in tags
+        ims = request.getHeader(b"If-Modified-Since")
+        if ims is not None:
+            text = ims.decode("latin-1") if isinstance(ims, bytes) else ims
+            try:
+                since = parsedate_to_datetime(text).timestamp()
+            except (TypeError, ValueError, IndexError):
+                return False
+            return int(entry.mtime_ns // 1_000_000_000) <= since
+        return False
+
+
+def _accepts_gzip(header: str | bytes | None) -> bool:
+    if not header:
+        return False
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    for item in text.split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False

@@ -1,0 +1,94 @@
+"""
+The twistd face of InkFlow: command-line options built from the one options
+table (L{inkflow.settings.OPTIONS}), turned into L{Settings}.
+
+A bad flag or value prints one line and exits with status 2: twistd would
+otherwise print its whole usage text, or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from inkflow.settings import OPTIONS, ConfigError, Settings, load_settings
+
+__all__ = ["Options", "makeService"]
+
+
+def _repeatable(name: str) -> Any:
+    def opt(self: Options, value: str) -> None:
+        self.setdefault(name, []).append(value)
+
+    opt.__doc__ = next(o.help for o in OPTIONS if o.name == name)
+    return opt
+
+
+class _OptionsBase(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "InkFlow: a Hebrew landing page with a chat that forwards to n8n.  Every option can also be set by an "
+        "environment variable INKFLOW_<OPTION> or a key in the TOML file given by --config "
+        "(precedence: flag > environment > file > default)."
+    )
+
+    optParameters: list[list[Any]] = [["config", None, None, "TOML file with settings (env: INKFLOW_CONFIG)"]]
+    optFlags: list[list[Any]] = []
+
+    settings: Settings
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if isinstance(e, _Handled):
+                raise SystemExit(2) from None
+            sys.stderr.write(f"inkflow: error: {e} (see: twistd inkflow --help)\n")
+            raise SystemExit(2) from None
+
+    def postOptions(self) -> None:
+        flags = dict(self)
+        for option in OPTIONS:
+            if option.is_flag:
+                # usage.Options stores 0 for an absent flag; absent must mean
+                # "not given" so the environment and the file can still set it.
+                flags[option.name] = True if flags.get(option.name) else None
+        try:
+            self.settings = load_settings(flags=flags, environ=os.environ, config_file=self.get("config"))
+        except ConfigError as e:
+            sys.stderr.write(f"inkflow: error: {e}\n")
+            raise _Handled(str(e)) from None
+
+
+class _Handled(usage.UsageError):
+    """
+    Already reported on stderr.
+    """
+
+
+def _build_options_class() -> type[usage.Options]:
+    namespace: dict[str, Any] = {
+        "optParameters": list(_OptionsBase.optParameters),
+        "optFlags": [],
+    }
+    for option in OPTIONS:
+        if option.is_flag:
+            namespace["optFlags"].append([option.name, None, option.help + f" (env: {option.env})"])
+        elif option.repeatable:
+            namespace["opt_" + option.name.replace("-", "_")] = _repeatable(option.name)
+        else:
+            namespace["optParameters"].append([option.name, None, None, option.help + f" (env: {option.env})"])
+    return type("Options", (_OptionsBase,), namespace)
+
+
+Options = _build_options_class()
+
+
+def makeService(options: usage.Options) -> IService:
+    from inkflow.service import makeService as make
+
+    return make(options.settings)  # type: ignore[attr-defined]

@@ -1,0 +1,309 @@
+"""
+InkFlow's routes: a Klein app bound to an instance, its collaborators passed
+in.  Errors become the contract's JSON in one place (L{InkFlowApp._error}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from inkflow.admission import ChatQueue, RateLimiter, client_ip
+from inkflow.bodies import BodySink, DiscardSink, JsonSink
+from inkflow.chat import ChatMessage, parse_chat
+from inkflow.demo import DemoResponder
+from inkflow.errors import ApiError, json_bytes
+from inkflow.health import HealthInputs, ProcessMetrics, build_health, readiness
+from inkflow.http import InkFlowRequest
+from inkflow.staticfiles import StaticFiles
+
+if TYPE_CHECKING:
+    from inkflow.settings import Settings
+
+__all__ = ["ChatForwarder", "InkFlowApp"]
+
+log = Logger()
+
+JSON_TYPE = b"application/json; charset=utf-8"
+#: Bytes allowed for a request body on routes that take none.
+NO_BODY_LIMIT = 64 * 1024
+
+
+class ChatForwarder(Protocol):
+    """
+    What the chat route needs from the n8n forwarder (L{inkflow.forward.Forwarder}).
+    """
+
+    def forward(self, message: ChatMessage, deadline: float) -> Awaitable[Any]: ...
+
+    def upstreams(self) -> list[dict[str, Any]]: ...
+
+
+class Stats(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class InkFlowApp:
+    """
+    The HTTP routes.
+
+    @param forwarder: forwards chat to n8n; C{None} means demo mode.
+    @param queue: the concurrency gate and bounded queue for chat.
+    @param rate_limiter: per-client chat rate limit.
+    @param cleanup: the cleanup loop's stats, for health.
+    @param site_stats: returns C{(active connections, rejected total, draining)}.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: IReactorTime,
+        *,
+        forwarder: ChatForwarder | None,
+        queue: ChatQueue,
+        rate_limiter: RateLimiter,
+        process_metrics: ProcessMetrics,
+        site_stats: Callable[[], tuple[int, int, bool]],
+        cleanup: Stats | None = None,
+        metrics_resource: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.forwarder = forwarder
+        self.demo = DemoResponder()
+        self.queue = queue
+        self.rate_limiter = rate_limiter
+        self.process_metrics = process_metrics
+        self.site_stats = site_stats
+        self.cleanup = cleanup
+        self.metrics_resource = metrics_resource
+        self.static = StaticFiles(settings.static_dir)
+        self.started = clock.seconds()
+        self._json_limit = settings.max_message_chars * 6 + 64 * 1024
+        self._cors = set(settings.cors_origin)
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- bodies ---------------------------------------------------------------
+
+    def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
+        """
+        Where a request's body goes, decided from its head alone.
+
+        @raise ApiError: the body is refused before it is read (413 from
+            C{Content-Length}, 415 for a content type chat does not take, 404
+            when chat is off).
+        """
+        if path != b"/api/chat" or method != b"POST":
+            if length is not None and length > NO_BODY_LIMIT:
+                raise ApiError("too_large", "this route takes no request body")
+            return DiscardSink(NO_BODY_LIMIT)
+        if self.settings.static_only:
+            raise ApiError("chat_disabled")
+        if length is not None and length > self.settings.max_body_size:
+            raise ApiError("too_large", f"the body may have at most {self.settings.max_body_size} bytes")
+        raw_type = (headers.getRawHeaders(b"Content-Type") or [b""])[0]
+        media = raw_type.split(b";", 1)[0].strip().lower()
+        if media == b"application/json":
+            if length is not None and length > self._json_limit:
+                raise ApiError("too_large", f"a JSON body may have at most {self._json_limit} bytes")
+            return JsonSink(self._json_limit)
+        if media == b"multipart/form-data":
+            from inkflow.uploads import MultipartSink
+
+            return MultipartSink(self.settings, raw_type)
+        raise ApiError("unsupported_type", "send application/json or multipart/form-data")
+
+    # -- responses ------------------------------------------------------------
+
+    @staticmethod
+    def _json(request: InkFlowRequest, value: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", JSON_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        body = json_bytes(value)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+    def _error(self, request: InkFlowRequest, error: ApiError) -> bytes:
+        for name, value in error.headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        if error.status in (408, 413) or error.status >= 500 and error.code == "internal_error":
+            request.setHeader(b"Connection", b"close")
+        return self._json(request, error.body(request.request_id), error.status)
+
+    def _cors_headers(self, request: InkFlowRequest) -> bool:
+        """
+        Add CORS headers when the request's origin is allowed.
+        """
+        origin = request.getHeader(b"Origin")
+        if not origin or not self._cors:
+            return False
+        request.setHeader(b"Vary", b"Origin")
+        if origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+            return False
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")
+        return True
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: InkFlowRequest, failure: Failure) -> bytes:
+        return self._error(request, failure.value)  # type: ignore[arg-type]
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: InkFlowRequest, failure: Failure) -> bytes:
+        allowed = sorted(set(getattr(failure.value, "valid_methods", None) or []))
+        error = ApiError("method_not_allowed", headers={"Allow": ", ".join(allowed)})
+        return self._error(request, error)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: InkFlowRequest, failure: Failure) -> bytes:
+        path = request.path.split(b"?", 1)[0]
+        is_api = path == b"/api" or path.startswith(b"/api/")
+        if not is_api and request.method in (b"GET", b"HEAD"):
+            segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
+            body = self.static.render(request, segments)
+            if body is not None:
+                return body
+        if not is_api and request.method not in (b"GET", b"HEAD"):
+            error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
+            return self._error(request, error)
+        return self._error(request, ApiError("not_found"))
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: InkFlowRequest, failure: Failure) -> bytes:
+        if failure.check(defer.CancelledError):
+            return b""  # the client went away; nobody reads this
+        log.failure("Unhandled error", failure=failure, request_id=request.request_id)
+        return self._error(request, ApiError("internal_error"))
+
+    # -- page -----------------------------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def page(self, request: InkFlowRequest) -> bytes:
+        body = self.static.render(request, [b"index.html"])
+        if body is None:
+            return self._error(request, ApiError("not_found", "the page is missing"))
+        return body
+
+    # -- health ---------------------------------------------------------------
+
+    def health_snapshot(self) -> dict[str, Any]:
+        active, rejected, draining = self.site_stats()
+        return build_health(
+            HealthInputs(
+                settings=self.settings,
+                uptime_s=self.clock.seconds() - self.started,
+                draining=draining,
+                connections_active=active,
+                connections_rejected=rejected,
+                queue=self.queue.snapshot(),
+                upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
+                process=self.process_metrics.read(),
+                cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},
+            )
+        )
+
+    @app.route("/api/health", methods=["GET", "HEAD"])
+    def health(self, request: InkFlowRequest) -> bytes:
+        return self._json(request, self.health_snapshot())
+
+    @app.route("/api/ready", methods=["GET", "HEAD"])
+    def ready(self, request: InkFlowRequest) -> bytes:
+        _, _, draining = self.site_stats()
+        queue = self.queue.snapshot()
+        ok, reason = readiness(
+            draining=draining,
+            queue_full=queue["depth"] >= self.settings.queue_size and queue["in_flight"] >= self.settings.max_concurrent,
+            upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
+        )
+        if ok:
+            return self._json(request, {"ready": True})
+        return self._json(request, {"ready": False, "reason": reason}, 503)
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    def metrics(self, request: InkFlowRequest) -> Any:
+        if self.metrics_resource is None:
+            raise NotFound()
+        return self.metrics_resource
+
+    # -- chat -----------------------------------------------------------------
+
+    @app.route("/api/chat", methods=["OPTIONS"])
+    def chat_preflight(self, request: InkFlowRequest) -> bytes:
+        if self._cors_headers(request):
+            request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
+            request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+            request.setHeader(b"Access-Control-Max-Age", b"600")
+        request.setHeader(b"Allow", b"POST, OPTIONS")
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/api/chat", methods=["POST"])
+    def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes]:
+        self._cors_headers(request)
+        d = defer.Deferred.fromCoroutine(self._chat(request))
+        # A client that leaves stops its work: a queued request leaves the
+        # queue, an attempt in flight is cancelled.
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return d
+
+    async def _chat(self, request: InkFlowRequest) -> bytes:
+        try:
+            if self.settings.static_only:
+                raise ApiError("chat_disabled")
+            if request.body_error is not None:
+                raise request.body_error
+            body = request.chat_body
+            if body is None:
+                raise ApiError("bad_request", "the request has no body")
+            self.rate_limiter.check(self._client(request))
+            message = parse_chat(
+                body,
+                request_id=request.request_id,
+                max_chars=self.settings.max_message_chars,
+                max_files=self.settings.max_files,
+            )
+            deadline = self.clock.seconds() + self.settings.request_timeout
+            slot = await self.queue.acquire()
+            try:
+                if self.forwarder is None:
+                    answer: Any = self.demo.answer(message)
+                else:
+                    result = await self.forwarder.forward(message, deadline)
+                    answer = result.body
+            finally:
+                slot.release()
+            request.setHeader(b"X-Session-ID", message.session_id.encode())
+            if message.session_generated and isinstance(answer, dict) and "sessionId" not in answer:
+                answer = {**answer, "sessionId": message.session_id}
+            log.info(
+                "Chat {request_id} answered ({files} files)",
+                request_id=message.request_id,
+                session_id=message.session_id,
+                files=len(message.files),
+                mode=self.settings.mode,
+            )
+            return self._json(request, answer)
+        except ApiError as e:
+            log.info("Chat {request_id} refused: {status} {code}", status=e.status, code=e.code, request_id=request.request_id)
+            raise
+        finally:
+            request.release_body()
+
+    def _client(self, request: InkFlowRequest) -> str:
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None) or "unknown"
+        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)

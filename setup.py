@@ -1,0 +1,62 @@
+"""
+InkFlow's packaging.  `pip install .` installs the `inkflow` package, the page
+(`static/`, shipped inside the package as `inkflow/static`), the twistd plugin
+(`twisted/plugins/inkflow_plugin.py`) and the `inkflow` console script.
+"""
+
+import os
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def static_packages():
+    """
+    Every folder under static/, as a data package under inkflow.static, so
+    the page ships whole (subfolders included) in a non-editable install.
+    """
+    found = {}
+    for folder, dirs, _files in os.walk(os.path.join(HERE, "static")):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "node_modules")
+        rel = os.path.relpath(folder, HERE)
+        name = "inkflow." + rel.replace(os.sep, ".")
+        found[name] = rel
+    return found
+
+
+STATIC = static_packages()
+
+setup(
+    name="inkflow",
+    version="0.1.0",
+    description="A sturdy Twisted front for n8n: Hebrew RTL page, chat, uploads, retries, health",
+    python_requires=">=3.11",
+    packages=["inkflow", "twisted.plugins", *STATIC],
+    package_dir={name: path for name, path in STATIC.items()},
+    package_data={name: ["*"] for name in STATIC},
+    include_package_data=False,
+    install_requires=[
+        "twisted[tls]==26.10.0",
+        "klein==24.8.0",
+        "treq==26.7.0",
+        "psutil==7.2.2",
+        "python-multipart==0.0.34",
+        "filetype==1.2.0",
+        "prometheus-client==0.26.0",
+        "rich==15.0.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest==9.2.0",
+            "pytest-twisted==1.14.3",
+            "hypothesis==6.170.15",
+            "mypy==2.4.1",
+            "ruff==0.17.6",
+            "types-psutil==7.2.2.20261111",
+            "playwright==1.65.2",
+        ],
+    },
+    entry_points={"console_scripts": ["inkflow = inkflow.cli:main"]},
+    zip_safe=False,
+)
