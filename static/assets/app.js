@@ -1,0 +1,337 @@
+// The landing page's chat widget: the DOM side of chat-client.js.
+import { ChatClient, formatSize } from "./chat-client.js";
+
+const $ = (id) => document.getElementById(id);
+
+const el = {
+  widget: $("chat-widget"),
+  mode: $("chat-mode"),
+  log: $("chat-log"),
+  status: $("chat-status"),
+  statusText: $("chat-status-text"),
+  announce: $("chat-announce"),
+  form: $("chat-form"),
+  error: $("chat-error"),
+  files: $("chat-files"),
+  input: $("chat-input"),
+  fileInput: $("chat-file-input"),
+  attach: $("chat-attach"),
+  send: $("chat-send"),
+  count: $("chat-count"),
+  unavailable: $("chat-unavailable"),
+  drop: $("chat-drop"),
+  reset: $("chat-new"),
+};
+
+const client = new ChatClient();
+let attached = [];
+let disabled = false;
+
+function make(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text != null) node.textContent = text;
+  return node;
+}
+
+// A file chip: <bdi>name</bdi> and its size, optionally with a remove button.
+function fileChip(file, onRemove) {
+  const chip = make("li", "file-chip");
+  const name = make("bdi", null, file.name || "ללא שם");
+  name.title = file.name;
+  chip.append(name, make("span", "file-size", formatSize(file.size)));
+  if (onRemove) {
+    const remove = make("button", "file-remove", "×");
+    remove.type = "button";
+    remove.setAttribute("aria-label", `הסרת הקובץ ${file.name}`);
+    remove.addEventListener("click", onRemove);
+    chip.append(remove);
+  }
+  return chip;
+}
+
+function scrollToEnd() {
+  el.log.scrollTop = el.log.scrollHeight;
+}
+
+function addMessage(kind, text, files = []) {
+  const item = make("li", `msg msg-${kind}`);
+  const bubble = make("p", "bubble", text);
+  bubble.dir = "auto";
+  item.append(bubble);
+  if (files.length) {
+    const list = make("ul", "msg-files");
+    list.setAttribute("aria-label", "קבצים מצורפים");
+    for (const file of files) list.append(fileChip(file));
+    item.append(list);
+  }
+  el.log.append(item);
+  scrollToEnd();
+  return item;
+}
+
+function setMeta(item, text) {
+  let meta = item.querySelector(".msg-meta");
+  if (!meta) {
+    meta = make("p", "msg-meta");
+    item.append(meta);
+  }
+  meta.textContent = text;
+  return meta;
+}
+
+function showTyping() {
+  const item = make("li", "msg msg-bot msg-typing");
+  item.setAttribute("aria-hidden", "true");
+  const bubble = make("p", "bubble");
+  for (let i = 0; i < 3; i += 1) bubble.append(make("span", "dot"));
+  item.append(bubble);
+  el.log.append(item);
+  scrollToEnd();
+  return item;
+}
+
+function showError(html) {
+  el.error.replaceChildren(...html);
+  el.error.hidden = html.length === 0;
+}
+
+function setStatus(text) {
+  el.statusText.textContent = text;
+  el.status.hidden = !text;
+}
+
+function announce(text) {
+  el.announce.textContent = "";
+  // A fresh text node so screen readers speak it even when it repeats.
+  requestAnimationFrame(() => {
+    el.announce.textContent = text;
+  });
+}
+
+function limitTexts() {
+  const { max_file_size: size, max_files: files, max_message_chars: chars } = client.limits;
+  for (const node of document.querySelectorAll(".js-limit-size")) node.textContent = formatSize(size);
+  for (const node of document.querySelectorAll(".js-limit-files")) node.textContent = String(files);
+  el.input.maxLength = chars;
+  el.fileInput.accept = client.limits.allowed_types.join(",");
+  updateCount();
+}
+
+function updateCount() {
+  const max = client.limits.max_message_chars;
+  const used = el.input.value.length;
+  const near = used > max * 0.8;
+  el.count.textContent = near ? `${used}/${max}` : "";
+  el.count.classList.toggle("is-near", near);
+}
+
+function renderAttached() {
+  el.files.replaceChildren(
+    ...attached.map((file, index) =>
+      fileChip(file, () => {
+        attached.splice(index, 1);
+        renderAttached();
+        showError([]);
+        announce(`הקובץ ${file.name} הוסר`);
+        (el.files.querySelector(".file-remove") ?? el.input).focus();
+      }),
+    ),
+  );
+  el.files.hidden = attached.length === 0;
+}
+
+// Hebrew sentence parts for refused files; names in <bdi> for correct bidi.
+function problemParts(problem) {
+  const name = () => make("bdi", null, problem.file.name || "ללא שם");
+  if (problem.kind === "count") return [`אפשר לצרף עד ${problem.max} קבצים להודעה.`];
+  if (problem.kind === "size") {
+    return [
+      "הקובץ ",
+      name(),
+      ` גדול מדי (${formatSize(problem.file.size)}). הגודל המרבי הוא ${formatSize(problem.max)}.`,
+    ];
+  }
+  return ["לא ניתן לצרף את ", name(), ": אפשר לצרף רק תמונות (JPEG, PNG, GIF, WebP), PDF או קובצי טקסט."];
+}
+
+function addFiles(list) {
+  if (disabled) return;
+  const incoming = Array.from(list);
+  const fine = [];
+  const parts = [];
+  for (const file of incoming) {
+    const problems = client.checkFiles([file]);
+    if (problems.length) {
+      for (const p of problems) parts.push(...problemParts(p), " ");
+    } else {
+      fine.push(file);
+    }
+  }
+  const room = client.limits.max_files - attached.length;
+  if (fine.length > room) {
+    parts.push(...problemParts({ kind: "count", max: client.limits.max_files }));
+    fine.splice(Math.max(0, room));
+  }
+  attached = attached.concat(fine);
+  renderAttached();
+  showError(parts);
+  if (fine.length) announce(fine.length === 1 ? `צורף הקובץ ${fine[0].name}` : `צורפו ${fine.length} קבצים`);
+}
+
+function goUnavailable() {
+  disabled = true;
+  el.widget.dataset.state = "unavailable";
+  el.mode.textContent = "לא זמין";
+  el.form.hidden = true;
+  el.status.hidden = true;
+  el.reset.hidden = true;
+  el.unavailable.hidden = false;
+  attached = [];
+}
+
+function submit() {
+  if (disabled) return;
+  const text = el.input.value.trim();
+  const files = attached.slice();
+  if (!text && !files.length) {
+    el.input.focus();
+    return;
+  }
+  if (text.length > client.limits.max_message_chars) {
+    showError([`ההודעה ארוכה מדי: עד ${client.limits.max_message_chars} תווים.`]);
+    return;
+  }
+  const problems = client.checkFiles(files);
+  if (problems.length) {
+    showError(problems.flatMap((p) => [...problemParts(p), " "]));
+    return;
+  }
+  // Taken out of the box at once, so a second press cannot send it again.
+  el.input.value = "";
+  attached = [];
+  renderAttached();
+  showError([]);
+  updateCount();
+  deliver(text, files);
+}
+
+function deliver(text, files, item = addMessage("user", text, files)) {
+  const meta = setMeta(item, client.pending ? "ממתינה בתור…" : "נשלחת…");
+  let typing = null;
+  client
+    .send(text, files, {
+      onStart() {
+        meta.textContent = "נשלחת…";
+        typing = showTyping();
+        el.widget.setAttribute("aria-busy", "true");
+      },
+      onWait(seconds, reason) {
+        const text =
+          reason === "network"
+            ? `אין חיבור לשרת, מנסה שוב בעוד ${seconds} שניות`
+            : `השרת עמוס, מנסה שוב בעוד ${seconds} שניות`;
+        if (el.status.hidden) announce(text);
+        setStatus(text);
+        meta.textContent = "ממתינה לשליחה חוזרת…";
+      },
+      onRetry() {
+        setStatus("");
+        meta.textContent = "נשלחת שוב…";
+      },
+    })
+    .then((result) => {
+      typing?.remove();
+      setStatus("");
+      if (!client.pending) el.widget.removeAttribute("aria-busy");
+      if (result.ok) {
+        meta.textContent = "נשלחה";
+        addMessage("bot", result.reply || "(התקבלה תשובה ריקה)");
+        return;
+      }
+      if (result.code === "chat_disabled") {
+        meta.remove();
+        goUnavailable();
+        return;
+      }
+      meta.textContent = "לא נשלחה. ";
+      if (["network", "busy", "rate_limited", "upstream_error", "upstream_timeout", "client_timeout"].includes(result.code)) {
+        const again = make("button", "msg-retry", "לשלוח שוב");
+        again.type = "button";
+        again.addEventListener("click", () => {
+          meta.remove();
+          deliver(text, files, item);
+        });
+        meta.append(again);
+      }
+      addMessage("error", result.message);
+    });
+}
+
+function wire() {
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  el.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      if (!event.repeat) submit();
+    }
+  });
+  el.input.addEventListener("input", updateCount);
+  el.attach.addEventListener("click", () => el.fileInput.click());
+  el.fileInput.addEventListener("change", () => {
+    addFiles(el.fileInput.files);
+    el.fileInput.value = "";
+  });
+  el.reset.addEventListener("click", () => {
+    client.resetSession();
+    const first = el.log.firstElementChild;
+    el.log.replaceChildren(...(first ? [first] : []));
+    announce("התחילה שיחה חדשה");
+    el.input.focus();
+  });
+
+  // Drag and drop anywhere on the widget.
+  let depth = 0;
+  const hasFiles = (event) => Array.from(event.dataTransfer?.types ?? []).includes("Files");
+  el.widget.addEventListener("dragenter", (event) => {
+    if (disabled || !hasFiles(event)) return;
+    event.preventDefault();
+    depth += 1;
+    el.drop.hidden = false;
+  });
+  el.widget.addEventListener("dragover", (event) => {
+    if (disabled || !hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  el.widget.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) el.drop.hidden = true;
+  });
+  el.widget.addEventListener("drop", (event) => {
+    if (disabled || !hasFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    el.drop.hidden = true;
+    addFiles(event.dataTransfer.files);
+  });
+}
+
+async function start() {
+  wire();
+  limitTexts();
+  const { mode } = await client.loadConfig();
+  limitTexts();
+  if (mode === "static-only") {
+    goUnavailable();
+  } else {
+    el.widget.dataset.state = "ready";
+    el.mode.textContent = mode === "demo" ? "מחובר · מצב הדגמה" : "מחובר";
+  }
+  document.documentElement.dataset.chatReady = "true";
+}
+
+start();

@@ -1,0 +1,33 @@
+// Starts the official @n8n/chat widget (vendored UMD build, window.N8nChat)
+// against this server's /api/chat. An external file: the page's CSP allows no inline script.
+(function () {
+  "use strict";
+  var webhookUrl = location.origin + "/api/chat";
+  var status = document.getElementById("example-status");
+  document.getElementById("webhook-url").textContent = webhookUrl;
+  if (!window.N8nChat || typeof window.N8nChat.createChat !== "function") {
+    status.textContent = "לא ניתן לטעון את רכיב הצ'אט.";
+    return;
+  }
+  window.N8nChat.createChat({
+    webhookUrl: webhookUrl,
+    target: "#n8n-chat",
+    mode: "fullscreen",
+    loadPreviousSession: true,
+    showWelcomeScreen: false,
+    allowFileUploads: true,
+    defaultLanguage: "en",
+    initialMessages: ["שלום!", "זהו רכיב הצ'אט של n8n, מחובר ל־InkFlow. במה אפשר לעזור?"],
+    i18n: {
+      en: {
+        title: "InkFlow + n8n",
+        subtitle: "רכיב הצ'אט הרשמי של n8n, דרך InkFlow",
+        footer: "",
+        getStarted: "שיחה חדשה",
+        inputPlaceholder: "כתבו הודעה…",
+        closeButtonTooltip: "סגירה",
+      },
+    },
+  });
+  document.documentElement.dataset.chatReady = "true";
+})();
