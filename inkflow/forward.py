@@ -1,0 +1,664 @@
+"""
+The n8n client: forward one chat message to the webhook URLs, with retries,
+failover, circuit breakers, timeouts and a bounded response.
+
+The policy lives in L{inkflow.retry} and L{inkflow.breaker} (pure); this module
+does the I/O.  Time and network are parameters: a L{Forwarder} takes an
+L{IReactorTime} and a treq L{HTTPClient} (built by L{make_http_client} in
+production, over a fake agent in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from http.cookiejar import Cookie
+from typing import Any, BinaryIO, Protocol, cast
+
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from treq.multipart import MultiPartProducer
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol as _Protocol
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from inkflow import __version__
+from inkflow.breaker import OPEN, CircuitBreaker
+from inkflow.chat import ChatMessage
+from inkflow.errors import ApiError
+from inkflow.retry import (
+    CANCELLED,
+    CONNECT,
+    EMPTY,
+    INVALID,
+    LOST,
+    OK,
+    STATUS,
+    TIMEOUT,
+    TOO_LARGE,
+    Outcome,
+    RetryPolicy,
+)
+from inkflow.settings import Settings, redact_url
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "AttemptObserver",
+    "ForwardResult",
+    "Forwarder",
+    "make_http_client",
+]
+
+#: The largest n8n answer read; a larger one is an C{upstream_error}.
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+
+#: Seconds a pooled connection may stay idle: below n8n's C{Keep-Alive:
+#: timeout=5}, so InkFlow never reuses a connection n8n is about to close.
+POOL_IDLE_TIMEOUT = 4
+
+#: The longest connect phase of one attempt, in seconds.
+MAX_CONNECT_TIMEOUT = 5.0
+
+USER_AGENT = f"InkFlow/{__version__}"
+
+
+class _Time(Protocol):
+    """
+    The part of L{IReactorTime} read here, spelled so that mypy (without the
+    zope plugin) can check calls on it; the reactor and C{Clock} both fit.
+    """
+
+    def seconds(self) -> float: ...
+
+
+#: Called once per attempt with (url_index, outcome label, seconds).
+AttemptObserver = Callable[[int, str, float], None]
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """
+    n8n's usable answer.
+
+    @ivar body: the JSON value to send the client.
+    @ivar status: the HTTP status to send the client (n8n's 2xx).
+    @ivar attempts: how many attempts it took.
+    @ivar url_index: which webhook URL answered.
+    """
+
+    body: Any
+    status: int
+    attempts: int
+    url_index: int
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that keeps nothing: a cookie n8n sets for one visitor must
+    never travel with another visitor's message.
+    """
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """
+    Build the HTTP client for n8n over its own persistent connection pool
+    (never treq's global one).
+
+    @param reactor: provides C{IReactorTCP}, C{IReactorTime} and name
+        resolution (the real reactor).
+    @return: the client, and the pool (call C{closeCachedConnections()} on
+        shutdown).
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
+    pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
+    pool.retryAutomatically = False  # a POST must never be replayed behind our back
+    connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout)
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """
+    A small in-memory body written at once (the JSON message).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        cast(Any, consumer).write(self.body)
+        return succeed(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class _BodyTooLarge(Exception):
+    """
+    The response body is over the limit.
+    """
+
+
+class _AttemptTimedOut(Exception):
+    """
+    The attempt did not finish (headers and body) in its time.
+    """
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    """
+    C{onTimeoutCancel} for an attempt: whatever cancelling produced
+    (C{CancelledError}, or L{ResponseNeverReceived} wrapping it), it was a
+    timeout.
+    """
+    return Failure(_AttemptTimedOut(timeout))
+
+
+class _CappedBody(_Protocol):
+    """
+    Collects a response body up to C{limit} bytes, then gives up and drops
+    the connection.
+    """
+
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+        self.finished: Deferred[bytes] | None = finished
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished is None:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            finished, self.finished = self.finished, None
+            self.chunks = []
+            self.abort()
+            finished.errback(_BodyTooLarge())
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished is None:
+            return
+        finished, self.finished = self.finished, None
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(b"".join(self.chunks))
+        else:
+            finished.errback(reason)
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.stopProducing()
+
+
+def _read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
+    """
+    The body of C{response}, at most C{limit} bytes.  Cancelling drops the
+    connection.
+
+    @raise _BodyTooLarge: (as a failure) the body is over C{limit}.
+    """
+
+    def cancel(d: Deferred[bytes]) -> None:
+        protocol.finished = None
+        protocol.abort()
+
+    deliver = cast(Any, response).deliverBody
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        protocol = _CappedBody(Deferred(), limit)
+        deliver(protocol)
+        protocol.finished = None
+        protocol.abort()
+        return fail(_BodyTooLarge())
+    finished: Deferred[bytes] = Deferred(cancel)
+    protocol = _CappedBody(finished, limit)
+    deliver(protocol)
+    return finished
+
+
+def _wraps_cancel(failure: Failure) -> bool:
+    """
+    Whether C{failure} is, or wraps (as twisted.web's client does), a
+    C{CancelledError}.
+    """
+    if failure.check(CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or ()
+    return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
+
+
+def _classify_failure(failure: Failure) -> Outcome:
+    """
+    Turn an attempt's failure into an L{Outcome}.
+
+      - C{ConnectError} (refused, DNS, connect timeout) and C{RequestNotSent}:
+        L{CONNECT}, the request never left.
+      - C{RequestTransmissionFailed}: L{CONNECT` too: the body was not fully
+        sent, and n8n runs a webhook only after reading the whole body.
+      - C{ResponseNeverReceived}, C{ResponseFailed}: L{LOST}: the request was
+        sent, so n8n may have run the workflow.
+      - anything else: L{INVALID} (not retried, not n8n's fault).
+    """
+    name = type(failure.value).__name__
+    if failure.check(ConnectError, RequestNotSent):
+        return Outcome(CONNECT, error=f"connect: {name}")
+    if failure.check(RequestTransmissionFailed):
+        return Outcome(CONNECT, error="connection failed while sending")
+    if failure.check(ResponseNeverReceived):
+        return Outcome(LOST, error="connection closed before the answer")
+    if failure.check(ResponseFailed):
+        return Outcome(LOST, error="connection closed during the answer")
+    if failure.check(_BodyTooLarge):
+        return Outcome(TOO_LARGE, error="answer too large")
+    return Outcome(INVALID, error=f"unexpected: {name}")
+
+
+def _media_type(headers: Headers) -> tuple[str, str | None]:
+    """
+    The media type (lower case) and charset of C{Content-Type}.
+    """
+    raw = headers.getRawHeaders(b"content-type")
+    if not raw:
+        return "", None
+    value = raw[0].decode("latin-1")
+    media, _, rest = value.partition(";")
+    charset = None
+    for param in rest.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = val.strip().strip("\"'") or None
+    return media.strip().lower(), charset
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode_answer(headers: Headers, body: bytes) -> Any:
+    """
+    The value to send the client for a non-empty 2xx body: JSON as is, text
+    as C{{"output": text}}.
+
+    @raise ValueError: the body is neither JSON nor text.
+    """
+    media, charset = _media_type(headers)
+    if media in ("", "application/json") or media.endswith("+json"):
+        try:
+            return json.loads(body, parse_constant=_reject_constant)
+        except ValueError:
+            pass
+    if media.startswith("text/") or media in ("", "application/json") or media.endswith(("+json", "+xml", "/xml")):
+        try:
+            text = body.decode(charset or "utf-8", errors="replace")
+        except LookupError:  # an unknown charset
+            text = body.decode("utf-8", errors="replace")
+        return {"output": text}
+    # Some other type: pass it on only if it is UTF-8 text.
+    return {"output": body.decode("utf-8")}
+
+
+class Forwarder:
+    """
+    Forwards chat messages to n8n, in failover order, with retries, circuit
+    breakers and deadlines.
+
+    @ivar urls: the webhook URLs, in failover order.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: HTTPClient,
+        clock: IReactorTime,
+        random: Callable[[], float] = _random.random,
+        *,
+        observer: AttemptObserver | None = None,
+        cooperator: task.Cooperator | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        failure_threshold: int = 5,
+        cooldown: float = 30.0,
+        base_delay: float = 0.25,
+        max_delay: float = 5.0,
+    ) -> None:
+        """
+        @param settings: C{webhook}, C{webhook_header}, C{attempt_timeout},
+            C{retries} and C{retry_on} are used.
+        @param client: the HTTP client (see L{make_http_client}).
+        @param clock: for timeouts and backoff waits.
+        @param random: returns a float in M{[0, 1)}, for the backoff jitter.
+        @param observer: called once per attempt with (url_index, outcome
+            label, seconds), e.g. to count attempts in metrics.
+        @param cooperator: schedules the reads of uploaded files (default:
+            Twisted's global cooperator).
+        """
+        if not settings.webhook:
+            raise ValueError("a Forwarder needs at least one webhook URL")
+        self.urls: tuple[str, ...] = tuple(settings.webhook)
+        self._shown_urls = tuple(redact_url(u) for u in self.urls)
+        self._extra_headers = tuple(settings.webhook_header)
+        self._attempt_timeout = settings.attempt_timeout
+        self._client = client
+        self._clock: _Time = clock
+        self._timer = clock
+        self._random = random
+        self._observer = observer
+        self._cooperator: task.Cooperator = cooperator if cooperator is not None else cast(task.Cooperator, task)
+        self._max_response_bytes = max_response_bytes
+        self._breakers = [CircuitBreaker(failure_threshold, cooldown) for _ in self.urls]
+        self._policy = RetryPolicy(
+            url_count=len(self.urls),
+            retries=settings.retries,
+            retry_on=frozenset(settings.retry_on),
+            base_delay=base_delay,
+            max_delay=max_delay,
+        )
+
+    # --- health
+
+    def upstreams(self) -> list[dict[str, Any]]:
+        """
+        Each URL's breaker in the contract's health shape, URL redacted.
+        """
+        now = self._clock.seconds()
+        return [{"url": shown, **b.snapshot(now)} for shown, b in zip(self._shown_urls, self._breakers, strict=True)]
+
+    def all_open(self) -> bool:
+        """
+        Whether every URL's breaker is open (none would take a request now).
+        """
+        now = self._clock.seconds()
+        return all(b.state(now) == OPEN for b in self._breakers)
+
+    # --- forwarding
+
+    async def forward(self, message: ChatMessage, deadline: float) -> ForwardResult:
+        """
+        Send C{message} to n8n and return its answer.
+
+        @param deadline: the C{clock.seconds()} value by which the caller must
+            have its answer; the attempt in flight is cancelled then.
+        @raise ApiError: C{upstream_error} (502) when every attempt failed or
+            the answer is unusable; C{upstream_timeout} (504) when the deadline
+            is reached or the last attempt timed out; C{internal_error} when
+            an uploaded file cannot be read.
+        """
+        idempotency_key = uuid.uuid4().hex
+        tried: set[int] = set()
+        attempt = 0
+        index = self._policy.pick_url(0, self._available())
+        if index is None:
+            self.log.warn(
+                "Not forwarding {request_id}: every webhook's circuit breaker is open",
+                request_id=message.request_id,
+            )
+            raise ApiError("upstream_error", "every webhook is failing; try again shortly")
+        while True:
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                raise ApiError("upstream_timeout")
+            tried.add(index)
+            outcome, result = await self._attempt(
+                message, idempotency_key, attempt, index, min(self._attempt_timeout, remaining)
+            )
+            if result is not None:
+                return result
+            now = self._clock.seconds()
+            step = self._policy.next_step(
+                attempt=attempt,
+                outcome=outcome,
+                now=now,
+                deadline=deadline,
+                random=self._random,
+                available=self._available(now),
+                tried=tried,
+            )
+            if step is None:
+                raise self._final_error(outcome, now >= deadline)
+            self.log.info(
+                "Retrying {request_id} at upstream {url_index} in {delay} s after {outcome}",
+                request_id=message.request_id,
+                url_index=step.url_index,
+                delay=round(step.delay, 3),
+                outcome=outcome.label,
+            )
+            if step.delay > 0:
+                await task.deferLater(self._timer, step.delay, lambda: None)
+            attempt += 1
+            index = step.url_index
+            if not self._breakers[index].allows(self._clock.seconds()):
+                # Another request's failure opened it during the wait.
+                repicked = self._policy.pick_url(attempt, self._available())
+                if repicked is None:
+                    raise self._final_error(outcome, False)
+                index = repicked
+
+    def _available(self, now: float | None = None) -> list[bool]:
+        when = self._clock.seconds() if now is None else now
+        return [b.allows(when) for b in self._breakers]
+
+    def _final_error(self, outcome: Outcome, deadline_reached: bool) -> ApiError:
+        if outcome.kind == TIMEOUT or deadline_reached:
+            return ApiError("upstream_timeout")
+        detail = {
+            CONNECT: "could not reach n8n",
+            LOST: "n8n closed the connection without a complete answer",
+            EMPTY: "n8n answered with an empty body (the workflow failed before responding)",
+            TOO_LARGE: "n8n's answer is too large",
+            INVALID: "n8n's answer could not be used",
+        }.get(outcome.kind, f"n8n answered {outcome.status}")
+        return ApiError("upstream_error", detail)
+
+    def _headers(self, message: ChatMessage, idempotency_key: str, content_type: bytes) -> Headers:
+        headers = Headers()
+        headers.setRawHeaders(b"Content-Type", [content_type])
+        headers.setRawHeaders(b"Accept", [b"application/json, text/plain;q=0.9, */*;q=0.1"])
+        headers.setRawHeaders(b"User-Agent", [USER_AGENT.encode("ascii")])
+        headers.setRawHeaders(b"X-Request-ID", [message.request_id.encode("latin-1", "replace")])
+        headers.setRawHeaders(b"Idempotency-Key", [idempotency_key.encode("ascii")])
+        for name, value in self._extra_headers:
+            headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+        return headers
+
+    def _body(self, message: ChatMessage, files: ExitStack) -> tuple[IBodyProducer, bytes]:
+        """
+        The body producer and content type for one attempt.  Files are opened
+        afresh (the producer closes them when done) and registered on
+        C{files} so they are closed whatever happens.
+        """
+        if not message.files:
+            data = json.dumps(message.upstream_json(), ensure_ascii=False, separators=(",", ":"))
+            return cast(IBodyProducer, _BytesProducer(data.encode("utf-8"))), b"application/json; charset=utf-8"
+        fields: list[tuple[str, Any]] = [
+            ("action", message.action),
+            ("sessionId", message.session_id),
+            ("chatInput", message.text),
+            ("metadata", json.dumps(message.upstream_metadata(), ensure_ascii=False, separators=(",", ":"))),
+        ]
+        for upload in message.files:
+            handle: BinaryIO = files.enter_context(open(upload.path, "rb"))  # noqa: SIM115
+            producer = FileBodyProducer(handle, cooperator=self._cooperator)
+            fields.append(("files", (upload.filename, upload.content_type, producer)))
+        boundary = uuid.uuid4().hex.encode("ascii")
+        multipart = MultiPartProducer(fields, boundary=boundary, cooperator=self._cooperator)
+        return cast(IBodyProducer, multipart), b"multipart/form-data; boundary=" + boundary
+
+    async def _exchange(self, url: str, headers: Headers, producer: IBodyProducer) -> tuple[int, Headers, bytes]:
+        """
+        One request and its whole (capped) response body.
+        """
+        response = await self._client.request(
+            "POST",
+            url,
+            headers=headers,
+            data=cast(Any, producer),
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=cast(Any, self._clock),
+        )
+        body = await _read_capped(response, self._max_response_bytes)
+        return response.code, response.headers, body
+
+    async def _attempt(
+        self, message: ChatMessage, idempotency_key: str, attempt: int, index: int, budget: float
+    ) -> tuple[Outcome, ForwardResult | None]:
+        """
+        One attempt at URL C{index}, bounded by C{budget} seconds for headers
+        and body.  Accounts for it (breaker, observer, log) and returns how it
+        ended and, on success, the result.
+
+        @raise CancelledError: the caller cancelled the forwarding.
+        """
+        url = self.urls[index]
+        breaker = self._breakers[index]
+        outcome = Outcome(CANCELLED)
+        result: ForwardResult | None = None
+        with ExitStack() as files:
+            try:
+                producer, content_type = self._body(message, files)
+            except OSError as e:
+                self.log.error(
+                    "Cannot read an upload of {request_id}: {error}",
+                    request_id=message.request_id,
+                    error=type(e).__name__,
+                )
+                raise ApiError("internal_error", "an attached file could not be read") from None
+            started = self._clock.seconds()
+            breaker.begin(started)
+            try:
+                exchange = ensureDeferred(
+                    self._exchange(url, self._headers(message, idempotency_key, content_type), producer)
+                )
+                exchange.addTimeout(budget, self._timer, onTimeoutCancel=_timed_out)
+                try:
+                    status, headers, body = await exchange
+                except _AttemptTimedOut:
+                    outcome = Outcome(TIMEOUT, error="no answer in time")
+                except CancelledError:
+                    raise
+                except Exception:
+                    failure = Failure()
+                    if _wraps_cancel(failure):
+                        raise CancelledError() from None
+                    outcome = _classify_failure(failure)
+                    if outcome.kind == INVALID:
+                        self.log.failure(
+                            "Unexpected error forwarding {request_id}",
+                            failure=failure,
+                            request_id=message.request_id,
+                        )
+                else:
+                    outcome, result = self._interpret(status, headers, body, attempt, index)
+            finally:
+                self._account(message, attempt, index, outcome, self._clock.seconds() - started)
+        return outcome, result
+
+    def _interpret(
+        self, status: int, headers: Headers, body: bytes, attempt: int, index: int
+    ) -> tuple[Outcome, ForwardResult | None]:
+        if not 200 <= status < 300:
+            retry_after = headers.getRawHeaders(b"retry-after")
+            return (
+                Outcome(
+                    STATUS,
+                    status=status,
+                    retry_after=retry_after[0].decode("latin-1") if retry_after else None,
+                    error=f"HTTP {status}",
+                ),
+                None,
+            )
+        if not body.strip():
+            return Outcome(EMPTY, status=status, error="empty answer"), None
+        try:
+            value = _decode_answer(headers, body)
+        except ValueError:
+            return Outcome(INVALID, status=status, error="answer is not JSON or text"), None
+        return Outcome(OK, status=status), ForwardResult(
+            body=value, status=status, attempts=attempt + 1, url_index=index
+        )
+
+    def _account(self, message: ChatMessage, attempt: int, index: int, outcome: Outcome, seconds: float) -> None:
+        """
+        Tell the breaker, the observer and the log how an attempt ended.
+        """
+        now = self._clock.seconds()
+        breaker = self._breakers[index]
+        if outcome.kind == CANCELLED:
+            breaker.abandon(now)
+        elif outcome.upstream_failed:
+            breaker.record_failure(now, outcome.error or outcome.label)
+        else:
+            breaker.record_success(now)
+        if self._observer is not None:
+            try:
+                self._observer(index, outcome.label, seconds)
+            except Exception:
+                self.log.failure("Attempt observer failed")
+        fields = {
+            "request_id": message.request_id,
+            "attempt": attempt + 1,
+            "url_index": index,
+            "url": self._shown_urls[index],
+            "outcome": outcome.label,
+            "seconds": round(seconds, 3),
+        }
+        if outcome.kind == OK:
+            self.log.debug(
+                "n8n answered {request_id} (attempt {attempt}, upstream {url_index}) in {seconds} s", **fields
+            )
+        elif outcome.kind == CANCELLED:
+            self.log.info(
+                "Forwarding {request_id} cancelled during attempt {attempt} at upstream {url_index}", **fields
+            )
+        else:
+            self.log.warn(
+                "Attempt {attempt} of {request_id} at upstream {url_index} ({url}) failed: {outcome} after {seconds} s",
+                error=outcome.error,
+                **fields,
+            )
