@@ -1,0 +1,547 @@
+"""
+Admission control for chat requests: who may go to n8n now, who waits, who is
+told to come back later.
+
+  - L{ChatQueue}: at most C{max_concurrent} chat requests in flight, a bounded
+    FIFO of C{queue_size} waiting behind them for at most C{queue_timeout}
+    seconds; everything beyond that is a 503 C{busy} with C{Retry-After}.
+  - L{RateLimiter}: a token bucket per client address (429 C{rate_limited}).
+  - L{client_ip}: the client's address, believing C{X-Forwarded-For} only from
+    trusted proxies.
+
+No global reactor: time comes from an injected clock (an C{IReactorTime}),
+so the tests drive everything with L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from inkflow.errors import ApiError
+
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "DRAINING_RETRY_AFTER",
+    "WAIT_WINDOW",
+    "ChatQueue",
+    "RateLimiter",
+    "Slot",
+    "TimeSource",
+    "client_ip",
+]
+
+log = Logger()
+
+
+class DelayedCall(Protocol):
+    """
+    The part of L{twisted.internet.interfaces.IDelayedCall} used here.
+    """
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class TimeSource(Protocol):
+    """
+    The part of L{twisted.internet.interfaces.IReactorTime} used here: the
+    reactor, or a L{twisted.internet.task.Clock} in tests.  A protocol rather
+    than the zope interface so that mypy (without the zope plugin) accepts
+    both and checks the calls.
+    """
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any) -> DelayedCall: ...
+
+
+#: How many recent queue waits the percentiles are computed over.
+WAIT_WINDOW = 1000
+
+#: Retry-After (seconds) while draining: the client should come back once a
+#: fresh instance (or another worker) is up.
+DRAINING_RETRY_AFTER = 5.0
+
+#: Retry-After (seconds) for a full queue before any request has finished, so
+#: there is no service time to estimate from.
+DEFAULT_RETRY_AFTER = 5.0
+
+#: Weight of the newest sample in the moving average of slot hold times.
+_HOLD_EWMA_WEIGHT = 0.2
+
+
+class Slot:
+    """
+    Permission for one chat request to talk to n8n.  Call L{release} when the
+    request is done (success, failure or client gone); it is idempotent.
+
+    @ivar waited: seconds this request waited in the queue (0.0 when it was
+        admitted at once).
+    @ivar started: the clock's time when the slot was granted.
+    """
+
+    __slots__ = ("_queue", "_released", "started", "waited")
+
+    def __init__(self, queue: ChatQueue, waited: float, started: float) -> None:
+        self._queue = queue
+        self._released = False
+        self.waited = waited
+        self.started = started
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        """
+        Free the slot and wake the next waiter.  Calling it again does nothing.
+        """
+        if self._released:
+            return
+        self._released = True
+        self._queue._release(self)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<Slot {state} waited={self.waited:.3f}s>"
+
+
+class _Waiter:
+    """
+    One request waiting in the queue.
+    """
+
+    __slots__ = ("deferred", "enqueued", "timer")
+
+    def __init__(self, deferred: Deferred[Slot], enqueued: float) -> None:
+        self.deferred = deferred
+        self.enqueued = enqueued
+        self.timer: DelayedCall | None = None
+
+
+def _percentile(ordered: list[float], p: float) -> float:
+    """
+    Nearest-rank percentile of an already sorted list (0.0 when empty).
+    """
+    if not ordered:
+        return 0.0
+    rank = math.ceil(p / 100.0 * len(ordered))
+    return ordered[min(len(ordered), max(1, rank)) - 1]
+
+
+class ChatQueue:
+    """
+    A concurrency gate with a bounded FIFO queue in front of it.
+
+    Counters (see L{snapshot}): C{processed_total} counts released slots
+    (requests that went through, whatever their outcome); C{rejected_total}
+    counts immediate refusals (queue full, or draining); C{timed_out_total}
+    counts waiters that gave up after C{queue_timeout}.  A waiter cancelled by
+    its caller (client gone) is none of these.
+    """
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        queue_size: int,
+        queue_timeout: float,
+        clock: TimeSource,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+        if queue_timeout < 0:
+            raise ValueError(f"queue_timeout must be >= 0, got {queue_timeout}")
+        self.max_concurrent = max_concurrent
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self._clock: TimeSource = clock
+        self._in_flight = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._idle_waiters: list[Deferred[None]] = []
+        self._draining = False
+        self._waits_ms: deque[float] = deque(maxlen=WAIT_WINDOW)
+        self._hold_avg: float | None = None
+        self.processed_total = 0
+        self.rejected_total = 0
+        self.timed_out_total = 0
+        self.cancelled_total = 0
+
+    # --- state
+
+    @property
+    def depth(self) -> int:
+        """
+        How many requests are waiting.
+        """
+        return len(self._waiters)
+
+    @property
+    def in_flight(self) -> int:
+        """
+        How many slots are held.
+        """
+        return self._in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def full(self) -> bool:
+        """
+        True when a new L{acquire} would be refused (every slot busy and no
+        room in the queue), or while draining.  For C{/api/ready}.
+        """
+        return self._draining or (self._in_flight >= self.max_concurrent and len(self._waiters) >= self.queue_size)
+
+    # --- admission
+
+    def acquire(self) -> Deferred[Slot]:
+        """
+        Ask for a slot.
+
+        @return: a L{Deferred} that fires with a L{Slot} at once when one is
+            free, or later when the request reaches the head of the queue.  It
+            fails at once with a 503 C{busy} L{ApiError} (with C{Retry-After})
+            when the queue is full or the queue is draining, and later with
+            the same when the wait exceeds C{queue_timeout}.  Cancelling it
+            while queued (the client went away) removes the waiter at once;
+            cancelling it after it fired does nothing, so the holder must then
+            release the slot.
+        """
+        if self._draining:
+            self.rejected_total += 1
+            return fail(ApiError.retry_later("busy", DRAINING_RETRY_AFTER, "the server is shutting down"))
+        now = self._clock.seconds()
+        if self._in_flight < self.max_concurrent and not self._waiters:
+            return succeed(self._grant(now, 0.0))
+        if len(self._waiters) >= self.queue_size:
+            self.rejected_total += 1
+            return fail(ApiError.retry_later("busy", self.retry_after(), "the chat queue is full"))
+
+        def cancel(d: Deferred[Slot]) -> None:
+            self._cancel(waiter)
+
+        waiter = _Waiter(Deferred(cancel), now)
+        waiter.timer = self._clock.callLater(self.queue_timeout, self._expire, waiter)
+        self._waiters.append(waiter)
+        return waiter.deferred
+
+    def retry_after(self) -> float:
+        """
+        A hint, in seconds, for when a refused request might get through: the
+        recent average time a slot is held, times the queue positions ahead
+        of a new arrival, spread over the slots; between 1 second and
+        C{queue_timeout}.
+        """
+        ceiling = max(1.0, self.queue_timeout)
+        if self._hold_avg is None:
+            return min(ceiling, DEFAULT_RETRY_AFTER)
+        estimate = self._hold_avg * (len(self._waiters) + 1) / self.max_concurrent
+        return min(ceiling, max(1.0, estimate))
+
+    def _grant(self, now: float, waited: float) -> Slot:
+        self._in_flight += 1
+        self._waits_ms.append(waited * 1000.0)
+        return Slot(self, waited, now)
+
+    def _release(self, slot: Slot) -> None:
+        now = self._clock.seconds()
+        held = max(0.0, now - slot.started)
+        if self._hold_avg is None:
+            self._hold_avg = held
+        else:
+            self._hold_avg += _HOLD_EWMA_WEIGHT * (held - self._hold_avg)
+        self._in_flight -= 1
+        self.processed_total += 1
+        self._wake()
+        self._check_idle()
+
+    def _wake(self) -> None:
+        """
+        Hand free slots to the waiters at the head of the queue.
+        """
+        while self._waiters and self._in_flight < self.max_concurrent:
+            waiter = self._waiters.popleft()
+            if waiter.timer is not None and waiter.timer.active():
+                waiter.timer.cancel()
+            waiter.timer = None
+            now = self._clock.seconds()
+            # The callback may release the slot synchronously and re-enter
+            # _wake: the counters are already consistent at this point.
+            waiter.deferred.callback(self._grant(now, max(0.0, now - waiter.enqueued)))
+
+    def _expire(self, waiter: _Waiter) -> None:
+        waiter.timer = None
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:  # already admitted or cancelled
+            return
+        self.timed_out_total += 1
+        waited = self._clock.seconds() - waiter.enqueued
+        log.info(
+            "chat request gave up after {waited:.1f} s in the queue (depth {depth}, in flight {in_flight})",
+            waited=waited,
+            depth=len(self._waiters),
+            in_flight=self._in_flight,
+        )
+        waiter.deferred.errback(ApiError.retry_later("busy", self.retry_after(), "timed out waiting in the chat queue"))
+        self._check_idle()
+
+    def _cancel(self, waiter: _Waiter) -> None:
+        """
+        The canceller of a queued waiter's Deferred: leave the queue; the
+        Deferred then fails with L{twisted.internet.defer.CancelledError}.
+        """
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return
+        if waiter.timer is not None and waiter.timer.active():
+            waiter.timer.cancel()
+        waiter.timer = None
+        self.cancelled_total += 1
+        self._check_idle()
+
+    # --- draining
+
+    def start_draining(self) -> None:
+        """
+        Refuse new work (503 C{busy}); what is in flight or already queued
+        still completes.
+        """
+        if not self._draining:
+            self._draining = True
+            log.info(
+                "chat queue draining: {in_flight} in flight, {depth} queued",
+                in_flight=self._in_flight,
+                depth=len(self._waiters),
+            )
+
+    def idle(self) -> Deferred[None]:
+        """
+        @return: a L{Deferred} that fires (with L{None}) when nothing is in
+            flight or queued: at once if that is already so.  Cancellable.
+        """
+        if self._is_idle():
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in self._idle_waiters:
+                self._idle_waiters.remove(d)
+
+        d: Deferred[None] = Deferred(cancel)
+        self._idle_waiters.append(d)
+        return d
+
+    def _is_idle(self) -> bool:
+        return self._in_flight == 0 and not self._waiters
+
+    def _check_idle(self) -> None:
+        if self._idle_waiters and self._is_idle():
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for d in waiting:
+                d.callback(None)
+
+    # --- health
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        The contract's C{queue} object for C{/api/health}.
+        """
+        ordered = sorted(self._waits_ms)
+        return {
+            "depth": len(self._waiters),
+            "max": self.queue_size,
+            "in_flight": self._in_flight,
+            "max_concurrent": self.max_concurrent,
+            "processed_total": self.processed_total,
+            "rejected_total": self.rejected_total,
+            "timed_out_total": self.timed_out_total,
+            "wait_ms_p50": round(_percentile(ordered, 50), 3),
+            "wait_ms_p95": round(_percentile(ordered, 95), 3),
+        }
+
+
+class RateLimiter:
+    """
+    A token bucket per key (the client address).
+
+    Each bucket holds C{per_minute} tokens (so that is also the burst) and
+    refills at C{per_minute / 60} tokens per second; a request takes one.
+    C{per_minute == 0} turns limiting off.
+
+    Memory stays bounded: a bucket that has refilled completely is the same as
+    no bucket, so it is forgotten (the buckets are kept in order of last use
+    and swept from the oldest end on every check); and there are never more
+    than C{max_buckets}: beyond that the least recently used is evicted (its
+    owner gets a fresh, full bucket, erring on the side of letting through).
+    """
+
+    def __init__(self, per_minute: int, clock: TimeSource, max_buckets: int = 10_000) -> None:
+        if per_minute < 0:
+            raise ValueError(f"per_minute must be >= 0, got {per_minute}")
+        if max_buckets < 1:
+            raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
+        self.per_minute = per_minute
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.max_buckets = max_buckets
+        self._clock: TimeSource = clock
+        # key -> (tokens, time of last update); oldest update first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.limited_total = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0
+
+    def __len__(self) -> int:
+        """
+        How many buckets are remembered.
+        """
+        return len(self._buckets)
+
+    def _tokens(self, entry: tuple[float, float], now: float) -> float:
+        tokens, stamp = entry
+        return min(self.capacity, tokens + max(0.0, now - stamp) * self.rate)
+
+    def _sweep(self, now: float) -> None:
+        """
+        Forget the buckets, oldest first, that are full again.
+        """
+        buckets = self._buckets
+        while buckets:
+            key = next(iter(buckets))
+            if self._tokens(buckets[key], now) < self.capacity:
+                # Not full yet; every bucket after it was used more recently
+                # and is swept on a later check (all within a minute).
+                break
+            del buckets[key]
+
+    def check(self, key: str) -> None:
+        """
+        Take one token from C{key}'s bucket.
+
+        @raise ApiError: 429 C{rate_limited} with C{Retry-After} (the seconds
+            until the next token) when the bucket is empty.
+        """
+        if not self.per_minute:
+            return
+        now = self._clock.seconds()
+        self._sweep(now)
+        entry = self._buckets.pop(key, None)
+        tokens = self.capacity if entry is None else self._tokens(entry, now)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_buckets:
+            self._buckets.popitem(last=False)
+        if not allowed:
+            self.limited_total += 1
+            raise ApiError.retry_later("rate_limited", (1.0 - tokens) / self.rate)
+
+
+# --- client address
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_address(text: str) -> _Address | None:
+    """
+    One address as found in C{X-Forwarded-For} or as a peer host: plain IPv4
+    or IPv6, optionally quoted, bracketed, or with a port.  IPv4-mapped IPv6
+    becomes IPv4.  Anything else (C{unknown}, host names, junk) is L{None}.
+    """
+    text = text.strip().strip('"').strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
+    networks: list[_Network] = []
+    for text in trusted:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            log.warn("ignoring trusted proxy {entry!r}: not an address or CIDR", entry=text)
+    return tuple(networks)
+
+
+def _is_trusted(address: _Address, networks: Iterable[_Network]) -> bool:
+    # An IPv4 address is never "in" an IPv6 network and vice versa (False, no error).
+    return any(address in network for network in networks)
+
+
+def client_ip(peer_host: str, forwarded_for: list[str] | None, trusted: tuple[str, ...]) -> str:
+    """
+    The address a request really came from.
+
+    C{X-Forwarded-For} is believed only when the peer (the TCP connection's
+    far end) is in one of the C{trusted} networks.  The chain is then walked
+    from the right (the hop nearest to us), skipping trusted proxies, and the
+    first untrusted address is the client.  Every entry left of that one was
+    written by the client and may be forged, so it is never looked at.
+
+    Empty entries are skipped.  An entry that is not an address (C{unknown},
+    a host name, junk) ends the walk: what lies left of it cannot be
+    vouched for, so the answer is the last trusted hop reached (at worst the
+    peer itself), never a forgeable value.  If every entry is trusted, the
+    leftmost one is the answer.
+
+    @param peer_host: the connection's peer address.
+    @param forwarded_for: the raw C{X-Forwarded-For} header values in the
+        order received (each may hold a comma-separated list), or L{None}.
+    @param trusted: addresses / CIDRs, as in C{Settings.trusted_proxy}.
+    @return: the address in canonical text form (IPv4-mapped IPv6 as IPv4);
+        the peer host unchanged when it is not an IP address.
+    """
+    peer = _parse_address(peer_host)
+    if peer is None:
+        return peer_host
+    if not trusted or not forwarded_for:
+        return str(peer)
+    networks = _networks(tuple(trusted))
+    if not _is_trusted(peer, networks):
+        return str(peer)
+    entries = [entry for value in forwarded_for for entry in str(value).split(",")]
+    nearest: _Address = peer
+    for entry in reversed(entries):
+        if not entry.strip():
+            continue
+        address = _parse_address(entry)
+        if address is None:
+            break
+        if not _is_trusted(address, networks):
+            return str(address)
+        nearest = address
+    return str(nearest)
