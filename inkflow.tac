@@ -5,8 +5,8 @@ import sys
 
 from twisted.application import service
 
-from inkflow.settings import ConfigError, load_settings
 from inkflow.service import makeService
+from inkflow.settings import ConfigError, load_settings
 
 try:
     settings = load_settings(environ=os.environ)

@@ -19,7 +19,7 @@ import functools
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -502,7 +502,7 @@ def _is_trusted(address: _Address, networks: Iterable[_Network]) -> bool:
     return any(address in network for network in networks)
 
 
-def client_ip(peer_host: str, forwarded_for: list[str] | None, trusted: tuple[str, ...]) -> str:
+def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tuple[str, ...]) -> str:
     """
     The address a request really came from.
 

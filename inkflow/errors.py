@@ -8,7 +8,7 @@ Pure: no reactor, no twisted.web.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = ["MESSAGES", "ApiError", "error_body", "json_bytes"]
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -107,7 +108,6 @@ class InkFlowRequest(server.Request):
         self.body_error: ApiError | None = None
         self._sink: BodySink | None = None
         self._refused = False
-        self.started = channel.clock.seconds() if getattr(channel, "clock", None) is not None else 0.0
 
     # -- body ---------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class InkFlowRequest(server.Request):
             self.responseHeaders.setRawHeaders(b"Server", [b"InkFlow"])
         super().write(data)
 
-    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Failure) -> None:
         """
         Anything unexpected: log it, answer a generic JSON 500, never a traceback.
         """
@@ -275,7 +275,7 @@ class InkFlowChannel(http.HTTPChannel):
         self.over_limit = len(site.channels) > site.settings.max_connections
         self._arm(site.settings.header_timeout)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel(self._deadline)
         self._cancel(self._abort_call)
         self._deadline = self._abort_call = None
@@ -335,7 +335,7 @@ class InkFlowChannel(http.HTTPChannel):
         if self.state in ("head", "body"):
             self.site.timeouts_total += 1
             log.info("Request {state} not received in time; answering 408", state=self.state)
-            request_id = self.requests[-1].request_id if self.requests else None  # type: ignore[attr-defined]
+            request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
             self.refuse(raw_error_response(ApiError("request_timeout"), request_id), linger=1.0, drop_input=True)
 
     # -- refusing and closing -------------------------------------------------
@@ -382,7 +382,7 @@ class InkFlowChannel(http.HTTPChannel):
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.forceAbortClient()
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:
@@ -397,7 +397,7 @@ class InkFlowSite(server.Site):
     """
 
     requestFactory = InkFlowRequest
-    protocol = InkFlowChannel
+    protocol = InkFlowChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -418,10 +418,6 @@ class InkFlowSite(server.Site):
         self.timeouts_total = 0
         self.draining = False
         self._all_gone: list[defer.Deferred[None]] = []
-
-    def buildProtocol(self, addr: Any) -> InkFlowChannel:
-        channel = super().buildProtocol(addr)
-        return channel  # type: ignore[no-any-return]
 
     def log(self, request: http.Request) -> None:
         if self.access_log is not None:

@@ -16,12 +16,13 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.endpoints import _parseServer  # type: ignore[attr-defined]
+from twisted.internet.endpoints import _parseServer
 
 __all__ = [
     "OPTIONS",
@@ -111,7 +112,7 @@ def _webhook(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http(s) URL, got {redact_url(text)!r}")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ValueError(f"bad port in {redact_url(text)!r}") from None
     return text
@@ -272,31 +273,92 @@ DEFAULT_RETRY_ON = ("connect", "404", "429", "502", "503", "504")
 #: The one table of options.  The README's table is generated from it
 #: (C{python -m inkflow.settings}).
 OPTIONS: tuple[Option, ...] = (
-    Option("listen", _listen, "tcp:8000:interface=127.0.0.1", "Twisted endpoint string to listen on", metavar="ENDPOINT"),
-    Option("webhook", _webhook, (), "n8n webhook URL, in failover order (repeatable; env: comma-separated); none = built-in demo responder", repeatable=True, metavar="URL"),
-    Option("webhook-header", _header, (), 'header sent to n8n, "Name: value" (repeatable); secret: never logged or shown', repeatable=True, secret=True, metavar="HEADER"),
+    Option(
+        "listen", _listen, "tcp:8000:interface=127.0.0.1", "Twisted endpoint string to listen on", metavar="ENDPOINT"
+    ),
+    Option(
+        "webhook",
+        _webhook,
+        (),
+        "n8n webhook URL, in failover order (repeatable; env: comma-separated); none = built-in demo responder",
+        repeatable=True,
+        metavar="URL",
+    ),
+    Option(
+        "webhook-header",
+        _header,
+        (),
+        'header sent to n8n, "Name: value" (repeatable); secret: never logged or shown',
+        repeatable=True,
+        secret=True,
+        metavar="HEADER",
+    ),
     Option("static-dir", _directory, default_static_dir, "folder with the page", metavar="DIR"),
     Option("static-only", _flag, False, "serve the page only; /api/chat answers 404 chat_disabled", is_flag=True),
     Option("max-file-size", _int_in(1), 10 * 1024 * 1024, "bytes per file", metavar="BYTES"),
     Option("max-files", _int_in(0, 100), 5, "files per message", metavar="N"),
     Option("max-message-chars", _int_in(1, 1_000_000), 4000, "characters of text per message", metavar="N"),
-    Option("allowed-types", _mime, DEFAULT_ALLOWED_TYPES, "allowed file types, checked on the bytes (comma-separated)", repeatable=True, metavar="TYPES"),
+    Option(
+        "allowed-types",
+        _mime,
+        DEFAULT_ALLOWED_TYPES,
+        "allowed file types, checked on the bytes (comma-separated)",
+        repeatable=True,
+        metavar="TYPES",
+    ),
     Option("max-connections", _int_in(1, 100_000), 50, "open client connections", metavar="N"),
     Option("max-concurrent", _int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N"),
     Option("queue-size", _int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N"),
     Option("queue-timeout", _seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS"),
-    Option("attempt-timeout", _seconds(0.001, 3600), 30.0, "seconds for one attempt at one webhook URL", metavar="SECONDS"),
-    Option("request-timeout", _seconds(0.001, 3600), 60.0, "hard ceiling for a chat request, queue wait and all attempts included", metavar="SECONDS"),
+    Option(
+        "attempt-timeout", _seconds(0.001, 3600), 30.0, "seconds for one attempt at one webhook URL", metavar="SECONDS"
+    ),
+    Option(
+        "request-timeout",
+        _seconds(0.001, 3600),
+        60.0,
+        "hard ceiling for a chat request, queue wait and all attempts included",
+        metavar="SECONDS",
+    ),
     Option("retries", _int_in(0, 20), 2, "extra attempts after the first, spread over the URLs", metavar="N"),
-    Option("retry-on", _retry_on, DEFAULT_RETRY_ON, "what moves an attempt on: connect, timeout, 404, 429, 500, 502, 503, 504 (comma-separated)", repeatable=True, metavar="LIST"),
+    Option(
+        "retry-on",
+        _retry_on,
+        DEFAULT_RETRY_ON,
+        "what moves an attempt on: connect, timeout, 404, 429, 500, 502, 503, 504 (comma-separated)",
+        repeatable=True,
+        metavar="LIST",
+    ),
     Option("rate-limit", _int_in(0, 1_000_000), 30, "chat requests per client IP per minute (0 = off)", metavar="N"),
-    Option("trusted-proxy", _network, (), "address or CIDR whose X-Forwarded-For is believed (repeatable)", repeatable=True, metavar="CIDR"),
+    Option(
+        "trusted-proxy",
+        _network,
+        (),
+        "address or CIDR whose X-Forwarded-For is believed (repeatable)",
+        repeatable=True,
+        metavar="CIDR",
+    ),
     Option("upload-dir", _directory, default_upload_dir, "where uploads are spooled", metavar="DIR"),
-    Option("cors-origin", _origin, (), "allowed browser origin (repeatable); none = same origin only", repeatable=True, metavar="ORIGIN"),
+    Option(
+        "cors-origin",
+        _origin,
+        (),
+        "allowed browser origin (repeatable); none = same origin only",
+        repeatable=True,
+        metavar="ORIGIN",
+    ),
     Option("header-timeout", _seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS"),
-    Option("idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"),
+    Option(
+        "idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
+    ),
     Option("drain-timeout", _seconds(0, 3600), 25.0, "seconds to finish in-flight work on shutdown", metavar="SECONDS"),
-    Option("cleanup-interval", _seconds(0.01, 86400), 300.0, "seconds between memory / temp-file cleanups", metavar="SECONDS"),
+    Option(
+        "cleanup-interval",
+        _seconds(0.01, 86400),
+        300.0,
+        "seconds between memory / temp-file cleanups",
+        metavar="SECONDS",
+    ),
     Option("log-format", _choice("text", "json"), "text", "text or json", metavar="FORMAT"),
     Option("access-log", _flag, True, "log one line per request (false to turn off)", metavar="BOOL"),
     Option("workers", _int_in(1, 64), 1, "processes sharing the listening socket", metavar="N"),
@@ -392,7 +454,9 @@ def _parse_raw(option: Option, raw: Any, source: str) -> Any:
     """
     Parse one raw value (from a flag, the environment or TOML) for C{option}.
     """
-    where = f"--{option.name}" if source == "flag" else (option.env if source == "env" else f"{option.name} (config file)")
+    where = (
+        f"--{option.name}" if source == "flag" else (option.env if source == "env" else f"{option.name} (config file)")
+    )
     try:
         if option.repeatable:
             items: list[Any]

@@ -17,9 +17,11 @@ import gzip
 import hashlib
 import mimetypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Protocol
+
+from twisted.web.iweb import IRequest
 
 __all__ = ["StaticEntry", "StaticFiles"]
 
@@ -50,20 +52,6 @@ EXTRA_TYPES = {
     ".webp": "image/webp",
     ".map": "application/json",
 }
-
-
-class HeaderRequest(Protocol):
-    """
-    The part of a twisted.web request the static server uses.
-    """
-
-    method: bytes
-
-    def getHeader(self, key: str | bytes) -> str | bytes | None: ...
-
-    def setHeader(self, name: str | bytes, value: str | bytes) -> None: ...
-
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +112,7 @@ class StaticFiles:
     def exists(self) -> bool:
         return os.path.isfile(os.path.join(self.root, "index.html"))
 
-    def resolve(self, segments: list[bytes] | list[str]) -> str | None:
+    def resolve(self, segments: Sequence[bytes | str]) -> str | None:
         """
         The file a URL path names, or C{None} when it names nothing servable.
         A trailing empty segment (C{/examples/}) means the folder's index.html.
@@ -186,7 +174,7 @@ class StaticFiles:
             self._cache[path] = entry
         return entry
 
-    def render(self, request: HeaderRequest, segments: list[bytes] | list[str]) -> bytes | None:
+    def render(self, request: IRequest, segments: Sequence[bytes | str]) -> bytes | None:
         """
         Answer C{request} with the file C{segments} names: sets status and
         headers, returns the body (empty for HEAD and 304).  C{None} when there
@@ -200,7 +188,7 @@ class StaticFiles:
             return None
         return self.respond(request, entry)
 
-    def respond(self, request: HeaderRequest, entry: StaticEntry) -> bytes:
+    def respond(self, request: IRequest, entry: StaticEntry) -> bytes:
         is_html = entry.content_type.startswith("text/html")
         request.setHeader(b"Content-Type", entry.content_type.encode())
         request.setHeader(b"ETag", entry.etag.encode())
@@ -223,7 +211,7 @@ class StaticFiles:
         return body
 
     @staticmethod
-    def _not_modified(request: HeaderRequest, entry: StaticEntry) -> bool:
+    def _not_modified(request: IRequest, entry: StaticEntry) -> bool:
         inm = request.getHeader(b"If-None-Match")
         if inm is not None:
             text = inm.decode("latin-1") if isinstance(inm, bytes) else inm

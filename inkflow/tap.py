@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -21,7 +21,7 @@ __all__ = ["Options", "makeService"]
 
 
 def _repeatable(name: str) -> Any:
-    def opt(self: Options, value: str) -> None:
+    def opt(self: _OptionsBase, value: str) -> None:
         self.setdefault(name, []).append(value)
 
     opt.__doc__ = next(o.help for o in OPTIONS if o.name == name)
@@ -36,8 +36,8 @@ class _OptionsBase(usage.Options):
         "(precedence: flag > environment > file > default)."
     )
 
-    optParameters: list[list[Any]] = [["config", None, None, "TOML file with settings (env: INKFLOW_CONFIG)"]]
-    optFlags: list[list[Any]] = []
+    optParameters: ClassVar[list[list[Any]]] = [["config", None, None, "TOML file with settings (env: INKFLOW_CONFIG)"]]
+    optFlags: ClassVar[list[list[Any]]] = []
 
     settings: Settings
 

@@ -6,7 +6,7 @@ in.  Errors become the contract's JSON in one place (L{InkFlowApp._error}).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from inkflow.admission import ChatQueue, RateLimiter, client_ip
@@ -50,6 +51,13 @@ class ChatForwarder(Protocol):
 
 class Stats(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
+
+
+def _inkflow(request: IRequest) -> InkFlowRequest:
+    """
+    Klein hands routes an C{IRequest}; InkFlow's site makes L{InkFlowRequest}s.
+    """
+    return cast(InkFlowRequest, request)
 
 
 class InkFlowApp:
@@ -140,7 +148,7 @@ class InkFlowApp:
     def _error(self, request: InkFlowRequest, error: ApiError) -> bytes:
         for name, value in error.headers.items():
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        if error.status in (408, 413) or error.status >= 500 and error.code == "internal_error":
+        if error.status in (408, 413) or (error.status >= 500 and error.code == "internal_error"):
             request.setHeader(b"Connection", b"close")
         return self._json(request, error.body(request.request_id), error.status)
 
@@ -159,35 +167,36 @@ class InkFlowApp:
         return True
 
     @app.handle_errors(ApiError)
-    def api_error(self, request: InkFlowRequest, failure: Failure) -> bytes:
-        return self._error(request, failure.value)  # type: ignore[arg-type]
+    def api_error(self, request: IRequest, failure: Failure) -> bytes:
+        return self._error(_inkflow(request), failure.value)  # type: ignore[arg-type]
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: InkFlowRequest, failure: Failure) -> bytes:
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         allowed = sorted(set(getattr(failure.value, "valid_methods", None) or []))
         error = ApiError("method_not_allowed", headers={"Allow": ", ".join(allowed)})
-        return self._error(request, error)
+        return self._error(_inkflow(request), error)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: InkFlowRequest, failure: Failure) -> bytes:
-        path = request.path.split(b"?", 1)[0]
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        req = _inkflow(request)
+        path = req.path.split(b"?", 1)[0]
         is_api = path == b"/api" or path.startswith(b"/api/")
-        if not is_api and request.method in (b"GET", b"HEAD"):
+        if not is_api and req.method in (b"GET", b"HEAD"):
             segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
-            body = self.static.render(request, segments)
+            body = self.static.render(req, segments)
             if body is not None:
                 return body
-        if not is_api and request.method not in (b"GET", b"HEAD"):
+        if not is_api and req.method not in (b"GET", b"HEAD"):
             error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
-            return self._error(request, error)
-        return self._error(request, ApiError("not_found"))
+            return self._error(req, error)
+        return self._error(req, ApiError("not_found"))
 
     @app.handle_errors(Exception)
-    def unexpected(self, request: InkFlowRequest, failure: Failure) -> bytes:
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(defer.CancelledError):
             return b""  # the client went away; nobody reads this
-        log.failure("Unhandled error", failure=failure, request_id=request.request_id)
-        return self._error(request, ApiError("internal_error"))
+        log.failure("Unhandled error", failure=failure, request_id=_inkflow(request).request_id)
+        return self._error(_inkflow(request), ApiError("internal_error"))
 
     # -- page -----------------------------------------------------------------
 
@@ -226,7 +235,8 @@ class InkFlowApp:
         queue = self.queue.snapshot()
         ok, reason = readiness(
             draining=draining,
-            queue_full=queue["depth"] >= self.settings.queue_size and queue["in_flight"] >= self.settings.max_concurrent,
+            queue_full=queue["depth"] >= self.settings.queue_size
+            and queue["in_flight"] >= self.settings.max_concurrent,
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
         if ok:
@@ -298,7 +308,12 @@ class InkFlowApp:
             )
             return self._json(request, answer)
         except ApiError as e:
-            log.info("Chat {request_id} refused: {status} {code}", status=e.status, code=e.code, request_id=request.request_id)
+            log.info(
+                "Chat {request_id} refused: {status} {code}",
+                status=e.status,
+                code=e.code,
+                request_id=request.request_id,
+            )
             raise
         finally:
             request.release_body()

@@ -110,13 +110,13 @@ class ServerProcess:
             if remaining <= 0:
                 raise AssertionError(f"no line matching {regex.pattern!r} in:\n{self.output()}")
             try:
-                line = self._queue.get(timeout=remaining)
+                got = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
-            if line is None:
+            if got is None:
                 raise AssertionError(f"server exited before {regex.pattern!r}:\n{self.output()}")
-            self.lines.append(line)
-            m = regex.search(line)
+            self.lines.append(got)
+            m = regex.search(got)
             if m:
                 return m
 
@@ -208,7 +208,9 @@ class ServerProcess:
         status, _, data = self.request("GET", path)
         return status, json.loads(data)
 
-    def post_json(self, path: str, value: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    def post_json(
+        self, path: str, value: Any, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], Any]:
         status, got_headers, data = self.request(
             "POST",
             path,

@@ -1,0 +1,53 @@
+# The README's two commands:
+#   make run    set everything up and run the server (demo responder when no webhook is set)
+#   make test   set everything up and run every check and test
+# Everything is installed into .venv by `pip install .` (a real, non-editable install:
+# twistd only finds the plugin that way).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.PHONY: run test install install-test lint unit e2e bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+
+# Reinstall every time: the tests must run the code as installed.
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
+	$(BIN)/python -m pip install --quiet .
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
+	$(BIN)/python -m pip install --quiet ".[test]"
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	bash scripts/install-browser-deps.sh
+
+run: install
+	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Unit tests are reactor-free: they run under trial and under pytest.
+unit:
+	$(BIN)/python -m twisted.trial tests.unit
+	$(BIN)/python -m pytest -q tests/unit
+
+# End-to-end tests start real processes on loopback ports: their own runner invocation.
+e2e:
+	$(BIN)/python -m pytest -q tests/e2e
+
+test: install-test lint unit e2e
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp .mypy_cache .ruff_cache .pytest_cache test-artifacts

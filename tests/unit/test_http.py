@@ -1,0 +1,198 @@
+"""
+Tests for L{inkflow.http}: deadlines, the connection limit, early refusals,
+drain, all with C{StringTransport} and C{Clock} (no network, no real time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from twisted.web import http
+from twisted.web.resource import Resource
+
+from inkflow.bodies import BodySink, JsonSink
+from inkflow.errors import ApiError
+from inkflow.http import InkFlowChannel, InkFlowRequest, InkFlowSite
+from inkflow.settings import Settings
+
+
+class Echo(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[InkFlowRequest] = []
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append(request)
+        if request.body_error is not None:
+            request.setResponseCode(request.body_error.status)
+            return request.body_error.code.encode()
+        return b"ok"
+
+
+def sink_for(method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
+    if path == b"/big":
+        raise ApiError("too_large")
+    if method == b"POST":
+        if length is not None and length > 1000:
+            raise ApiError("too_large")
+        return JsonSink(1000)
+    return None
+
+
+class ChannelTests(TestCase):
+    """
+    One site, connections driven by hand.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.settings = Settings.defaults(max_connections=2, header_timeout=10.0, idle_timeout=60.0)
+        self.resource = Echo()
+        self.site = InkFlowSite(self.resource, self.settings, self.clock, sink_for)
+
+    def connect(self) -> tuple[InkFlowChannel, StringTransport]:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_request_answered_with_security_headers(self) -> None:
+        """A plain GET is answered, with nosniff, CSP, X-Request-ID and no Twisted version."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "))
+        self.assertIn(b"X-Content-Type-Options: nosniff", out)
+        self.assertIn(b"Content-Security-Policy: ", out)
+        self.assertIn(b"X-Request-Id: ", out)
+        self.assertIn(b"Server: InkFlow", out)
+        self.assertNotIn(b"TwistedWeb", out)
+
+    def test_slow_head_gets_408_after_header_timeout(self) -> None:
+        """A head still incomplete after --header-timeout is answered 408 and the connection closed."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(9.9)
+        channel.dataReceived(b"Host: x\r\n")  # a byte now and then does not reset the deadline
+        self.clock.advance(0.2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertIn(b'"request_timeout"', transport.value())
+        self.clock.advance(1.0)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.seen, [])
+
+    def test_idle_keepalive_closed_quietly(self) -> None:
+        """After a response, a connection idle for --idle-timeout is closed without a 408."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        transport.clear()
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_keepalive_request_that_behaves_is_not_cut(self) -> None:
+        """A second request on a kept-alive connection gets a fresh head deadline, and an answer."""
+        channel, transport = self.connect()
+        for _ in range(3):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.clock.advance(30)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertFalse(transport.disconnecting)
+
+    def test_content_length_over_limit_refused_before_body(self) -> None:
+        """A Content-Length over the limit is answered 413 at once, without 100 Continue."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out)
+        self.assertNotIn(b"100 Continue", out)
+        self.assertIn(b"Connection: close", out)
+        self.assertEqual(self.resource.seen, [])
+
+    def test_refused_body_is_read_then_connection_closed(self) -> None:
+        """The refused body's bytes are drained (so the client sees the answer) and then the connection closes."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        self.assertFalse(transport.disconnecting)
+        channel.dataReceived(b"0123456789")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.seen, [])
+
+    def test_refused_body_cut_after_linger(self) -> None:
+        """A client that keeps sending a refused body is cut after the linger time."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        channel.dataReceived(b"x" * 1000)
+        self.clock.advance(6)
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_body_over_limit_refused_while_streaming(self) -> None:
+        """A chunked body is refused with 413 the moment it crosses the limit."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        channel.dataReceived(b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(transport.value(), b"")
+        channel.dataReceived(b"10\r\n" + b"x" * 16 + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+
+    def test_malformed_json_is_a_body_error(self) -> None:
+        """A body the sink cannot parse reaches the route as body_error, not an exception."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{nope")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(self.resource.seen[0].body_error.code, "bad_request")  # type: ignore[union-attr]
+
+    def test_connection_over_limit_gets_503_busy(self) -> None:
+        """The connection past --max-connections is answered 503 busy with Retry-After and closed."""
+        self.connect()
+        self.connect()
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 503 "), out)
+        self.assertIn(b"Retry-After: ", out)
+        self.assertIn(b"Connection: close", out)
+        self.assertIn(b'"busy"', out)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.site.connections_rejected, 1)
+
+    def test_health_answered_over_limit(self) -> None:
+        """Over the limit, /api/health is still answered, then the connection closes."""
+        self.connect()
+        self.connect()
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertIn(b"Connection: close", transport.value())
+
+    def test_closed_connections_free_their_place(self) -> None:
+        """A closed connection leaves the registry, so the next one is under the limit."""
+        first, _ = self.connect()
+        self.connect()
+        first.connectionLost(Exception("gone"))  # type: ignore[arg-type]
+        channel, _transport = self.connect()
+        self.assertFalse(channel.over_limit)
+
+    def test_drain_closes_idle_and_waits_for_busy(self) -> None:
+        """Drain closes idle connections at once and fires when the last one is gone."""
+        idle, idle_transport = self.connect()
+        idle.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        busy, busy_transport = self.connect()
+        busy.dataReceived(b"GET / HTTP/1.1\r\n")  # head in progress
+        done = self.site.drain()
+        self.assertTrue(idle_transport.disconnecting)
+        self.assertNoResult(done)
+        idle.connectionLost(Exception("closed"))  # type: ignore[arg-type]
+        busy.dataReceived(b"Host: x\r\n\r\n")
+        self.assertTrue(busy_transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(busy_transport.disconnecting)
+        busy.connectionLost(Exception("closed"))  # type: ignore[arg-type]
+        self.successResultOf(done)

@@ -1,0 +1,172 @@
+"""
+Tests for L{inkflow.settings}: sources, precedence, validation, redaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from inkflow.settings import (
+    OPTIONS,
+    ConfigError,
+    Settings,
+    describe,
+    load_settings,
+    options_table_markdown,
+    redact_url,
+)
+from tests.unit.helpers import temp_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class PrecedenceTests(TestCase):
+    """
+    Flag > environment > file > default.
+    """
+
+    def write_toml(self, text: str) -> str:
+        path = temp_path(self)
+        Path(path).write_text(text, encoding="utf-8")
+        return path
+
+    def test_defaults_match_the_contract(self) -> None:
+        """With no source, every option has the contract's default."""
+        s = load_settings()
+        self.assertEqual(s.listen, "tcp:8000:interface=127.0.0.1")
+        self.assertEqual((s.max_file_size, s.max_files, s.max_message_chars), (10485760, 5, 4000))
+        self.assertEqual((s.max_connections, s.max_concurrent, s.queue_size), (50, 10, 20))
+        self.assertEqual((s.queue_timeout, s.attempt_timeout, s.request_timeout), (30.0, 30.0, 60.0))
+        self.assertEqual(s.retries, 2)
+        self.assertEqual(s.retry_on, ("connect", "404", "429", "502", "503", "504"))
+        self.assertEqual(s.rate_limit, 30)
+        self.assertEqual((s.header_timeout, s.idle_timeout, s.drain_timeout), (10.0, 60.0, 25.0))
+        self.assertEqual(s.cleanup_interval, 300.0)
+        self.assertEqual(s.mode, "demo")
+
+    def test_flag_beats_environment_beats_file(self) -> None:
+        """The same option from three sources takes the flag's value, then the environment's, then the file's."""
+        path = self.write_toml("max-files = 1\nqueue_size = 7\nretries = 4\n")
+        env = {"INKFLOW_MAX_FILES": "2", "INKFLOW_QUEUE_SIZE": "8"}
+        s = load_settings(flags={"max-files": "3"}, environ=env, config_file=path)
+        self.assertEqual((s.max_files, s.queue_size, s.retries), (3, 8, 4))
+
+    def test_config_file_named_by_environment(self) -> None:
+        """INKFLOW_CONFIG names the TOML file; an [inkflow] table is accepted."""
+        path = self.write_toml('[inkflow]\nwebhook = ["http://127.0.0.1:1/a", "http://127.0.0.1:2/b"]\n')
+        s = load_settings(environ={"INKFLOW_CONFIG": path})
+        self.assertEqual(s.webhook, ("http://127.0.0.1:1/a", "http://127.0.0.1:2/b"))
+        self.assertEqual(s.mode, "proxy")
+
+    def test_repeatable_options_from_environment_are_comma_separated(self) -> None:
+        """Comma-separated environment values fill repeatable options in order."""
+        s = load_settings(environ={"INKFLOW_WEBHOOK": "http://127.0.0.1:1/a, http://127.0.0.1:2/b"})
+        self.assertEqual(s.webhook, ("http://127.0.0.1:1/a", "http://127.0.0.1:2/b"))
+
+    def test_webhook_headers_keep_commas(self) -> None:
+        """A header value may contain commas; several headers in the environment are one per line."""
+        s = load_settings(environ={"INKFLOW_WEBHOOK_HEADER": "X-Auth: a,b\nX-Other: c"})
+        self.assertEqual(s.webhook_header, (("X-Auth", "a,b"), ("X-Other", "c")))
+
+    def test_static_only_flag_from_environment(self) -> None:
+        """INKFLOW_STATIC_ONLY=true turns on static-only mode."""
+        self.assertEqual(load_settings(environ={"INKFLOW_STATIC_ONLY": "true"}).mode, "static-only")
+
+
+class ValidationTests(TestCase):
+    """
+    Invalid values stop start-up with one line naming the option.
+    """
+
+    def assertNames(self, needle: str, **kwargs: object) -> None:
+        e = self.assertRaises(ConfigError, load_settings, **kwargs)
+        self.assertIn(needle, str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_bad_integer_flag(self) -> None:
+        """A non-integer flag names the flag."""
+        self.assertNames("--max-files", flags={"max-files": "five"})
+
+    def test_out_of_range_environment(self) -> None:
+        """An out-of-range environment value names the variable."""
+        self.assertNames("INKFLOW_MAX_CONNECTIONS", environ={"INKFLOW_MAX_CONNECTIONS": "0"})
+
+    def test_bad_listen_endpoint(self) -> None:
+        """An unknown endpoint type is refused."""
+        self.assertNames("--listen", flags={"listen": "carrier-pigeon:1"})
+
+    def test_bad_webhook_scheme(self) -> None:
+        """Only http and https webhooks are accepted."""
+        self.assertNames("--webhook", flags={"webhook": ["file:///etc/passwd"]})
+
+    def test_bad_retry_on(self) -> None:
+        """--retry-on takes only the listed outcomes."""
+        self.assertNames("--retry-on", flags={"retry-on": ["connect,418"]})
+
+    def test_cors_wildcard_refused(self) -> None:
+        """A '*' CORS origin is refused: origins must be listed."""
+        self.assertNames("--cors-origin", flags={"cors-origin": ["*"]})
+
+    def test_webhook_header_value_never_in_the_error(self) -> None:
+        """A malformed header is refused without echoing its (secret) value."""
+        e = self.assertRaises(ConfigError, load_settings, flags={"webhook-header": ["no colon secret123"]})
+        self.assertNotIn("secret123", str(e))
+
+    def test_unknown_key_in_file(self) -> None:
+        """An unknown key in the TOML file is an error, not silently ignored."""
+        path = temp_path(self)
+        Path(path).write_text("max_filez = 3\n", encoding="utf-8")
+        self.assertNames("max_filez", config_file=path)
+
+    def test_unreadable_file(self) -> None:
+        """A config file that cannot be read names --config."""
+        self.assertNames("--config", config_file="/nonexistent/inkflow.toml")
+
+    def test_settings_are_frozen(self) -> None:
+        """Settings cannot be changed after they are built."""
+        s = Settings.defaults()
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, s, "max_files", 9)
+
+
+class RedactionTests(TestCase):
+    """
+    Secrets never show.
+    """
+
+    def test_redact_url_drops_credentials_and_query(self) -> None:
+        """Credentials, query and fragment are removed; the port is explicit."""
+        self.assertEqual(
+            redact_url("https://user:pw@n8n.example.com/webhook/x?token=s#f"), "https://n8n.example.com:443/webhook/x"
+        )
+
+    def test_describe_hides_header_values(self) -> None:
+        """describe() shows header names only."""
+        s = load_settings(flags={"webhook-header": ["Authorization: Bearer hunter2"]})
+        shown = describe(s)
+        self.assertEqual(shown["webhook-header"], ["Authorization"])
+        self.assertNotIn("hunter2", repr(shown))
+        self.assertNotIn("hunter2", repr(s))
+
+
+class DocumentationTests(TestCase):
+    """
+    The README's options table is the generated one.
+    """
+
+    def test_readme_has_the_generated_table(self) -> None:
+        """Every row of the generated options table appears in the README."""
+        readme = (REPO / "README.md").read_text(encoding="utf-8")
+        for row in options_table_markdown().splitlines()[2:]:
+            if "--static-dir" in row or "--upload-dir" in row:
+                continue
+            self.assertIn(row, readme)
+
+    def test_every_option_has_a_flag_and_variable(self) -> None:
+        """Each option maps to INKFLOW_<UPPER_SNAKE> and a Settings field."""
+        names = {f.name for f in dataclasses.fields(Settings)}
+        for option in OPTIONS:
+            self.assertEqual(option.env, "INKFLOW_" + option.name.upper().replace("-", "_"))
+            self.assertIn(option.attr, names)

@@ -1,0 +1,110 @@
+"""
+Tests for L{inkflow.staticfiles}: safe lookups, validators, gzip.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyRequest
+
+from inkflow.staticfiles import StaticFiles
+from tests.unit.helpers import temp_path
+
+
+class StaticFilesTests(TestCase):
+    """
+    One folder with a page, an asset, a dot-file and a subfolder; a secret beside it.
+    """
+
+    def setUp(self) -> None:
+        base = Path(temp_path(self)).resolve()
+        self.root = base / "static"
+        (self.root / "assets").mkdir(parents=True)
+        (self.root / "index.html").write_text('<html lang="he" dir="rtl">' + "שלום " * 200, encoding="utf-8")
+        (self.root / "assets" / "app.js").write_text("console.log(1);\n" * 100)
+        (self.root / ".env").write_text("SECRET=1")
+        (base / "secret.txt").write_text("outside")
+        os.symlink(base / "secret.txt", self.root / "link.txt")
+        self.files = StaticFiles(str(self.root))
+
+    def request(self, headers: dict[bytes, bytes] | None = None, method: bytes = b"GET") -> Any:
+        r = DummyRequest([b""])
+        r.method = method
+        for k, v in (headers or {}).items():
+            r.requestHeaders.setRawHeaders(k, [v])
+        return r
+
+    def test_resolve_refuses_escapes(self) -> None:
+        """Dot segments, dot-files, encoded separators, NUL and outward symlinks resolve to nothing."""
+        for segments in (
+            [b".."],
+            [b"..", b"secret.txt"],
+            [b"assets", b"..", b"..", b"secret.txt"],
+            [b".env"],
+            [b"assets/../../secret.txt"],
+            [b"..\\secret.txt"],
+            [b"index.html\x00"],
+            [b"link.txt"],
+            [b"assets"],
+            [b"\xff"],
+        ):
+            self.assertIsNone(self.files.resolve(segments), segments)
+
+    def test_resolve_finds_files_and_folder_index(self) -> None:
+        """Plain paths resolve, and a trailing slash means the folder's index.html."""
+        self.assertEqual(self.files.resolve([b"assets", b"app.js"]), str(self.root / "assets" / "app.js"))
+        self.assertEqual(self.files.resolve([b""]), str(self.root / "index.html"))
+
+    def test_etag_gives_304(self) -> None:
+        """A matching If-None-Match gets 304 with an empty body."""
+        first = self.request()
+        self.files.render(first, [b"index.html"])
+        etag = first.responseHeaders.getRawHeaders(b"ETag", [b""])[0]
+        again = self.request({b"If-None-Match": etag})
+        self.assertEqual(self.files.render(again, [b"index.html"]), b"")
+        self.assertEqual(again.responseCode, 304)
+
+    def test_gzip_when_accepted(self) -> None:
+        """Text is gzipped for a client that accepts gzip, and is the same once unzipped."""
+        plain = self.files.render(self.request(), [b"assets", b"app.js"])
+        r = self.request({b"Accept-Encoding": b"br, gzip;q=0.8"})
+        packed = self.files.render(r, [b"assets", b"app.js"])
+        assert packed is not None
+        self.assertEqual(r.responseHeaders.getRawHeaders(b"Content-Encoding"), [b"gzip"])
+        self.assertEqual(gzip.decompress(packed), plain)
+
+    def test_no_gzip_when_refused(self) -> None:
+        """gzip;q=0 means no gzip."""
+        r = self.request({b"Accept-Encoding": b"gzip;q=0"})
+        self.files.render(r, [b"assets", b"app.js"])
+        self.assertIsNone(r.responseHeaders.getRawHeaders(b"Content-Encoding"))
+
+    def test_head_has_no_body(self) -> None:
+        """HEAD sets Content-Length but returns no body."""
+        r = self.request(method=b"HEAD")
+        self.assertEqual(self.files.render(r, [b"index.html"]), b"")
+        self.assertNotEqual(r.responseHeaders.getRawHeaders(b"Content-Length"), [b"0"])
+
+    def test_html_revalidates_assets_cache(self) -> None:
+        """The page says no-cache; assets may be cached."""
+        page, asset = self.request(), self.request()
+        self.files.render(page, [b"index.html"])
+        self.files.render(asset, [b"assets", b"app.js"])
+        self.assertEqual(page.responseHeaders.getRawHeaders(b"Cache-Control"), [b"no-cache"])
+        self.assertIn(b"max-age", asset.responseHeaders.getRawHeaders(b"Cache-Control", [b""])[0])
+
+    def test_changed_file_is_reloaded(self) -> None:
+        """A file changed on disk is served anew with a new ETag."""
+        r1 = self.request()
+        self.files.render(r1, [b"assets", b"app.js"])
+        path = self.root / "assets" / "app.js"
+        path.write_text("changed();\n")
+        os.utime(path, ns=(1, 1))
+        r2 = self.request()
+        self.assertEqual(self.files.render(r2, [b"assets", b"app.js"]), b"changed();\n")
+        self.assertNotEqual(r1.responseHeaders.getRawHeaders(b"ETag"), r2.responseHeaders.getRawHeaders(b"ETag"))
