@@ -54,6 +54,7 @@ setup(
             "mypy==2.4.1",
             "ruff==0.17.6",
             "types-psutil==7.2.2.20261111",
+            "mypy-zope==1.0.17",
             "playwright==1.65.2",
         ],
     },
