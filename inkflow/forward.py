@@ -24,7 +24,7 @@ from treq.cookies import IndexableCookieJar
 from treq.multipart import MultiPartProducer
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol as _Protocol
 from twisted.internet.protocol import connectionDone
@@ -226,7 +226,7 @@ class _CappedBody(_Protocol):
             finished.errback(reason)
 
     def abort(self) -> None:
-        transport = self.transport
+        transport: Any = self.transport
         if transport is None:
             return
         abort = getattr(transport, "abortConnection", None)
@@ -276,7 +276,8 @@ def _classify_failure(failure: Failure) -> Outcome:
     """
     Turn an attempt's failure into an L{Outcome}.
 
-      - C{ConnectError} (refused, DNS, connect timeout) and C{RequestNotSent}:
+      - C{ConnectError} (refused, no route, connect timeout), C{DNSLookupError}
+        and C{RequestNotSent}:
         L{CONNECT}, the request never left.
       - C{RequestTransmissionFailed}: L{CONNECT` too: the body was not fully
         sent, and n8n runs a webhook only after reading the whole body.
@@ -285,7 +286,7 @@ def _classify_failure(failure: Failure) -> Outcome:
       - anything else: L{INVALID} (not retried, not n8n's fault).
     """
     name = type(failure.value).__name__
-    if failure.check(ConnectError, RequestNotSent):
+    if failure.check(ConnectError, DNSLookupError, RequestNotSent):
         return Outcome(CONNECT, error=f"connect: {name}")
     if failure.check(RequestTransmissionFailed):
         return Outcome(CONNECT, error="connection failed while sending")
