@@ -279,7 +279,7 @@ def _classify_failure(failure: Failure) -> Outcome:
       - C{ConnectError} (refused, no route, connect timeout), C{DNSLookupError}
         and C{RequestNotSent}:
         L{CONNECT}, the request never left.
-      - C{RequestTransmissionFailed}: L{CONNECT` too: the body was not fully
+      - C{RequestTransmissionFailed}: L{CONNECT} too: the body was not fully
         sent, and n8n runs a webhook only after reading the whole body.
       - C{ResponseNeverReceived}, C{ResponseFailed}: L{LOST}: the request was
         sent, so n8n may have run the workflow.
