@@ -14,6 +14,8 @@ import email.policy
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -420,7 +422,7 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         sent.
         """
         forwarder = self.make()
-        gone = UploadedFile(self.mktemp(), "a.txt", "text/plain", 3)
+        gone = UploadedFile(os.path.join(self.scratch(), "gone"), "a.txt", "text/plain", 3)
         failure = self.failureResultOf(self.send(forwarder, message(files=(gone,))), ApiError)
         self.assertEqual(failure.value.code, "internal_error")
         self.assertEqual(self.agent.calls, [])
@@ -444,10 +446,19 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         self.assertTrue(any(e.get("request_id") == "req-1" for e in self.events))
 
     def upload(self, name: str, data: bytes, content_type: str = "text/plain") -> UploadedFile:
-        path = self.mktemp()
+        path = os.path.join(self.scratch(), f"upload-{name}")
         with open(path, "wb") as f:
             f.write(data)
         return UploadedFile(path=path, filename=name, content_type=content_type, size=len(data))
+
+    def scratch(self) -> str:
+        """
+        A private temp folder removed after the test (not C{mktemp}, which
+        writes under the working directory when run by pytest).
+        """
+        folder = tempfile.mkdtemp(prefix="inkflow-test-forward-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        return folder
 
     def assertNoOpenFile(self, uploads: tuple[UploadedFile, ...]) -> None:
         if not os.path.isdir("/proc/self/fd"):  # pragma: no cover
