@@ -224,7 +224,6 @@ function deliver(text, files, item = addMessage("user", text, files)) {
       onStart() {
         meta.textContent = "נשלחת…";
         typing = showTyping();
-        el.widget.setAttribute("aria-busy", "true");
       },
       onWait(seconds, reason) {
         const text =
@@ -243,7 +242,6 @@ function deliver(text, files, item = addMessage("user", text, files)) {
     .then((result) => {
       typing?.remove();
       setStatus("");
-      if (!client.pending) el.widget.removeAttribute("aria-busy");
       if (result.ok) {
         meta.textContent = "נשלחה";
         addMessage("bot", result.reply || "(התקבלה תשובה ריקה)");

@@ -268,9 +268,22 @@ def test_reply_and_attachments_through_a_fake_n8n(open_page: Any) -> None:
         assert "סיכום פגישה" in by_hash[hashlib.sha256(notes).hexdigest()].filename
 
 
-def test_a_file_can_be_removed_before_sending(open_page: Any) -> None:
+DROP_FILE = """
+(name) => {
+    const data = new DataTransfer();
+    data.items.add(new File(["dropped\\n"], name, {type: "text/plain"}));
+    const widget = document.getElementById("chat-widget");
+    for (const type of ["dragenter", "dragover", "drop"]) {
+        widget.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+    }
+}
+"""
+
+
+def test_files_can_be_dropped_and_removed_before_sending(open_page: Any) -> None:
     """
-    A file taken off the list before sending is not sent.
+    A file dropped on the chat is attached like a picked one; a file taken
+    off the list before sending is not sent.
     """
     with FakeN8n() as fake, start_inkflow("--webhook", fake.url()) as server:
         page = open_page(server).page
@@ -281,12 +294,15 @@ def test_a_file_can_be_removed_before_sending(open_page: Any) -> None:
                 {"name": "drop.txt", "mimeType": "text/plain", "buffer": b"drop me\n"},
             ]
         )
+        page.evaluate(DROP_FILE, "נגרר 2.txt")
+        expect(page.locator("#chat-files bdi")).to_have_text(["keep.txt", "drop.txt", "נגרר 2.txt"])
+        expect(page.locator("#chat-drop")).to_be_hidden()
         page.get_by_role("button", name="הסרת הקובץ drop.txt").click()
-        expect(page.locator("#chat-files bdi")).to_have_text(["keep.txt"])
-        send(page, "רק קובץ אחד")
-        expect(bot_replies(page).last).to_have_text("n8n: רק קובץ אחד (1 files)")
-        received = fake.wait_for(lambda r: r.chat_input == "רק קובץ אחד")
-        assert [f.data for f in received.files] == [b"keep me\n"]
+        expect(page.locator("#chat-files bdi")).to_have_text(["keep.txt", "נגרר 2.txt"])
+        send(page, "רק שני קבצים")
+        expect(bot_replies(page).last).to_have_text("n8n: רק שני קבצים (2 files)")
+        received = fake.wait_for(lambda r: r.chat_input == "רק שני קבצים")
+        assert [f.data for f in received.files] == [b"keep me\n", b"dropped\n"]
 
 
 def test_files_over_the_reported_limits_are_refused_without_a_request(open_page: Any) -> None:
