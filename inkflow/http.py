@@ -405,14 +405,14 @@ class InkFlowSite(server.Site):
         settings: Settings,
         clock: IReactorTime,
         sink_for: Callable[[bytes, bytes, http.Headers, int | None], BodySink | None],
-        access_log: Callable[[InkFlowRequest], None] | None = None,
+        on_request: Callable[[InkFlowRequest], None] | None = None,
     ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=None)
         self.displayTracebacks = False
         self.settings = settings
         self.clock = clock
         self.sink_for = sink_for
-        self.access_log = access_log
+        self.on_request = on_request
         self.channels: set[InkFlowChannel] = set()
         self.connections_rejected = 0
         self.timeouts_total = 0
@@ -420,8 +420,8 @@ class InkFlowSite(server.Site):
         self._all_gone: list[defer.Deferred[None]] = []
 
     def log(self, request: http.Request) -> None:
-        if self.access_log is not None:
-            self.access_log(request)  # type: ignore[arg-type]
+        if self.on_request is not None:
+            self.on_request(request)  # type: ignore[arg-type]
 
     def channel_gone(self, channel: InkFlowChannel) -> None:
         self.channels.discard(channel)

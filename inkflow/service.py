@@ -13,8 +13,7 @@ C{MultiService} of:
 from __future__ import annotations
 
 import os
-import signal
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
@@ -27,6 +26,8 @@ from inkflow.admission import ChatQueue, RateLimiter
 from inkflow.cleanup import Cleaner
 from inkflow.health import ProcessMetrics
 from inkflow.http import InkFlowRequest, InkFlowSite
+from inkflow.logs import install_rotation_signals
+from inkflow.metrics import Metrics
 from inkflow.settings import Settings, describe
 from inkflow.web import InkFlowApp
 
@@ -107,12 +108,18 @@ class InkFlowService(service.Service):
         return defer.Deferred.fromCoroutine(self._drain())
 
 
-def _access_logger(settings: Settings) -> Any:
-    if not settings.access_log:
-        return None
+def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRequest], None]:
+    """
+    Called once per finished request: counts it, and writes the access log
+    line unless C{--access-log false}.
+    """
     access = Logger(namespace="inkflow.access")
+    write_line = settings.access_log
 
     def log_request(request: InkFlowRequest) -> None:
+        metrics.observe_request(request.path, request.code)
+        if not write_line:
+            return
         access.info(
             "{method} {uri} {status} {bytes}",
             method=request.method.decode("latin-1"),
@@ -125,27 +132,14 @@ def _access_logger(settings: Settings) -> Any:
     return log_request
 
 
-def _ignore_sighup(reactor: Any) -> None:
-    """
-    SIGHUP would kill the process silently (twistd installs no handler):
-    log it and carry on.  Log rotation is SIGUSR1 (twistd's own).
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
-        return
-
-    def on_hup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(log.info, "SIGHUP received and ignored (use SIGUSR1 to rotate the log file)")
-
-    signal.signal(signal.SIGHUP, on_hup)
-
-
 def makeService(settings: Settings, reactor: Any = None, *, install_signals: bool = True) -> service.MultiService:
     """
     Build the whole InkFlow service from its settings.
 
     @param reactor: the reactor (also the clock); the global one when C{None}
         (only here, at the edge).
-    @param install_signals: install the SIGHUP handler (off in tests).
+    @param install_signals: install the SIGHUP/SIGUSR1 log rotation handlers
+        (off in tests).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -157,13 +151,16 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
     rate_limiter = RateLimiter(settings.rate_limit, reactor)
     cleaner = Cleaner(settings.upload_dir, reactor)
 
+    app_ref: list[InkFlowApp] = []
+    metrics = Metrics(lambda: app_ref[0].health_snapshot())
+
     forwarder = None
     pool = None
     if settings.mode == "proxy":
         from inkflow.forward import Forwarder, make_http_client
 
         client, pool = make_http_client(reactor, settings)
-        forwarder = Forwarder(settings, client, reactor)
+        forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
 
     site_ref: list[InkFlowSite] = []
 
@@ -180,8 +177,10 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
         process_metrics=ProcessMetrics(),
         site_stats=site_stats,
         cleanup=cleaner,
+        metrics=metrics,
     )
-    site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _access_logger(settings))
+    app_ref.append(app)
+    site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics))
     site_ref.append(site)
 
     top = service.MultiService()
@@ -191,5 +190,5 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
     http_service.setName("http")
     http_service.setServiceParent(top)
     if install_signals:
-        reactor.callWhenRunning(_ignore_sighup, reactor)
+        reactor.callWhenRunning(install_rotation_signals, reactor)
     return top

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
+from inkflow.logs import use_for_twistd
 from inkflow.settings import OPTIONS, ConfigError, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
@@ -62,6 +63,12 @@ class _OptionsBase(usage.Options):
         except ConfigError as e:
             sys.stderr.write(f"inkflow: error: {e}\n")
             raise _Handled(str(e)) from None
+        parent = getattr(self, "parent", None)
+        if parent is not None and not parent.get("logger"):
+            # twistd's supported seam for the log observer: text or JSON lines,
+            # and a log file that keeps a bounded number of old files.
+            logfile = parent.get("logfile") or ("-" if parent.get("nodaemon") else "twistd.log")
+            parent["logger"] = use_for_twistd(self.settings.log_format, logfile)
 
 
 class _Handled(usage.UsageError):

@@ -25,6 +25,7 @@ from inkflow.demo import DemoResponder
 from inkflow.errors import ApiError, json_bytes
 from inkflow.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.http import InkFlowRequest
+from inkflow.metrics import CONTENT_TYPE, Metrics
 from inkflow.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class InkFlowApp:
         process_metrics: ProcessMetrics,
         site_stats: Callable[[], tuple[int, int, bool]],
         cleanup: Stats | None = None,
-        metrics_resource: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -95,7 +96,7 @@ class InkFlowApp:
         self.process_metrics = process_metrics
         self.site_stats = site_stats
         self.cleanup = cleanup
-        self.metrics_resource = metrics_resource
+        self.metrics = metrics
         self.static = StaticFiles(settings.static_dir)
         self.started = clock.seconds()
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
@@ -244,10 +245,14 @@ class InkFlowApp:
         return self._json(request, {"ready": False, "reason": reason}, 503)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def metrics(self, request: InkFlowRequest) -> Any:
-        if self.metrics_resource is None:
+    def prometheus(self, request: InkFlowRequest) -> bytes:
+        if self.metrics is None:
             raise NotFound()
-        return self.metrics_resource
+        body = self.metrics.render()
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
 
     # -- chat -----------------------------------------------------------------
 
@@ -271,6 +276,8 @@ class InkFlowApp:
         return d
 
     async def _chat(self, request: InkFlowRequest) -> bytes:
+        started = self.clock.seconds()
+        status = 500
         try:
             if self.settings.static_only:
                 raise ApiError("chat_disabled")
@@ -288,6 +295,8 @@ class InkFlowApp:
             )
             deadline = self.clock.seconds() + self.settings.request_timeout
             slot = await self.queue.acquire()
+            if self.metrics is not None:
+                self.metrics.observe_queue_wait(slot.waited)
             try:
                 if self.forwarder is None:
                     answer: Any = self.demo.answer(message)
@@ -306,8 +315,10 @@ class InkFlowApp:
                 files=len(message.files),
                 mode=self.settings.mode,
             )
+            status = 200
             return self._json(request, answer)
         except ApiError as e:
+            status = e.status
             log.info(
                 "Chat {request_id} refused: {status} {code}",
                 status=e.status,
@@ -317,6 +328,8 @@ class InkFlowApp:
             raise
         finally:
             request.release_body()
+            if self.metrics is not None:
+                self.metrics.observe_chat(self.clock.seconds() - started, status)
 
     def _client(self, request: InkFlowRequest) -> str:
         peer = request.getClientAddress()

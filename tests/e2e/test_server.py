@@ -350,3 +350,19 @@ def test_installed_package_serves_its_own_page(tmp_path: Path) -> None:
         status, _, body = s.request("GET", "/")
         assert status == 200 and b'dir="rtl"' in body
         assert s.request("GET", "/assets/" + next((REPO / "static" / "assets").iterdir()).name)[0] == 200
+
+
+def test_metrics_in_prometheus_format(server: ServerProcess) -> None:
+    """/metrics answers Prometheus text with InkFlow's request, chat, queue, connection and memory metrics."""
+    server.post_json("/api/chat", {"message": "count me"})
+    status, headers, body = server.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'inkflow_http_requests_total{route="/api/chat",status="200"}' in text
+    assert "inkflow_chat_latency_seconds_bucket" in text
+    assert "inkflow_queue_depth " in text
+    assert "inkflow_queue_wait_seconds_count" in text
+    assert "inkflow_connections_active " in text
+    assert "inkflow_process_rss_bytes " in text
+    assert "inkflow_cleanup_runs_total " in text

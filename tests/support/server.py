@@ -74,6 +74,15 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
+    @classmethod
+    def attach(cls, port: int) -> ServerProcess:
+        """
+        A handle on a server started elsewhere (a daemon), for its HTTP helpers.
+        """
+        handle = cls(command=[])
+        handle.port = port
+        return handle
+
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.proc = subprocess.Popen(
             self.command,

@@ -1,0 +1,132 @@
+"""
+Where InkFlow's log goes: text or JSON lines, to stdout or to a rotating file
+that keeps a bounded number of old files.
+
+twistd's own log file rotates at 1 MB and keeps every old file; InkFlow
+replaces it through twistd's supported seam (the C{--logger} factory, set by
+the plugin unless the operator gave one) and through the application's
+C{ILogObserver} component in the .tac.  SIGUSR1 and SIGHUP rotate the file.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
+
+__all__ = [
+    "ROTATED_FILES",
+    "ROTATE_BYTES",
+    "install_rotation_signals",
+    "make_observer",
+    "twistd_observer",
+    "use_for_twistd",
+]
+
+log = Logger()
+
+#: Size at which the log file rotates.
+ROTATE_BYTES = 10 * 1024 * 1024
+#: Old log files kept.
+ROTATED_FILES = 10
+
+#: The file the current observer writes to, if any (for the signal handlers).
+_current_file: LogFile | None = None
+
+
+def make_observer(
+    log_format: str = "text",
+    logfile: str | None = None,
+    *,
+    level: LogLevel = LogLevel.info,
+    stream: IO[str] | None = None,
+) -> ILogObserver:
+    """
+    An observer writing C{text} (twistd's usual lines) or C{json} (one JSON
+    object per line, every structured field included).
+
+    @param logfile: a path for a rotating file; C{None} or C{"-"} for C{stream}
+        (stdout by default).
+    """
+    global _current_file
+    out: Any
+    if logfile and logfile != "-":
+        _current_file = LogFile.fromFullPath(logfile, rotateLength=ROTATE_BYTES, maxRotatedFiles=ROTATED_FILES)
+        out = _current_file
+    else:
+        _current_file = None
+        out = stream or sys.stdout
+    observer = jsonFileLogObserver(out, recordSeparator="") if log_format == "json" else textFileLogObserver(out)
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
+
+
+#: What L{twistd_observer} builds; set by the plugin's options (L{use_for_twistd}).
+_twistd_config: tuple[str, str | None] = ("text", None)
+
+#: The dotted name twistd's C{--logger} imports.
+TWISTD_LOGGER = "inkflow.logs.twistd_observer"
+
+
+def use_for_twistd(log_format: str, logfile: str | None) -> str:
+    """
+    Remember the log settings for L{twistd_observer}; return the dotted name
+    to give twistd as its C{--logger} (twistd wants a name to import, not an
+    object).
+    """
+    global _twistd_config
+    _twistd_config = (log_format, logfile)
+    return TWISTD_LOGGER
+
+
+def twistd_observer() -> ILogObserver:
+    """
+    The zero-argument factory twistd calls for C{--logger}.
+    """
+    return make_observer(*_twistd_config)
+
+
+def rotate() -> bool:
+    """
+    Rotate the log file now; C{False} when logging to a stream.
+    """
+    if _current_file is None:
+        return False
+    _current_file.rotate()
+    return True
+
+
+def install_rotation_signals(reactor: Any) -> None:
+    """
+    SIGUSR1 and SIGHUP rotate the log file (SIGHUP would otherwise kill twistd
+    silently: it installs no handler for it).  Main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(_rotate_and_log, signal.Signals(signum).name)
+
+    signal.signal(signal.SIGHUP, on_signal)
+    if _current_file is not None:
+        # Only when InkFlow owns the file; otherwise twistd's own SIGUSR1
+        # handler (for its --logfile) stays.
+        signal.signal(signal.SIGUSR1, on_signal)
+
+
+def _rotate_and_log(name: str) -> None:
+    if rotate():
+        log.info("{signal} received: log file rotated", signal=name)
+    else:
+        log.info("{signal} received: logging to a stream, nothing to rotate", signal=name)

@@ -1,0 +1,155 @@
+"""
+Prometheus metrics, named C{inkflow_*}, on InkFlow's own registry.
+
+Counters and histograms are fed by the request path (L{Metrics.observe_request},
+L{Metrics.observe_chat}, L{Metrics.observe_queue_wait}) and by the forwarder's
+attempt observer (L{Metrics.observe_attempt}); gauges (queue depth, breaker
+states, connections, RSS, cleanup runs) are read at scrape time from the same
+snapshot C{/api/health} uses, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics", "route_label"]
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+_ROUTES = {
+    b"/": "/",
+    b"/api/chat": "/api/chat",
+    b"/api/health": "/api/health",
+    b"/api/ready": "/api/ready",
+    b"/metrics": "/metrics",
+}
+
+
+def route_label(path: bytes) -> str:
+    """
+    A bounded label for a request path: the known routes by name, the API's
+    unknown paths as C{/api/other}, everything else as C{static}.
+    """
+    path = path.split(b"?", 1)[0]
+    if path in _ROUTES:
+        return _ROUTES[path]
+    if path.startswith(b"/api/"):
+        return "/api/other"
+    return "static"
+
+
+class _SnapshotCollector(Collector):
+    """
+    Gauges read from the health snapshot at scrape time.
+    """
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        health = self._snapshot()
+        queue = health["queue"]
+        yield _gauge("inkflow_queue_depth", "Chat requests waiting in the queue", queue["depth"])
+        yield _gauge("inkflow_queue_in_flight", "Chat requests in flight to n8n", queue["in_flight"])
+        yield _counter(
+            "inkflow_queue_rejected", "Chat requests refused because the queue was full", queue["rejected_total"]
+        )
+        yield _counter(
+            "inkflow_queue_timed_out", "Chat requests that waited too long in the queue", queue["timed_out_total"]
+        )
+        connections = health["connections"]
+        yield _gauge("inkflow_connections_active", "Open client connections", connections["active"])
+        yield _counter(
+            "inkflow_connections_rejected", "Connections answered 503 over the limit", connections["rejected_total"]
+        )
+        yield _gauge("inkflow_process_rss_bytes", "Resident memory of this process", health["memory"]["rss_bytes"])
+        yield _gauge("inkflow_open_files", "Open file descriptors of this process", health["open_files"])
+        yield _counter("inkflow_cleanup_runs", "Cleanup loop runs", health["cleanup"]["runs"])
+        yield _counter(
+            "inkflow_cleanup_temp_files_removed", "Orphaned temp files removed", health["cleanup"]["temp_files_removed"]
+        )
+        breaker = GaugeMetricFamily(
+            "inkflow_upstream_breaker_state",
+            "Circuit breaker state per webhook URL (0 closed, 1 half-open, 2 open)",
+            labels=["url_index"],
+        )
+        for index, upstream in enumerate(health["upstreams"]):
+            breaker.add_metric([str(index)], BREAKER_STATES.get(upstream["state"], 0))
+        yield breaker
+        yield _gauge("inkflow_draining", "1 while the server drains for shutdown", int(health["status"] == "draining"))
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+class Metrics:
+    """
+    InkFlow's metrics.
+
+    @param snapshot: returns the health snapshot (see L{inkflow.health}).
+    """
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "inkflow_http_requests",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.chat_latency = Histogram(
+            "inkflow_chat_latency_seconds",
+            "Time to answer a chat request (queue wait and n8n included)",
+            ["status"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "inkflow_queue_wait_seconds",
+            "Time chat requests waited in the queue",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "inkflow_upstream_attempts",
+            "Attempts at n8n webhook URLs, by URL index and outcome",
+            ["url_index", "outcome"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "inkflow_upstream_failures",
+            "Failed attempts at n8n webhook URLs, by URL index",
+            ["url_index"],
+            registry=self.registry,
+        )
+        if snapshot is not None:
+            self.registry.register(_SnapshotCollector(snapshot))
+
+    def observe_request(self, path: bytes, status: int) -> None:
+        self.requests.labels(route_label(path), str(status)).inc()
+
+    def observe_chat(self, seconds: float, status: int) -> None:
+        self.chat_latency.labels(str(status)).observe(seconds)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    def observe_attempt(self, url_index: int, outcome: str, seconds: float) -> None:
+        self.attempts.labels(str(url_index), outcome).inc()
+        if outcome not in ("ok", "cancelled"):  # a client leaving is not n8n's failure
+            self.failures.labels(str(url_index)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,98 @@
+"""
+End to end: what operators run — JSON logs, the daemon with its pid file and
+log file, log rotation on SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.server import REPO, ServerProcess, server_env, twistd
+
+
+def test_json_log_lines_carry_request_ids(tmp_path: Path) -> None:
+    """--log-format json: every line is a JSON object; chat lines carry the request id the client got."""
+    with ServerProcess("--log-format", "json", "--upload-dir", str(tmp_path)) as s:
+        status, headers, _ = s.post_json("/api/chat", {"message": "log me"})
+        assert status == 200
+        request_id = headers["x-request-id"]
+        s.wait_for(re.compile(r'"log_namespace": "inkflow.access"'))
+    records = [json.loads(line) for line in s.output().splitlines() if line.startswith("{")]
+    assert records
+    assert all(line.startswith("{") for line in s.output().splitlines() if line.strip())
+    chat_lines = [r for r in records if r.get("request_id") == request_id]
+    assert {r["log_namespace"] for r in chat_lines} >= {"inkflow.web", "inkflow.access"}
+
+
+def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
+    """--access-log false: requests are answered and no access line is written."""
+    with ServerProcess("--access-log", "false", "--upload-dir", str(tmp_path)) as s:
+        assert s.request("GET", "/")[0] == 200
+        s.request("GET", "/api/health")
+    assert "inkflow.access" not in s.output()
+
+
+def _wait_for_file_line(path: Path, pattern: str, within: float = 20.0) -> re.Match[str]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if path.exists():
+            m = re.search(pattern, path.read_text(errors="replace"))
+            if m:
+                return m
+        time.sleep(0.05)  # polling another process's file, bounded by the deadline
+    raise AssertionError(f"{pattern!r} not in {path}")
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_daemon_starts_and_stops_through_its_pid_file(tmp_path: Path) -> None:
+    """twistd inkflow as a daemon writes its pid file and log file, serves, rotates its log on SIGUSR1, and stops via the pid file."""
+    pidfile, logfile = tmp_path / "inkflow.pid", tmp_path / "inkflow.log"
+    result = subprocess.run(
+        [
+            twistd(),
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(logfile),
+            "inkflow",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--upload-dir",
+            str(tmp_path / "uploads"),
+        ],
+        env=server_env(),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    port = int(_wait_for_file_line(logfile, r"InkFlowSite starting on (\d+)").group(1))
+    pid = int(pidfile.read_text().strip())
+    try:
+        assert ServerProcess.attach(port).get_json("/api/health")[1]["pid"] == pid
+        os.kill(pid, signal.SIGUSR1)
+        _wait_for_file_line(logfile, r"log file rotated")
+        assert (tmp_path / "inkflow.log.1").exists()
+    finally:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+    assert _gone(pid)
+    assert not pidfile.exists()
+    assert "Traceback" not in logfile.read_text()
