@@ -40,6 +40,7 @@ from playwright.sync_api import (  # noqa: E402
     Page,
     Request,
     Route,
+    ViewportSize,
     expect,
     sync_playwright,
 )
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
 WAIT_MS = 15_000
 expect.set_options(timeout=WAIT_MS)
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def open_page(browser: Browser) -> Iterator[Any]:
     def opener(
         server: ServerProcess,
         path: str = "/",
-        viewport: dict[str, int] = DESKTOP,
+        viewport: ViewportSize = DESKTOP,
         routes: dict[str, Callable[[Route], None]] | None = None,
     ) -> Watched:
         context = browser.new_context(viewport=viewport, locale="he-IL", service_workers="block")
@@ -497,6 +498,17 @@ def test_n8n_chat_example_page_gets_a_reply(open_page: Any) -> None:
         )
         received = fake.wait_for(lambda r: r.chat_input == "שלום מהרכיב הרשמי")
         assert received.fields["action"] == "sendMessage"
+
+        # Its own multipart upload goes through InkFlow intact too.
+        picture = png_bytes(20, 10)
+        with page.expect_file_chooser() as chooser:
+            page.locator("#n8n-chat .chat-input-file-button").click()
+        chooser.value.set_files([{"name": "צילום.png", "mimeType": "image/png", "buffer": picture}])
+        box.fill("ועם תמונה")
+        box.press("Enter")
+        expect(page.locator("#n8n-chat .chat-message-from-bot").last).to_contain_text("n8n: ועם תמונה (1 files)")
+        with_file = fake.wait_for(lambda r: r.chat_input == "ועם תמונה")
+        assert [f.sha256 for f in with_file.files] == [hashlib.sha256(picture).hexdigest()]
         page.screenshot(path=artifact("n8n-chat-example.png"))
         assert watched.foreign() == []
         assert watched.problems() == []

@@ -175,7 +175,8 @@ def _parse(content_type: str, body: bytes) -> tuple[dict[str, Any], tuple[Receiv
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition") or ""
             filename = part.get_filename()
-            data = part.get_payload(decode=True) or b""
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
             if filename is not None:
                 files.append(ReceivedFile(str(name), filename, part.get_content_type(), data))
             else:
