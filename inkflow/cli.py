@@ -111,7 +111,7 @@ class WatchdogOptions(_Options):
     ]
     optParameters: ClassVar[list[list[Any]]] = [
         ["health-url", None, watchdog.DEFAULT_HEALTH_URL, "Health URL to poll; any 200 is healthy.", _http_url("health-url")],
-        ["interval", None, 2.0, "Seconds between health checks (each bounded by min(interval, 5s)).", _seconds("interval")],
+        ["interval", None, 2.0, "Seconds between health checks (each may take min(0.8 x interval, 5s)).", _seconds("interval")],
         ["failures", None, 3, "Failed health checks in a row that mean the child is hung.", _count("failures", 1)],
         ["grace", None, 10.0, "Seconds between SIGTERM and SIGKILL.", _seconds("grace", allow_equal=True)],
         ["start-grace", None, 30.0, "Seconds after a start during which failures of a child that has not answered yet are not counted.", _seconds("start-grace", allow_equal=True)],

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -415,6 +416,14 @@ def format_when(value: Any, now: float) -> str:
     """
     if value is None:
         return "never"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = moment.timestamp()
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{format_clock(value)} ({format_duration(now - value)} ago)"
     return str(value)

@@ -29,6 +29,7 @@ from inkflow.monitor import (
     format_duration,
     format_of,
     format_rate,
+    format_when,
     render,
     run_once,
     status_style,
@@ -141,6 +142,18 @@ class FormatTests(TestCase):
         self.assertEqual(format_of(3, 50), "3 / 50")
         self.assertEqual(format_of(None, 50), "— / 50")
         self.assertEqual(format_of(7, None), "7")
+
+    def test_when(self) -> None:
+        """
+        A server time (epoch seconds or ISO 8601) is shown as local time and how
+        long ago; anything else as sent.
+        """
+        now = 1_700_000_100.0
+        self.assertTrue(format_when(1_700_000_058.0, now).endswith("(42s ago)"))
+        self.assertTrue(format_when("2023-11-14T22:13:20Z", now).endswith("(1m 40s ago)"))
+        self.assertTrue(format_when("2023-11-14T22:13:20", now).endswith("(1m 40s ago)"))
+        self.assertEqual(format_when("yesterday", now), "yesterday")
+        self.assertEqual(format_when(None, now), "never")
 
     def test_status_colours(self) -> None:
         """
