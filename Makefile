@@ -25,7 +25,8 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
 	$(BIN)/python -m pip install --quiet ".[test]"
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-	bash scripts/install-browser-deps.sh
+	sh scripts/install-browser-deps.sh
+	sh scripts/install-n8n-chat.sh
 
 run: install
 	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)

@@ -18,7 +18,9 @@ def static_packages():
     """
     found = {}
     for folder, dirs, _files in os.walk(os.path.join(HERE, "static")):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "node_modules")
+        # vendor/ holds third-party files fetched at set-up time (scripts/install-n8n-chat.sh)
+        # under licences that do not allow InkFlow to redistribute them.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("node_modules", "vendor"))
         rel = os.path.relpath(folder, HERE)
         name = "inkflow." + rel.replace(os.sep, ".")
         found[name] = rel

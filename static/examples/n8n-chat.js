@@ -1,4 +1,4 @@
-// Starts the official @n8n/chat widget (vendored UMD build, window.N8nChat)
+// Starts the official @n8n/chat widget (UMD build fetched by scripts/install-n8n-chat.sh, window.N8nChat)
 // against this server's /api/chat. An external file: the page's CSP allows no inline script.
 (function () {
   "use strict";
@@ -6,7 +6,7 @@
   var status = document.getElementById("example-status");
   document.getElementById("webhook-url").textContent = webhookUrl;
   if (!window.N8nChat || typeof window.N8nChat.createChat !== "function") {
-    status.textContent = "לא ניתן לטעון את רכיב הצ'אט.";
+    status.textContent = "לא ניתן לטעון את רכיב הצ'אט (יש להריץ scripts/install-n8n-chat.sh).";
     return;
   }
   window.N8nChat.createChat({
