@@ -179,6 +179,19 @@ class InkFlowRequest(server.Request):
         self.release_body()
         super().connectionLost(reason)
 
+    def upload_paths(self) -> list[str]:
+        """
+        The temp files this request holds: those its sink is writing, and
+        those of its parsed body until the route releases them.
+        """
+        paths: list[str] = []
+        temp_paths = getattr(self._sink, "temp_paths", None)
+        if temp_paths is not None:
+            paths.extend(temp_paths())
+        if self.chat_body is not None:
+            paths.extend(f.path for f in self.chat_body.files)
+        return paths
+
     def release_body(self) -> None:
         """
         Drop the sink and any spooled files (idempotent).
@@ -429,6 +442,12 @@ class InkFlowSite(server.Site):
             waiting, self._all_gone = self._all_gone, []
             for d in waiting:
                 d.callback(None)
+
+    def active_upload_paths(self) -> set[str]:
+        """
+        Every temp file an open request still holds.
+        """
+        return {path for channel in self.channels for request in channel.requests for path in request.upload_paths()}
 
     def drain(self) -> defer.Deferred[None]:
         """

@@ -149,7 +149,8 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
 
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
     rate_limiter = RateLimiter(settings.rate_limit, reactor)
-    cleaner = Cleaner(settings.upload_dir, reactor)
+    site_ref: list[InkFlowSite] = []
+    cleaner = Cleaner(settings.upload_dir, reactor, active_paths=lambda: site_ref[0].active_upload_paths())
 
     app_ref: list[InkFlowApp] = []
     metrics = Metrics(lambda: app_ref[0].health_snapshot())
@@ -161,8 +162,6 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
 
         client, pool = make_http_client(reactor, settings)
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
-
-    site_ref: list[InkFlowSite] = []
 
     def site_stats() -> tuple[int, int, bool]:
         site = site_ref[0]

@@ -439,6 +439,13 @@ class MultipartSink:
         self._paths = []
         return self._body
 
+    def temp_paths(self) -> list[str]:
+        """
+        The temp files this sink holds right now (for the cleanup loop, which
+        must never remove a file a request still uses).
+        """
+        return list(self._paths)
+
     def discard(self) -> None:
         """
         Remove every temp file not yet handed over; idempotent.  After a

@@ -196,3 +196,26 @@ class ChannelTests(TestCase):
         self.assertTrue(busy_transport.disconnecting)
         busy.connectionLost(Exception("closed"))  # type: ignore[arg-type]
         self.successResultOf(done)
+
+
+class _SpoolingSink(JsonSink):
+    def temp_paths(self) -> list[str]:
+        return ["/uploads/inkflow-x.part"]
+
+
+class ActiveUploadsTests(TestCase):
+    """
+    The cleanup loop learns which temp files open requests hold.
+    """
+
+    def test_upload_in_progress_is_active(self) -> None:
+        """A request still receiving its body reports its sink's temp files; once gone, nothing is active."""
+        clock = Clock()
+        site = InkFlowSite(Echo(), Settings.defaults(), clock, lambda *a: _SpoolingSink(1000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert channel is not None
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        self.assertEqual(site.active_upload_paths(), {"/uploads/inkflow-x.part"})
+        channel.connectionLost(Exception("gone"))  # type: ignore[arg-type]
+        self.assertEqual(site.active_upload_paths(), set())
