@@ -85,8 +85,11 @@ def server(fake: FakeN8n, uploads: Path) -> Iterator[ServerProcess]:
     s.stop()
 
 
-async def post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-    response = await treq.post(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
+async def post(
+    url: str, body: bytes, content_type: str, headers: dict[bytes | str, bytes | str] | None = None
+) -> tuple[int, Any, Any]:
+    all_headers: dict[bytes | str, bytes | str] = {"Content-Type": content_type, **(headers or {})}
+    response = await treq.post(url, data=body, headers=all_headers)
     content = await response.content()
     try:
         value = json.loads(content) if content else None
@@ -95,7 +98,9 @@ async def post(url: str, body: bytes, content_type: str, headers: dict[str, str]
     return response.code, response.headers, value
 
 
-async def post_json(server: ServerProcess, value: Any, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+async def post_json(
+    server: ServerProcess, value: Any, headers: dict[bytes | str, bytes | str] | None = None
+) -> tuple[int, Any, Any]:
     return await post(server.url("/api/chat"), json.dumps(value).encode(), "application/json", headers)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web import http
 from twisted.web.resource import Resource
@@ -217,5 +218,5 @@ class ActiveUploadsTests(TestCase):
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
         self.assertEqual(site.active_upload_paths(), {"/uploads/inkflow-x.part"})
-        channel.connectionLost(Exception("gone"))  # type: ignore[arg-type]
+        channel.connectionLost(Failure(Exception("gone")))
         self.assertEqual(site.active_upload_paths(), set())
