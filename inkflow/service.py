@@ -30,6 +30,7 @@ from inkflow.logs import install_rotation_signals
 from inkflow.metrics import Metrics
 from inkflow.settings import Settings, describe
 from inkflow.web import InkFlowApp
+from inkflow.workers import WorkerSupervisor, adopted_port
 
 __all__ = ["InkFlowService", "makeService"]
 
@@ -132,7 +133,9 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
     return log_request
 
 
-def makeService(settings: Settings, reactor: Any = None, *, install_signals: bool = True) -> service.MultiService:
+def makeService(
+    settings: Settings, reactor: Any = None, *, install_signals: bool = True, worker_fd: int | None = None
+) -> service.MultiService:
     """
     Build the whole InkFlow service from its settings.
 
@@ -140,12 +143,23 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
         (only here, at the edge).
     @param install_signals: install the SIGHUP/SIGUSR1 log rotation handlers
         (off in tests).
+    @param worker_fd: in a worker process (C{--workers N}), the inherited
+        listening socket to serve instead of opening C{--listen}.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     assert IReactorTime.providedBy(reactor) and IReactorCore.providedBy(reactor)
+
+    if settings.workers > 1 and worker_fd is None:
+        # The parent of --workers N: it opens the socket and supervises the
+        # workers, each of which calls makeService with worker_fd.
+        top = service.MultiService()
+        WorkerSupervisor(settings, reactor).setServiceParent(top)
+        if install_signals:
+            reactor.callWhenRunning(install_rotation_signals, reactor)
+        return top
 
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
     rate_limiter = RateLimiter(settings.rate_limit, reactor)
@@ -185,7 +199,11 @@ def makeService(settings: Settings, reactor: Any = None, *, install_signals: boo
     top = service.MultiService()
     InkFlowService(settings, reactor, site, app, queue, pool).setServiceParent(top)
     cleaner.service(settings.cleanup_interval).setServiceParent(top)
-    http_service = strports.service(settings.listen, site, reactor=reactor)
+    http_service: service.Service
+    if worker_fd is None:
+        http_service = strports.service(settings.listen, site, reactor=reactor)
+    else:
+        http_service = adopted_port(reactor, site, worker_fd)
     http_service.setName("http")
     http_service.setServiceParent(top)
     if install_signals:

@@ -493,6 +493,8 @@ def _validated(values: dict[str, Any]) -> Settings:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
     if not values["retry_on"]:
         values["retry_on"] = ()
+    if values["workers"] > 1 and _parseServer(values["listen"], None)[0] != "TCP":
+        raise ConfigError("invalid value for --workers: more than one worker needs a tcp: --listen endpoint")
     return Settings(**values)
 
 
