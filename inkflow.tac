@@ -15,11 +15,11 @@ except ConfigError as e:
     raise SystemExit(2) from None
 
 application = service.Application("inkflow")
-if settings.log_format == "json":
-    # JSON lines on stdout; in text format twistd's own observer (and --logfile) apply.
+if settings.log_format == "json" or settings.log_level != "info":
+    # InkFlow's observer on stdout; otherwise twistd's own observer (and --logfile) apply.
     from twisted.logger import ILogObserver
 
     from inkflow.logs import make_observer
 
-    application.setComponent(ILogObserver, make_observer("json"))
+    application.setComponent(ILogObserver, make_observer(settings.log_format, level=settings.log_level))
 makeService(settings).setServiceParent(application)

@@ -49,8 +49,8 @@ _current_file: LogFile | None = None
 def make_observer(
     log_format: str = "text",
     logfile: str | None = None,
+    level: str = "info",
     *,
-    level: LogLevel = LogLevel.info,
     stream: IO[str] | None = None,
 ) -> ILogObserver:
     """
@@ -69,24 +69,24 @@ def make_observer(
         _current_file = None
         out = stream or sys.stdout
     observer = jsonFileLogObserver(out, recordSeparator="") if log_format == "json" else textFileLogObserver(out)
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))])
 
 
 #: What L{twistd_observer} builds; set by the plugin's options (L{use_for_twistd}).
-_twistd_config: tuple[str, str | None] = ("text", None)
+_twistd_config: tuple[str, str | None, str] = ("text", None, "info")
 
 #: The dotted name twistd's C{--logger} imports.
 TWISTD_LOGGER = "inkflow.logs.twistd_observer"
 
 
-def use_for_twistd(log_format: str, logfile: str | None) -> str:
+def use_for_twistd(log_format: str, logfile: str | None, level: str = "info") -> str:
     """
     Remember the log settings for L{twistd_observer}; return the dotted name
     to give twistd as its C{--logger} (twistd wants a name to import, not an
     object).
     """
     global _twistd_config
-    _twistd_config = (log_format, logfile)
+    _twistd_config = (log_format, logfile, level)
     return TWISTD_LOGGER
 
 

@@ -360,6 +360,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
     ),
     Option("log-format", _choice("text", "json"), "text", "text or json", metavar="FORMAT"),
+    Option(
+        "log-level",
+        _choice("debug", "info", "warn", "error", "critical"),
+        "info",
+        "lowest level logged",
+        metavar="LEVEL",
+    ),
     Option("access-log", _flag, True, "log one line per request (false to turn off)", metavar="BOOL"),
     Option("workers", _int_in(1, 64), 1, "processes sharing the listening socket", metavar="N"),
 )
@@ -400,6 +407,7 @@ class Settings:
     drain_timeout: float
     cleanup_interval: float
     log_format: str
+    log_level: str
     access_log: bool
     workers: int
 

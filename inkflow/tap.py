@@ -68,7 +68,7 @@ class _OptionsBase(usage.Options):
             # twistd's supported seam for the log observer: text or JSON lines,
             # and a log file that keeps a bounded number of old files.
             logfile = parent.get("logfile") or ("-" if parent.get("nodaemon") else "twistd.log")
-            parent["logger"] = use_for_twistd(self.settings.log_format, logfile)
+            parent["logger"] = use_for_twistd(self.settings.log_format, logfile, self.settings.log_level)
 
 
 class _Handled(usage.UsageError):
