@@ -68,6 +68,14 @@ class InkFlowService(service.Service):
     def startService(self) -> None:
         super().startService()
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
+        info = os.stat(self.settings.upload_dir)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            log.error(
+                "The upload folder {upload_dir} is not private to this user (mode {mode}): "
+                "uploads are refused until it is (chmod 700, or choose another --upload-dir)",
+                upload_dir=self.settings.upload_dir,
+                mode=oct(info.st_mode & 0o777),
+            )
         if self.settings.mode == "demo":
             log.warn(
                 "No --webhook configured: chat is answered by the built-in demo responder (mode: demo)",

@@ -233,11 +233,9 @@ class InkFlowApp:
     @app.route("/api/ready", methods=["GET", "HEAD"])
     def ready(self, request: InkFlowRequest) -> bytes:
         _, _, draining = self.site_stats()
-        queue = self.queue.snapshot()
         ok, reason = readiness(
             draining=draining,
-            queue_full=queue["depth"] >= self.settings.queue_size
-            and queue["in_flight"] >= self.settings.max_concurrent,
+            queue_full=self.queue.full,
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
         if ok:

@@ -1,0 +1,58 @@
+"""
+Tests for L{inkflow.service.makeService}, the one assembly point, on a
+C{MemoryReactorClock} (nothing listens for real).
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+
+from inkflow.service import makeService
+from inkflow.settings import Settings
+from inkflow.workers import WorkerSupervisor
+from tests.unit.helpers import temp_path
+
+
+class MakeServiceTests(TestCase):
+    """
+    What makeService builds from the settings.
+    """
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings.defaults(upload_dir=temp_path(self), **overrides)
+
+    def test_listens_on_the_configured_endpoint(self) -> None:
+        """The HTTP service listens where --listen says, and stops cleanly with nothing in flight."""
+        reactor = MemoryReactorClock()
+        top = makeService(self.settings(listen="tcp:8123:interface=127.0.0.1"), reactor, install_signals=False)
+        top.startService()
+        (port, _factory, _backlog, interface) = reactor.tcpServers[0]
+        self.assertEqual((port, interface), (8123, "127.0.0.1"))
+        self.successResultOf(top.stopService())
+
+    def test_has_the_cleanup_loop_and_core(self) -> None:
+        """The service holds the core, the cleanup loop and the HTTP server, by name."""
+        top = makeService(self.settings(), MemoryReactorClock(), install_signals=False)
+        collection = IServiceCollection(top)
+        for name in ("inkflow", "cleanup", "http"):
+            self.assertIsNotNone(collection.getServiceNamed(name))
+
+    def test_workers_make_a_supervisor(self) -> None:
+        """With --workers 2 the service is the worker supervisor alone."""
+        top = makeService(self.settings(workers=2), MemoryReactorClock(), install_signals=False)
+        (child,) = list(top)
+        self.assertIsInstance(child, WorkerSupervisor)
+
+    def test_proxy_mode_reports_upstreams(self) -> None:
+        """With webhooks, health lists each upstream (redacted) and mode is proxy."""
+        reactor = MemoryReactorClock()
+        top = makeService(
+            self.settings(webhook=("http://u:p@127.0.0.1:9/webhook/a?t=1",)), reactor, install_signals=False
+        )
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        health = core.app.health_snapshot()
+        self.assertEqual(health["mode"], "proxy")
+        self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9/webhook/a")
+        self.assertEqual(health["upstreams"][0]["state"], "closed")
