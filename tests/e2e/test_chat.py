@@ -390,3 +390,26 @@ async def test_reset_before_headers_is_502(server: ServerProcess, fake: FakeN8n)
     status, _, body = await post_json(server, {"message": "x"})
     assert status == 502 and body["error"]["code"] == "upstream_error"
     assert len(fake.requests_for("/webhook/chat")) - before == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_five_large_files_arrive_whole(fake: FakeN8n, tmp_path: Path) -> None:
+    """5 files of almost 10 MB each (the default limits) reach n8n whole, byte for byte, and no temp file stays."""
+    fake.set_default("/webhook/big", json_reply({"output": "got them"}))
+    s = ServerProcess("--webhook", fake.url("/webhook/big"), "--upload-dir", str(tmp_path)).start()
+    try:
+        blobs = [b"%PDF-1.4\n" + os.urandom(10 * 1024 * 1024 - 4096) for _ in range(5)]
+        files = [("files", f"קובץ-{i}.pdf", "application/pdf", blob) for i, blob in enumerate(blobs)]
+        payload, ctype = multipart({"message": "חמישה קבצים", "sessionId": "big"}, files)
+        started = time.monotonic()
+        status, _, body = await post(s.url("/api/chat"), payload, ctype)
+        assert (status, body) == (200, {"output": "got them"})
+        assert time.monotonic() - started < 20
+        (sent,) = fake.requests_for("/webhook/big")
+        assert sent.complete_multipart
+        assert [(f.filename, f.size, f.sha256) for f in sent.files] == [
+            (f"קובץ-{i}.pdf", len(blob), hashlib.sha256(blob).hexdigest()) for i, blob in enumerate(blobs)
+        ]
+        assert await eventually_empty(tmp_path) == []
+    finally:
+        s.stop()
