@@ -377,7 +377,8 @@ async def test_request_timeout_is_504(fake: FakeN8n, tmp_path: Path) -> None:
         status, _, body = await post_json(s, {"message": "x"})
         took = time.monotonic() - started
         assert status == 504 and body["error"]["code"] == "upstream_timeout"
-        assert 1.3 < took < 2.5
+        # never after the deadline; a little before it when no further attempt fits
+        assert 0.9 < took < 2.0
     finally:
         s.stop()
 
