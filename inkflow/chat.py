@@ -118,6 +118,8 @@ def parse_json_body(raw: bytes) -> ChatBody:
         value = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ApiError("bad_request", "the body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise ApiError("bad_request", "the JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
     return ChatBody(fields=value)

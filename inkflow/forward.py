@@ -142,7 +142,10 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
     pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
     pool.retryAutomatically = False  # a POST must never be replayed behind our back
-    connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout)
+    # Strictly inside the attempt: a host that is down must fail as "connect"
+    # (safe to fail over: nothing was sent) before the attempt timer calls it a
+    # timeout (not retried by default: n8n may have run the workflow).
+    connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
     agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
     return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
 

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -67,6 +68,8 @@ MIN_BODY_RATE = 64 * 1024
 #: the connection is cut.  Reading them lets the client see the answer instead
 #: of a reset.
 LINGER_SECONDS = 5.0
+#: The head deadline, and the linger, of a connection over the limit.
+OVER_LIMIT_TIMEOUT = 1.0
 
 
 def raw_error_response(error: ApiError, request_id: str | None) -> bytes:
@@ -126,7 +129,7 @@ class InkFlowRequest(server.Request):
                 raise ApiError.retry_later("busy", 5, "too many connections")
             self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
         except ApiError as e:
-            self._refuse(e)
+            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused or self._sink is None:
@@ -159,7 +162,7 @@ class InkFlowRequest(server.Request):
                 self.body_error = ApiError("bad_request", "the body could not be read")
         super().requestReceived(command, path, version)
 
-    def _refuse(self, error: ApiError) -> None:
+    def _refuse(self, error: ApiError, linger: float = LINGER_SECONDS) -> None:
         """
         Answer C{error} at once, before the body, and close the connection
         once the client stops sending (or after a short linger).
@@ -167,7 +170,7 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self.request_id))
+        self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
         log.info(
             "Refused request before its body: {status} {code}",
             status=error.status,
@@ -212,12 +215,53 @@ class InkFlowRequest(server.Request):
         if self.channel.over_limit:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             self.channel.persistent = False
+        self.site = self.channel.site
+        if not self._utf8_target():
+            # Klein would answer an HTML 400 and log a traceback.
+            self._answer(ApiError("bad_request", "the URL or Host is not valid UTF-8"))
+            return
+        if self.path == b"*":
+            # "OPTIONS *" asks about the server; twisted.web answers anything
+            # else with a bare 405.
+            if self.method == b"OPTIONS":
+                self.setHeader(b"Allow", b"GET, HEAD, POST, OPTIONS")
+                self.setHeader(b"Content-Length", b"0")
+                self.finish()
+            else:
+                self._answer(ApiError("method_not_allowed", "only OPTIONS applies to *", headers={"Allow": "OPTIONS"}))
+            return
         super().process()
+
+    def _utf8_target(self) -> bool:
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+            (self.requestHeaders.getRawHeaders(b"Host") or [b""])[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def _answer(self, error: ApiError) -> None:
+        """
+        Answer C{error} as the contract's JSON, outside Klein.
+        """
+        body = json_bytes(error.body(self.request_id))
+        for name, value in error.headers.items():
+            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        self.setResponseCode(error.status)
+        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             # twisted.web's own "Server: TwistedWeb/<version>" tells too much.
             self.responseHeaders.setRawHeaders(b"Server", [b"InkFlow"])
+            if self.channel.site.draining or not self.channel.persistent:
+                # Say so when the connection ends after this response: a proxy
+                # must not send another request on it.
+                self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                self.channel.persistent = False
         super().write(data)
 
     def processingFailed(self, reason: Failure) -> None:
@@ -227,12 +271,7 @@ class InkFlowRequest(server.Request):
         log.failure("Unhandled error", failure=reason, request_id=self.request_id)
         if self.finished or self._disconnected:
             return
-        body = json_bytes(ApiError("internal_error").body(self.request_id))
-        self.setResponseCode(500)
-        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        self.setHeader(b"Content-Length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        self._answer(ApiError("internal_error"))
 
 
 class _NullContent:
@@ -286,7 +325,12 @@ class InkFlowChannel(http.HTTPChannel):
         self.clock = site.clock
         site.channels.add(self)
         self.over_limit = len(site.channels) > site.settings.max_connections
-        self._arm(site.settings.header_timeout)
+        # A connection over the limit gets one short chance to say what it
+        # wants: under a flood of slow clients it must not hold its file
+        # descriptor for the whole header timeout.
+        self._arm(
+            min(site.settings.header_timeout, OVER_LIMIT_TIMEOUT) if self.over_limit else site.settings.header_timeout
+        )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel(self._deadline)
@@ -307,6 +351,16 @@ class InkFlowChannel(http.HTTPChannel):
             self._arm(self.site.settings.header_timeout)
         super().dataReceived(data)
 
+    def lineReceived(self, line: bytes) -> None:
+        if self._dropping:
+            return
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._dropping:
+            return
+        super().rawDataReceived(data)
+
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
         if self.refused:
@@ -323,7 +377,10 @@ class InkFlowChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:
+        closing = not self.persistent  # then twisted.web closes the connection itself
         super().requestDone(request)
+        if closing:
+            return
         if self.site.draining and not self.requests:
             self.loseConnection()
             return
@@ -373,8 +430,6 @@ class InkFlowChannel(http.HTTPChannel):
         self._cancel(self._deadline)
         self._deadline = None
         self.transport.write(response)
-        if drop_input:
-            self.setRawMode()  # stop the line parser
         if self.clock is not None:
             self._abort_call = self.clock.callLater(linger, self._linger_over)
 
@@ -384,6 +439,20 @@ class InkFlowChannel(http.HTTPChannel):
             self.transport.loseConnection()
             if self.clock is not None:
                 self._abort_call = self.clock.callLater(LINGER_SECONDS, self.forceAbortClient)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        twisted.web's answer to a request it cannot parse (bad framing, bad
+        headers) is a bare 400; InkFlow's is the contract's JSON.
+        """
+        if self.refused or self.transport is None:
+            return
+        request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
+        self.refuse(
+            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id),
+            linger=1.0,
+            drop_input=True,
+        )
 
     def close_when_idle(self) -> None:
         """

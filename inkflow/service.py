@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
@@ -37,14 +37,18 @@ __all__ = ["InkFlowService", "makeService"]
 log = Logger()
 
 
-class InkFlowService(service.Service):
+class InkFlowService(service.MultiService):
     """
-    The core: on start, makes the upload folder; on stop, drains.
+    The core: on start, makes the upload folder; on stop, drains.  Its child
+    is the HTTP server, so the order of a stop is its own:
 
-    Drain: the listening port is closed by its own service; here the queue
-    stops taking work, idle connections close, busy ones finish their
-    response and close, for up to C{--drain-timeout}; whatever is left is
-    cut, and the n8n connection pool is closed.
+     1. C{/api/ready} turns 503 and every response says C{Connection: close};
+        for C{--shutdown-delay} seconds new connections are still served, so
+        a load balancer sees the instance leave before its port closes;
+     2. the port closes, the queue takes no new work, idle connections close,
+        busy ones finish their response and close, for up to
+        C{--drain-timeout}; whatever is left is cut;
+     3. the n8n connection pool is closed.
     """
 
     name = "inkflow"
@@ -64,6 +68,7 @@ class InkFlowService(service.Service):
         self.app = app
         self.queue = queue
         self.pool = pool
+        super().__init__()
 
     def startService(self) -> None:
         super().startService()
@@ -93,6 +98,13 @@ class InkFlowService(service.Service):
     async def _drain(self) -> None:
         clock: IReactorTime = self.reactor
         self.site.draining = True
+        if self.settings.shutdown_delay > 0:
+            log.info(
+                "Stopping: not ready; still serving for {delay}s before closing the port",
+                delay=self.settings.shutdown_delay,
+            )
+            await task.deferLater(clock, self.settings.shutdown_delay, lambda: None)
+        await super().stopService()  # the port closes
         self.queue.start_draining()
         log.info(
             "Draining: {connections} connections open, up to {timeout}s",
@@ -113,7 +125,6 @@ class InkFlowService(service.Service):
         log.info("Drained; stopping")
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
         return defer.Deferred.fromCoroutine(self._drain())
 
 
@@ -205,7 +216,8 @@ def makeService(
     site_ref.append(site)
 
     top = service.MultiService()
-    InkFlowService(settings, reactor, site, app, queue, pool).setServiceParent(top)
+    core = InkFlowService(settings, reactor, site, app, queue, pool)
+    core.setServiceParent(top)
     cleaner.service(settings.cleanup_interval).setServiceParent(top)
     http_service: service.Service
     if worker_fd is None:
@@ -213,7 +225,7 @@ def makeService(
     else:
         http_service = adopted_port(reactor, site, worker_fd)
     http_service.setName("http")
-    http_service.setServiceParent(top)
+    http_service.setServiceParent(core)
     if install_signals:
         reactor.callWhenRunning(install_rotation_signals, reactor)
     return top

@@ -351,6 +351,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
     ),
+    Option(
+        "shutdown-delay",
+        _seconds(0, 3600),
+        0.0,
+        "seconds to keep serving, not ready, before closing the port on shutdown (for load balancers)",
+        metavar="SECONDS",
+    ),
     Option("drain-timeout", _seconds(0, 3600), 25.0, "seconds to finish in-flight work on shutdown", metavar="SECONDS"),
     Option(
         "cleanup-interval",
@@ -404,6 +411,7 @@ class Settings:
     cors_origin: tuple[str, ...]
     header_timeout: float
     idle_timeout: float
+    shutdown_delay: float
     drain_timeout: float
     cleanup_interval: float
     log_format: str

@@ -601,12 +601,6 @@ async def test_open_breaker_fails_fast_and_is_not_ready(down: ServerProcess) -> 
     assert json.loads(await ready.content())["ready"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with --attempt-timeout <= 5 s the connect timeout equals the attempt timeout and the attempt timer "
-    "wins, so a connect that never completed is classified TIMEOUT (not retried, 504) instead of CONNECT "
-    "(inkflow/forward.py make_http_client connect_timeout, _attempt onTimeoutCancel=_timed_out)",
-)
 @pytest_twisted.ensureDeferred
 async def test_unreachable_first_webhook_fails_over(
     unreachable: ServerProcess, fake: FakeN8n, faults: FaultyWebhooks

@@ -301,8 +301,9 @@ JSON_BODIES = st.one_of(
     chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8")),
     chat_objects().map(lambda v: json.dumps(v).encode("ascii")),
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
-    # Nesting below the parser's recursion limit; deeper: see the xfail test below.
+    # Nesting below and far beyond the JSON parser's recursion limit.
     st.builds(nested, st.integers(1, 500), st.sampled_from(["list", "object"])),
+    st.builds(nested, st.integers(1_000, 20_000), st.sampled_from(["list", "object"])),
     st.binary(max_size=300),
     chat_objects().map(lambda v: json.dumps(v).encode()[:-1]),  # cut short
     chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-16")),
@@ -475,12 +476,13 @@ def test_multipart_bodies_never_break_the_server(server: ServerProcess, uploads:
         b"Content-Type: \r\n", b"Content-Type: " + content_type.encode("utf-8", "surrogatepass") + b"\r\n"
     )
     answer = exchange(server.port, data)
+    responses = parse_responses(answer)
+    assert len(responses) == 1
     if "\x00" in content_type:
-        # A NUL in a header: Twisted refuses it before InkFlow (see the xfail below).
-        assert answer == TWISTED_BARE_400
+        # A NUL in a header: refused while parsing the head, with the contract's JSON 400.
+        assert responses[0].status == 400
+        assert_contract_error(responses[0])
     else:
-        responses = parse_responses(answer)
-        assert len(responses) == 1
         assert_chat_answer(responses[0])
     assert_still_fine(server, uploads, start)
 
@@ -496,10 +498,12 @@ METHODS = st.one_of(
 PATHS = st.one_of(
     st.sampled_from([b"/api/chat", b"/api/health", b"/api/ready", b"/api/", b"/api/nope", b"/", b"/metrics"]),
     st.sampled_from([b"/api/chat?x=1", b"/api/../etc/passwd", b"/api/chat%00", b"*", b"http://x/api/chat", b"//api"]),
-    # UTF-8 paths, raw or percent-encoded; not UTF-8: see the xfail test below.
+    # UTF-8 paths, raw or percent-encoded, and bytes that are not UTF-8.
     st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20).map(
         lambda t: b"/api/" + t.encode("utf-8")
     ),
+    st.binary(min_size=1, max_size=8).filter(lambda b: not set(b) & set(b" \r\n")).map(lambda b: b"/api/" + b),
+    st.binary(min_size=1, max_size=8).map(lambda b: b"/api/" + quote(b).encode("ascii")),
     st.text(max_size=20).map(lambda t: b"/api/" + quote(t, safe="/?=&").encode("ascii")),
     st.integers(100, 20_000).map(lambda n: b"/api/" + b"p" * n),
 )
@@ -626,11 +630,8 @@ def test_raw_requests_never_break_the_server(server: ServerProcess, uploads: Pat
     start = mark(server)
     # Some requests are incomplete on purpose: stop reading after 0.25 s of silence.
     answer = exchange(server.port, data, idle=0.25)
-    if answer.endswith(TWISTED_BARE_400):
-        # Twisted refused the framing of the last request before InkFlow saw
-        # it, and closed.  A known deviation: see the xfail test below.
-        answer = answer[: -len(TWISTED_BARE_400)]
-        event("Twisted's bare 400")
+    # Twisted's own bare 400 (no body) never reaches a client: framing errors are JSON too.
+    assert TWISTED_BARE_400 not in answer
     if not answer:
         event("no answer (closed, or waiting for more)")
     for response in parse_responses(answer):
@@ -644,11 +645,6 @@ def test_raw_requests_never_break_the_server(server: ServerProcess, uploads: Pat
 # --- what fuzzing found ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: inkflow/chat.py parse_json_body catches ValueError but not RecursionError; deep nesting "
-    "is answered 400 only through the generic handler in InkFlowRequest.requestReceived, which logs a traceback",
-)
 def test_deeply_nested_json_is_a_400_without_a_traceback(server: ServerProcess, uploads: Path) -> None:
     """JSON nested 20,000 deep (40 KB, under the JSON limit): 400 bad_request, and nothing in the log but one line."""
     start = mark(server)
@@ -660,12 +656,6 @@ def test_deeply_nested_json_is_a_400_without_a_traceback(server: ServerProcess, 
     assert_still_fine(server, uploads, start)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deviation: requests Twisted cannot frame (bad Content-Length, conflicting Content-Length and "
-    "Transfer-Encoding, bad chunk size) get Twisted's bare 400 with no body, not the contract's JSON error; "
-    "InkFlowChannel does not override HTTPChannel._respondToBadRequestAndDisconnect",
-)
 @pytest.mark.parametrize(
     "head",
     [
@@ -683,12 +673,6 @@ def test_framing_errors_on_api_paths_are_json(server: ServerProcess, head: bytes
     assert_contract_error(responses[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request-target or Host that is not UTF-8 (raw or percent-encoded) makes Klein's "
-    "KleinResource.render answer 400 text/html 'Non-UTF-8 encoding in URL.' and log.err a traceback; "
-    "InkFlow never sees it (inkflow/http.py InkFlowRequest.process hands every request to Klein)",
-)
 @pytest.mark.parametrize(
     "head",
     [

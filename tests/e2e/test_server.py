@@ -366,3 +366,18 @@ def test_metrics_in_prometheus_format(server: ServerProcess) -> None:
     assert "inkflow_connections_active " in text
     assert "inkflow_process_rss_bytes " in text
     assert "inkflow_cleanup_runs_total " in text
+
+
+def test_shutdown_delay_serves_not_ready_then_exits(tmp_path: Path) -> None:
+    """--shutdown-delay 2: after SIGTERM, new connections still get answers, /api/ready says 503 with Connection: close, then the server exits."""
+    s = ServerProcess("--shutdown-delay", "2", "--upload-dir", str(tmp_path)).start()
+    assert s.get_json("/api/ready") == (200, {"ready": True})
+    s.send_signal(signal.SIGTERM)
+    s.wait_for("not ready; still serving")
+    status, headers, body = s.request("GET", "/api/ready")
+    assert status == 503 and b'"draining"' in body
+    assert headers["connection"] == "close"
+    assert s.request("GET", "/")[0] == 200
+    code = s.wait(15)
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    assert "Traceback" not in s.output()

@@ -32,12 +32,31 @@ class MakeServiceTests(TestCase):
         self.assertEqual((port, interface), (8123, "127.0.0.1"))
         self.successResultOf(top.stopService())
 
+    def test_shutdown_delay_keeps_listening_not_ready(self) -> None:
+        """With --shutdown-delay, a stop first turns readiness off and keeps the port open for the delay."""
+        reactor = MemoryReactorClock()
+        top = makeService(self.settings(shutdown_delay=3.0), reactor, install_signals=False)
+        top.startService()
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        http = IServiceCollection(core).getServiceNamed("http")
+        stopped = top.stopService()
+        self.assertTrue(core.site.draining)  # type: ignore[attr-defined]
+        self.assertEqual(core.app.health_snapshot()["status"], "draining")  # type: ignore[attr-defined]
+        reactor.advance(2.9)
+        self.assertTrue(http.running)
+        self.assertNoResult(stopped)
+        reactor.advance(0.2)
+        self.assertFalse(http.running)
+        self.successResultOf(stopped)
+
     def test_has_the_cleanup_loop_and_core(self) -> None:
         """The service holds the core, the cleanup loop and the HTTP server, by name."""
         top = makeService(self.settings(), MemoryReactorClock(), install_signals=False)
         collection = IServiceCollection(top)
-        for name in ("inkflow", "cleanup", "http"):
+        for name in ("inkflow", "cleanup"):
             self.assertIsNotNone(collection.getServiceNamed(name))
+        core = IServiceCollection(collection.getServiceNamed("inkflow"))
+        self.assertIsNotNone(core.getServiceNamed("http"))
 
     def test_workers_make_a_supervisor(self) -> None:
         """With --workers 2 the service is the worker supervisor alone."""
