@@ -171,7 +171,9 @@ class InkFlowRequest(server.Request):
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
         self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
-        log.info(
+        # Debug: under a flood there is one per connection (counted in health
+        # and /metrics as connections rejected).
+        log.debug(
             "Refused request before its body: {status} {code}",
             status=error.status,
             code=error.code,
@@ -403,10 +405,17 @@ class InkFlowChannel(http.HTTPChannel):
             self.loseConnection()
             return
         if self.state in ("head", "body"):
-            self.site.timeouts_total += 1
-            log.info("Request {state} not received in time; answering 408", state=self.state)
             request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
-            self.refuse(raw_error_response(ApiError("request_timeout"), request_id), linger=1.0, drop_input=True)
+            if self.over_limit:
+                # Cut for the connection limit, not for slowness: the contract's
+                # answer over the limit is 503 busy.
+                self.site.connections_rejected += 1
+                error = ApiError.retry_later("busy", 5, "too many connections")
+            else:
+                self.site.timeouts_total += 1
+                log.info("Request {state} not received in time; answering 408", state=self.state)
+                error = ApiError("request_timeout")
+            self.refuse(raw_error_response(error, request_id), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
 
     # -- refusing and closing -------------------------------------------------
 
