@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test install install-test lint unit e2e bench clean
+.PHONY: run test test-slow test-n8n install install-test lint unit e2e bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
 	$(BIN)/python -m pip install --quiet ".[test]"
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-	sh scripts/install-browser-deps.sh
+	sh scripts/install-system-deps.sh browser haproxy
 	sh scripts/install-n8n-chat.sh
 
 run: install
@@ -47,7 +47,19 @@ e2e:
 
 test: install-test lint unit e2e
 
+# The slow resilience suites (slowloris, slow body, overload; ~1 minute): CI runs them after `make test`.
+test-slow: install-test
+	sh scripts/install-system-deps.sh load-tools
+	INKFLOW_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/slow
+
+# Opt-in: against a real n8n 2.8.4 installed from the npm registry into .n8n/ (~2.3 GB, 5-12 minutes
+# the first time); see docs/n8n.md.
+test-n8n: install-test
+	scripts/n8n/install.sh .n8n
+	INKFLOW_N8N_DIR=.n8n $(BIN)/python -m pytest -q -m n8n tests/n8n
+
 bench: install
+	sh scripts/install-system-deps.sh load-tools
 	$(BIN)/python -m bench
 
 clean:

@@ -4,7 +4,7 @@ driven by Playwright, against the real InkFlow server (C{twistd -n inkflow}) on
 a loopback port, with a fake n8n in the test process where a webhook is needed.
 
 Skips when the C{playwright} package or C{/usr/bin/chromium} is missing
-(C{scripts/install-browser-deps.sh} installs the latter).  Screenshots go to
+(C{scripts/install-system-deps.sh browser} installs the latter).  Screenshots go to
 C{test-artifacts/}.
 """
 

@@ -13,7 +13,7 @@ One instance is stopped in the middle of the load:
 
 A third test checks HAProxy's own JSON 503 when no instance is up.
 
-Skipped when C{haproxy} is not installed (scripts/install-haproxy.sh).  Loopback
+Skipped when C{haproxy} is not installed (scripts/install-system-deps.sh haproxy).  Loopback
 only; every loop and wait is bounded.  Each scenario takes 8-10 s.
 """
 
@@ -48,7 +48,7 @@ from tests.support.server import REPO, ServerProcess
 reactor: Any = _reactor
 
 HAPROXY = shutil.which("haproxy")
-pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (scripts/install-haproxy.sh)")
+pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (scripts/install-system-deps.sh haproxy)")
 
 CONFIG = REPO / "deploy" / "haproxy.cfg"
 N8N_DELAY = 0.2  # seconds the fake n8n takes per chat

@@ -13,7 +13,7 @@ process at 1,024 (C{prlimit --nofile=1024:}), loopback only.
 
 During each attack a probe asks for the page once a second; every probe's
 outcome is counted.  Each case is bounded (slowhttptest C{-l 30}, subprocess
-timeout 60 s).  C{scripts/install-test-tools.sh} installs slowhttptest.
+timeout 60 s).  C{scripts/install-system-deps.sh load-tools} installs slowhttptest.
 
 Run: C{INKFLOW_SLOW_TESTS=1 python -m pytest -rP tests/slow} (C{-rP} shows
 the measured figures).
@@ -46,7 +46,7 @@ pytestmark = [
 ]
 
 needs_slowhttptest = pytest.mark.skipif(
-    shutil.which("slowhttptest") is None, reason="slowhttptest missing: run scripts/install-test-tools.sh"
+    shutil.which("slowhttptest") is None, reason="slowhttptest missing: run scripts/install-system-deps.sh load-tools"
 )
 
 FD_LIMIT = 1024

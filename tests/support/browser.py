@@ -4,7 +4,7 @@ driven by Playwright, the real InkFlow server on a free loopback port, and a
 fake n8n that runs in the test process.
 
 Nothing here downloads anything: Playwright is pointed at C{/usr/bin/chromium}
-(install it with C{scripts/install-browser-deps.sh}); C{playwright install} is
+(install it with C{scripts/install-system-deps.sh browser}); C{playwright install} is
 never needed.
 """
 
@@ -73,7 +73,7 @@ def browser_missing() -> str | None:
     except ImportError:
         return "the playwright package is not installed (pip install playwright==1.65.2)"
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return f"{CHROMIUM} is missing (run scripts/install-browser-deps.sh)"
+        return f"{CHROMIUM} is missing (run scripts/install-system-deps.sh browser)"
     return None
 
 
