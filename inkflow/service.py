@@ -26,7 +26,7 @@ from inkflow.admission import ChatQueue, RateLimiter
 from inkflow.cleanup import Cleaner
 from inkflow.health import ProcessMetrics
 from inkflow.http import InkFlowRequest, InkFlowSite
-from inkflow.logs import install_rotation_signals
+from inkflow.logs import install_rotation_signals, write_access_line
 from inkflow.metrics import Metrics
 from inkflow.settings import Settings, describe
 from inkflow.web import InkFlowApp
@@ -140,10 +140,15 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
         metrics.observe_request(request.path, request.code)
         if not write_line:
             return
+        method = request.method.decode("latin-1")
+        uri = request.uri[:300].decode("latin-1")
+        line = f"{method} {uri} {request.code} {request.sentLength}"
+        if write_access_line(line):
+            return
         access.info(
-            "{method} {uri} {status} {bytes}",
-            method=request.method.decode("latin-1"),
-            uri=request.uri[:300].decode("latin-1"),
+            line.replace("{", "{{").replace("}", "}}"),
+            method=method,
+            uri=uri,
             status=request.code,
             bytes=request.sentLength,
             request_id=getattr(request, "request_id", None),

@@ -17,9 +17,12 @@ import gzip
 import hashlib
 import mimetypes
 import os
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
@@ -27,6 +30,10 @@ __all__ = ["StaticEntry", "StaticFiles"]
 
 #: Files larger than this are not cached (they are still served, read per request).
 MAX_CACHED_SIZE = 4 * 1024 * 1024
+#: How often a cached URL's file is checked for changes on disk, in seconds.
+REVALIDATE_SECONDS = 1.0
+#: URLs remembered by L{StaticFiles.lookup}.
+MAX_REMEMBERED_URLS = 1024
 
 TEXT_TYPES = (
     "text/",
@@ -104,10 +111,39 @@ class StaticFiles:
         C{no-cache} so a new page is seen at once.
     """
 
-    def __init__(self, root: str, cache_control: str = "public, max-age=3600") -> None:
+    def __init__(
+        self,
+        root: str,
+        cache_control: str = "public, max-age=3600",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = os.path.realpath(root)
         self.cache_control = cache_control
         self._cache: dict[str, StaticEntry] = {}
+        self._monotonic = monotonic
+        #: URL path -> (entry, when it was last checked on disk)
+        self._urls: OrderedDict[bytes, tuple[StaticEntry, float]] = OrderedDict()
+
+    def lookup(self, url_path: bytes) -> StaticEntry | None:
+        """
+        The file a URL path (as sent, percent-encoded) names, for the hot
+        path: remembered per URL and checked on disk at most once a second.
+        """
+        now = self._monotonic()
+        known = self._urls.get(url_path)
+        if known is not None and now - known[1] < REVALIDATE_SECONDS:
+            return known[0]
+        segments = [unquote_to_bytes(s) for s in url_path[1:].split(b"/")] if url_path != b"/" else [b"index.html"]
+        path = self.resolve(segments)
+        entry = self.entry(path) if path is not None else None
+        if entry is None:
+            self._urls.pop(url_path, None)
+            return None
+        self._urls[url_path] = (entry, now)
+        self._urls.move_to_end(url_path)
+        while len(self._urls) > MAX_REMEMBERED_URLS:
+            self._urls.popitem(last=False)
+        return entry
 
     def exists(self) -> bool:
         return os.path.isfile(os.path.join(self.root, "index.html"))

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from inkflow.admission import ChatQueue, RateLimiter, client_ip
@@ -52,6 +53,30 @@ class ChatForwarder(Protocol):
 
 class Stats(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
+
+
+class _StaticFirst(Resource):
+    """
+    Answers GET and HEAD for files of the static folder without Klein's
+    routing; hands everything else (the API, unknown paths, other methods)
+    to Klein.
+    """
+
+    isLeaf = True
+
+    def __init__(self, static: StaticFiles, routes: IResource) -> None:
+        super().__init__()
+        self.static = static
+        self.routes = routes
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method in (b"GET", b"HEAD"):
+            path = request.path
+            if not (path.startswith(b"/api/") or path == b"/api" or path == b"/metrics"):
+                entry = self.static.lookup(path)
+                if entry is not None:
+                    return self.static.respond(request, entry)
+        return cast(bytes, self.routes.render(request))
 
 
 def _inkflow(request: IRequest) -> InkFlowRequest:
@@ -102,8 +127,12 @@ class InkFlowApp:
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
 
-    def resource(self) -> Any:
-        return self.app.resource()
+    def resource(self) -> IResource:
+        """
+        The site's root: static GET/HEAD answered straight from the in-memory
+        file cache (the page is the hot path), everything else through Klein.
+        """
+        return _StaticFirst(self.static, self.app.resource())
 
     # -- bodies ---------------------------------------------------------------
 

@@ -108,3 +108,46 @@ class StaticFilesTests(TestCase):
         r2 = self.request()
         self.assertEqual(self.files.render(r2, [b"assets", b"app.js"]), b"changed();\n")
         self.assertNotEqual(r1.responseHeaders.getRawHeaders(b"ETag"), r2.responseHeaders.getRawHeaders(b"ETag"))
+
+
+class LookupTests(TestCase):
+    """
+    The hot-path lookup by URL: remembered, revalidated at most once a second, still safe.
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(temp_path(self)).resolve()
+        (self.root / "assets").mkdir(parents=True)
+        (self.root / "index.html").write_text("<html>one</html>")
+        (self.root / "assets" / "a.js").write_text("1;")
+        self.now = 100.0
+        self.files = StaticFiles(str(self.root), monotonic=lambda: self.now)
+
+    def test_root_and_encoded_paths(self) -> None:
+        """/ is the page; percent-encoded names resolve; traversal and dot-files do not."""
+        page = self.files.lookup(b"/")
+        assert page is not None
+        self.assertEqual(page.body, b"<html>one</html>")
+        self.assertIsNotNone(self.files.lookup(b"/assets/%61.js"))
+        for bad in (b"/../index.html", b"/assets/..%2f..%2findex.html", b"/%2e%2e/x", b"/.hidden", b"/assets"):
+            self.assertIsNone(self.files.lookup(bad), bad)
+
+    def test_changes_seen_within_a_second(self) -> None:
+        """A changed file is served from the cache until a second has passed, then anew."""
+        self.files.lookup(b"/")
+        (self.root / "index.html").write_text("<html>two!</html>")
+        self.now += 0.5
+        first = self.files.lookup(b"/")
+        assert first is not None
+        self.assertEqual(first.body, b"<html>one</html>")
+        self.now += 0.6
+        second = self.files.lookup(b"/")
+        assert second is not None
+        self.assertEqual(second.body, b"<html>two!</html>")
+
+    def test_deleted_file_is_forgotten(self) -> None:
+        """A file removed from disk is not served once revalidated."""
+        self.assertIsNotNone(self.files.lookup(b"/assets/a.js"))
+        (self.root / "assets" / "a.js").unlink()
+        self.now += 2
+        self.assertIsNone(self.files.lookup(b"/assets/a.js"))
