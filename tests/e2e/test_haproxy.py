@@ -48,7 +48,9 @@ from tests.support.server import REPO, ServerProcess
 reactor: Any = _reactor
 
 HAPROXY = shutil.which("haproxy")
-pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (scripts/install-system-deps.sh haproxy)")
+pytestmark = pytest.mark.skipif(
+    HAPROXY is None, reason="haproxy is not installed (scripts/install-system-deps.sh haproxy)"
+)
 
 CONFIG = REPO / "deploy" / "haproxy.cfg"
 N8N_DELAY = 0.2  # seconds the fake n8n takes per chat

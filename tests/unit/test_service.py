@@ -40,8 +40,8 @@ class MakeServiceTests(TestCase):
         core = IServiceCollection(top).getServiceNamed("inkflow")
         http = IServiceCollection(core).getServiceNamed("http")
         stopped = top.stopService()
-        self.assertTrue(core.site.draining)  # type: ignore[attr-defined]
-        self.assertEqual(core.app.health_snapshot()["status"], "draining")  # type: ignore[attr-defined]
+        self.assertTrue(core.site.draining)
+        self.assertEqual(core.app.health_snapshot()["status"], "draining")
         reactor.advance(2.9)
         self.assertTrue(http.running)
         self.assertNoResult(stopped)
