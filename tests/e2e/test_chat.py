@@ -27,7 +27,6 @@ from tests.support.fake_n8n import (
     echo,
     empty,
     json_reply,
-    listen_fake_n8n,
     n8n_not_registered,
     reset,
     slow,
@@ -49,13 +48,6 @@ def free_port() -> int:
     port: int = s.getsockname()[1]
     s.close()
     return port
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeN8n]:
-    f = listen_fake_n8n(reactor)
-    yield f
-    pytest_twisted.blockon(f.stop())
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,6 @@ from tests.support.fake_n8n import (
     empty,
     hang_body,
     json_reply,
-    listen_fake_n8n,
     n8n_not_registered,
     slow,
     status_reply,
@@ -182,13 +181,6 @@ def unreachable_port() -> Iterator[int]:
     yield port
     filler.close()
     listener.close()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeN8n]:
-    f = listen_fake_n8n(reactor)
-    yield f
-    pytest_twisted.blockon(f.stop())
 
 
 @pytest.fixture(scope="module")

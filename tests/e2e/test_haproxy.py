@@ -25,8 +25,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -125,17 +123,8 @@ class HAProxyProcess(ServerProcess):
         self.admin = admin
 
     def start(self, timeout: float = 10.0) -> HAProxyProcess:
-        self.proc = subprocess.Popen(
-            self.command,
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not self.admin.exists():  # a bounded poll of another process
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -84,6 +84,14 @@ class ServerProcess:
         return handle
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.spawn()
+        self.port = int(self.wait_for(STARTED, timeout).group(1))
+        return self
+
+    def spawn(self) -> None:
+        """
+        Start the process, its output collected line by line (see L{wait_for}).
+        """
         self.proc = subprocess.Popen(
             self.command,
             env=self.env,
@@ -95,8 +103,6 @@ class ServerProcess:
             errors="replace",
         )
         threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.wait_for(STARTED, timeout).group(1))
-        return self
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
