@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import overload, proxy, startup, static, uploads
+from bench import overload, proxy, soak, startup, static, uploads, workers
 from bench._common import REPO, Row, print_rows, say, table
 
 START = "<!-- bench:results:start (written by `python -m bench`; edit outside these markers) -->"
@@ -27,7 +27,7 @@ HEADER = """# Benchmarks
 How InkFlow compares with simple references measured in the same run (machines are noisy: compare the
 ratios, not the absolute figures).  Run `python -m bench` from the repository root (about 5 minutes; it
 needs `wrk`); each benchmark also runs alone: `python -m bench.uploads`, `bench.overload`, `bench.static`,
-`bench.proxy`, `bench.startup`.  Everything listens on 127.0.0.1 only.
+`bench.proxy`, `bench.startup`, `bench.workers`, `bench.soak`.  Everything listens on 127.0.0.1 only.
 
 """
 
@@ -94,6 +94,8 @@ def main() -> None:
         "static": lambda: static.run(rounds),
         "proxy": lambda: proxy.run(rounds),
         "startup": lambda: startup.run(),
+        "workers": lambda: workers.run(rounds),
+        "soak": lambda: soak.run(),
     }
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(benches)
     unknown = set(chosen) - set(benches)
