@@ -326,7 +326,11 @@ class InkFlowChannel(http.HTTPChannel):
         site = self.site
         self.clock = site.clock
         site.channels.add(self)
-        self.over_limit = len(site.channels) > site.settings.max_connections
+        # Only admitted connections count: one already answered 503 (and
+        # closing) must not keep a newcomer out.
+        self.over_limit = site.admitted >= site.settings.max_connections
+        if not self.over_limit:
+            site.admitted += 1
         # A connection over the limit gets one short chance to say what it
         # wants: under a flood of slow clients it must not hold its file
         # descriptor for the whole header timeout.
@@ -505,6 +509,8 @@ class InkFlowSite(server.Site):
         self.sink_for = sink_for
         self.on_request = on_request
         self.channels: set[InkFlowChannel] = set()
+        #: Open connections within --max-connections (the others are being refused).
+        self.admitted = 0
         self.connections_rejected = 0
         self.timeouts_total = 0
         self.draining = False
@@ -515,6 +521,8 @@ class InkFlowSite(server.Site):
             self.on_request(request)  # type: ignore[arg-type]
 
     def channel_gone(self, channel: InkFlowChannel) -> None:
+        if channel in self.channels and not channel.over_limit:
+            self.admitted -= 1
         self.channels.discard(channel)
         if not self.channels:
             waiting, self._all_gone = self._all_gone, []

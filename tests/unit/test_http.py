@@ -182,6 +182,18 @@ class ChannelTests(TestCase):
         channel, _transport = self.connect()
         self.assertFalse(channel.over_limit)
 
+    def test_refused_connections_do_not_hold_places(self) -> None:
+        """A connection already refused (still closing) does not count: the next one after a close is admitted."""
+        first, _ = self.connect()
+        self.connect()
+        refused, _ = self.connect()
+        self.assertTrue(refused.over_limit)
+        first.connectionLost(Failure(Exception("gone")))
+        newcomer, _ = self.connect()
+        self.assertFalse(newcomer.over_limit)
+        refused.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.site.admitted, 2)
+
     def test_drain_closes_idle_and_waits_for_busy(self) -> None:
         """Drain closes idle connections at once and fires when the last one is gone."""
         idle, idle_transport = self.connect()
