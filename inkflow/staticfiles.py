@@ -210,16 +210,13 @@ class StaticFiles:
             self._cache[path] = entry
         return entry
 
-    def render(self, request: IRequest, segments: Sequence[bytes | str]) -> bytes | None:
+    def render(self, request: IRequest, url_path: bytes) -> bytes | None:
         """
-        Answer C{request} with the file C{segments} names: sets status and
-        headers, returns the body (empty for HEAD and 304).  C{None} when there
-        is no such file (the caller answers 404).
+        Answer C{request} with the file C{url_path} (as sent, percent-encoded)
+        names: sets status and headers, returns the body (empty for HEAD and
+        304).  C{None} when there is no such file (the caller answers 404).
         """
-        path = self.resolve(segments)
-        if path is None:
-            return None
-        entry = self.entry(path)
+        entry = self.lookup(url_path)
         if entry is None:
             return None
         return self.respond(request, entry)

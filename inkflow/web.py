@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet import defer
@@ -73,9 +72,9 @@ class _StaticFirst(Resource):
         if request.method in (b"GET", b"HEAD"):
             path = request.path
             if not (path.startswith(b"/api/") or path == b"/api" or path == b"/metrics"):
-                entry = self.static.lookup(path)
-                if entry is not None:
-                    return self.static.respond(request, entry)
+                body = self.static.render(request, path)
+                if body is not None:
+                    return body
         return cast(bytes, self.routes.render(request))
 
 
@@ -208,14 +207,10 @@ class InkFlowApp:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        # Static files never get here: the root resource answers them first.
         req = _inkflow(request)
-        path = req.path.split(b"?", 1)[0]
+        path = req.path
         is_api = path == b"/api" or path.startswith(b"/api/")
-        if not is_api and req.method in (b"GET", b"HEAD"):
-            segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
-            body = self.static.render(req, segments)
-            if body is not None:
-                return body
         if not is_api and req.method not in (b"GET", b"HEAD"):
             error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
             return self._error(req, error)
@@ -227,15 +222,6 @@ class InkFlowApp:
             return b""  # the client went away; nobody reads this
         log.failure("Unhandled error", failure=failure, request_id=_inkflow(request).request_id)
         return self._error(_inkflow(request), ApiError("internal_error"))
-
-    # -- page -----------------------------------------------------------------
-
-    @app.route("/", methods=["GET", "HEAD"])
-    def page(self, request: InkFlowRequest) -> bytes:
-        body = self.static.render(request, [b"index.html"])
-        if body is None:
-            return self._error(request, ApiError("not_found", "the page is missing"))
-        return body
 
     # -- health ---------------------------------------------------------------
 

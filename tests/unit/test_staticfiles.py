@@ -30,7 +30,8 @@ class StaticFilesTests(TestCase):
         (self.root / ".env").write_text("SECRET=1")
         (base / "secret.txt").write_text("outside")
         os.symlink(base / "secret.txt", self.root / "link.txt")
-        self.files = StaticFiles(str(self.root))
+        self.now = 100.0
+        self.files = StaticFiles(str(self.root), monotonic=lambda: self.now)
 
     def request(self, headers: dict[bytes, bytes] | None = None, method: bytes = b"GET") -> Any:
         r = DummyRequest([b""])
@@ -63,17 +64,17 @@ class StaticFilesTests(TestCase):
     def test_etag_gives_304(self) -> None:
         """A matching If-None-Match gets 304 with an empty body."""
         first = self.request()
-        self.files.render(first, [b"index.html"])
+        self.files.render(first, b"/index.html")
         etag = first.responseHeaders.getRawHeaders(b"ETag", [b""])[0]
         again = self.request({b"If-None-Match": etag})
-        self.assertEqual(self.files.render(again, [b"index.html"]), b"")
+        self.assertEqual(self.files.render(again, b"/index.html"), b"")
         self.assertEqual(again.responseCode, 304)
 
     def test_gzip_when_accepted(self) -> None:
         """Text is gzipped for a client that accepts gzip, and is the same once unzipped."""
-        plain = self.files.render(self.request(), [b"assets", b"app.js"])
+        plain = self.files.render(self.request(), b"/assets/app.js")
         r = self.request({b"Accept-Encoding": b"br, gzip;q=0.8"})
-        packed = self.files.render(r, [b"assets", b"app.js"])
+        packed = self.files.render(r, b"/assets/app.js")
         assert packed is not None
         self.assertEqual(r.responseHeaders.getRawHeaders(b"Content-Encoding"), [b"gzip"])
         self.assertEqual(gzip.decompress(packed), plain)
@@ -81,32 +82,33 @@ class StaticFilesTests(TestCase):
     def test_no_gzip_when_refused(self) -> None:
         """gzip;q=0 means no gzip."""
         r = self.request({b"Accept-Encoding": b"gzip;q=0"})
-        self.files.render(r, [b"assets", b"app.js"])
+        self.files.render(r, b"/assets/app.js")
         self.assertIsNone(r.responseHeaders.getRawHeaders(b"Content-Encoding"))
 
     def test_head_has_no_body(self) -> None:
         """HEAD sets Content-Length but returns no body."""
         r = self.request(method=b"HEAD")
-        self.assertEqual(self.files.render(r, [b"index.html"]), b"")
+        self.assertEqual(self.files.render(r, b"/index.html"), b"")
         self.assertNotEqual(r.responseHeaders.getRawHeaders(b"Content-Length"), [b"0"])
 
     def test_html_revalidates_assets_cache(self) -> None:
         """The page says no-cache; assets may be cached."""
         page, asset = self.request(), self.request()
-        self.files.render(page, [b"index.html"])
-        self.files.render(asset, [b"assets", b"app.js"])
+        self.files.render(page, b"/index.html")
+        self.files.render(asset, b"/assets/app.js")
         self.assertEqual(page.responseHeaders.getRawHeaders(b"Cache-Control"), [b"no-cache"])
         self.assertIn(b"max-age", asset.responseHeaders.getRawHeaders(b"Cache-Control", [b""])[0])
 
     def test_changed_file_is_reloaded(self) -> None:
-        """A file changed on disk is served anew with a new ETag."""
+        """A file changed on disk is served anew, with a new ETag, once it is checked again."""
         r1 = self.request()
-        self.files.render(r1, [b"assets", b"app.js"])
+        self.files.render(r1, b"/assets/app.js")
         path = self.root / "assets" / "app.js"
         path.write_text("changed();\n")
         os.utime(path, ns=(1, 1))
+        self.now += 1.5
         r2 = self.request()
-        self.assertEqual(self.files.render(r2, [b"assets", b"app.js"]), b"changed();\n")
+        self.assertEqual(self.files.render(r2, b"/assets/app.js"), b"changed();\n")
         self.assertNotEqual(r1.responseHeaders.getRawHeaders(b"ETag"), r2.responseHeaders.getRawHeaders(b"ETag"))
 
 
