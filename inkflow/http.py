@@ -58,6 +58,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Cross-Origin-Opener-Policy", b"same-origin"),
 )
 
+JSON_TYPE = b"application/json; charset=utf-8"
+
 #: Routes answered even on a connection over the limit (operators must see an
 #: overloaded server).
 ALWAYS_ANSWERED = (b"/api/health", b"/api/ready")
@@ -81,7 +83,7 @@ def raw_error_response(error: ApiError, request_id: str | None) -> bytes:
     reason = HTTPStatus(error.status).phrase.encode() if error.status in HTTPStatus._value2member_map_ else b"Error"
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason)]
     lines.extend(name + b": " + value for name, value in SECURITY_HEADERS)
-    lines.append(b"Content-Type: application/json; charset=utf-8")
+    lines.append(b"Content-Type: " + JSON_TYPE)
     lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Cache-Control: no-store")
     lines.append(b"Connection: close")
@@ -242,17 +244,35 @@ class InkFlowRequest(server.Request):
             return False
         return True
 
-    def _answer(self, error: ApiError) -> None:
+    # The one place responses with a computed body are prepared: each sets the
+    # status and headers and returns the bytes to write (none for HEAD).
+
+    def bytes_response(self, body: bytes, content_type: bytes, status: int = 200) -> bytes:
+        self.setResponseCode(status)
+        self.setHeader(b"Content-Type", content_type)
+        self.setHeader(b"Cache-Control", b"no-store")
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if self.method == b"HEAD" else body
+
+    def json_response(self, value: object, status: int = 200) -> bytes:
+        return self.bytes_response(json_bytes(value), JSON_TYPE, status)
+
+    def error_response(self, error: ApiError) -> bytes:
         """
-        Answer C{error} as the contract's JSON, outside Klein.
+        The contract's JSON error, with the error's own headers (C{Retry-After},
+        C{Allow}); the connection closes after a 408, a 413 or an internal error.
         """
-        body = json_bytes(error.body(self.request_id))
         for name, value in error.headers.items():
             self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        self.setResponseCode(error.status)
-        self.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        self.setHeader(b"Content-Length", b"%d" % len(body))
-        self.write(body)
+        if error.status in (408, 413) or error.code == "internal_error":
+            self.setHeader(b"Connection", b"close")
+        return self.json_response(error.body(self.request_id), error.status)
+
+    def _answer(self, error: ApiError) -> None:
+        """
+        Answer C{error} outside Klein.
+        """
+        self.write(self.error_response(error))
         self.finish()
 
     def write(self, data: bytes) -> None:

@@ -187,11 +187,10 @@ def makeService(
 
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
     rate_limiter = RateLimiter(settings.rate_limit, reactor)
-    site_ref: list[InkFlowSite] = []
-    cleaner = Cleaner(settings.upload_dir, reactor, active_paths=lambda: site_ref[0].active_upload_paths())
-
-    app_ref: list[InkFlowApp] = []
-    metrics = Metrics(lambda: app_ref[0].health_snapshot())
+    # The app, the site and these callbacks need each other; the closures
+    # below look `site` and `app` up when called, after both are built.
+    cleaner = Cleaner(settings.upload_dir, reactor, active_paths=lambda: site.active_upload_paths())
+    metrics = Metrics(lambda: app.health_snapshot())
 
     forwarder = None
     pool = None
@@ -202,7 +201,6 @@ def makeService(
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
 
     def site_stats() -> tuple[int, int, bool]:
-        site = site_ref[0]
         return len(site.channels), site.connections_rejected, site.draining
 
     app = InkFlowApp(
@@ -216,9 +214,7 @@ def makeService(
         cleanup=cleaner,
         metrics=metrics,
     )
-    app_ref.append(app)
     site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics))
-    site_ref.append(site)
 
     top = service.MultiService()
     core = InkFlowService(settings, reactor, site, app, queue, pool)

@@ -22,7 +22,7 @@ from inkflow.admission import ChatQueue, RateLimiter, client_ip
 from inkflow.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.chat import ChatMessage, parse_chat
 from inkflow.demo import DemoResponder
-from inkflow.errors import ApiError, json_bytes
+from inkflow.errors import ApiError
 from inkflow.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.http import InkFlowRequest
 from inkflow.metrics import CONTENT_TYPE, Metrics
@@ -35,7 +35,6 @@ __all__ = ["ChatForwarder", "InkFlowApp"]
 
 log = Logger()
 
-JSON_TYPE = b"application/json; charset=utf-8"
 #: Bytes allowed for a request body on routes that take none.
 NO_BODY_LIMIT = 64 * 1024
 
@@ -71,11 +70,15 @@ class _StaticFirst(Resource):
     def render(self, request: IRequest) -> bytes:
         if request.method in (b"GET", b"HEAD"):
             path = request.path
-            if not (path.startswith(b"/api/") or path == b"/api" or path == b"/metrics"):
+            if not _is_api(path) and path != b"/metrics":
                 body = self.static.render(request, path)
                 if body is not None:
                     return body
         return cast(bytes, self.routes.render(request))
+
+
+def _is_api(path: bytes) -> bool:
+    return path == b"/api" or path.startswith(b"/api/")
 
 
 def _inkflow(request: IRequest) -> InkFlowRequest:
@@ -165,22 +168,6 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
-    @staticmethod
-    def _json(request: InkFlowRequest, value: Any, status: int = 200) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", JSON_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
-        body = json_bytes(value)
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return b"" if request.method == b"HEAD" else body
-
-    def _error(self, request: InkFlowRequest, error: ApiError) -> bytes:
-        for name, value in error.headers.items():
-            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        if error.status in (408, 413) or (error.status >= 500 and error.code == "internal_error"):
-            request.setHeader(b"Connection", b"close")
-        return self._json(request, error.body(request.request_id), error.status)
-
     def _cors_headers(self, request: InkFlowRequest) -> bool:
         """
         Add CORS headers when the request's origin is allowed.
@@ -197,31 +184,29 @@ class InkFlowApp:
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self._error(_inkflow(request), failure.value)  # type: ignore[arg-type]
+        return _inkflow(request).error_response(failure.value)  # type: ignore[arg-type]
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         allowed = sorted(set(getattr(failure.value, "valid_methods", None) or []))
         error = ApiError("method_not_allowed", headers={"Allow": ", ".join(allowed)})
-        return self._error(_inkflow(request), error)
+        return _inkflow(request).error_response(error)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         # Static files never get here: the root resource answers them first.
         req = _inkflow(request)
-        path = req.path
-        is_api = path == b"/api" or path.startswith(b"/api/")
-        if not is_api and req.method not in (b"GET", b"HEAD"):
+        if not _is_api(req.path) and req.method not in (b"GET", b"HEAD"):
             error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
-            return self._error(req, error)
-        return self._error(req, ApiError("not_found"))
+            return req.error_response(error)
+        return req.error_response(ApiError("not_found"))
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(defer.CancelledError):
             return b""  # the client went away; nobody reads this
         log.failure("Unhandled error", failure=failure, request_id=_inkflow(request).request_id)
-        return self._error(_inkflow(request), ApiError("internal_error"))
+        return _inkflow(request).error_response(ApiError("internal_error"))
 
     # -- health ---------------------------------------------------------------
 
@@ -243,7 +228,7 @@ class InkFlowApp:
 
     @app.route("/api/health", methods=["GET", "HEAD"])
     def health(self, request: InkFlowRequest) -> bytes:
-        return self._json(request, self.health_snapshot())
+        return request.json_response(self.health_snapshot())
 
     @app.route("/api/ready", methods=["GET", "HEAD"])
     def ready(self, request: InkFlowRequest) -> bytes:
@@ -254,18 +239,14 @@ class InkFlowApp:
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
         if ok:
-            return self._json(request, {"ready": True})
-        return self._json(request, {"ready": False, "reason": reason}, 503)
+            return request.json_response({"ready": True})
+        return request.json_response({"ready": False, "reason": reason}, 503)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
     def prometheus(self, request: InkFlowRequest) -> bytes:
         if self.metrics is None:
             raise NotFound()
-        body = self.metrics.render()
-        request.setHeader(b"Content-Type", CONTENT_TYPE)
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return b"" if request.method == b"HEAD" else body
+        return request.bytes_response(self.metrics.render(), CONTENT_TYPE)
 
     # -- chat -----------------------------------------------------------------
 
@@ -292,8 +273,7 @@ class InkFlowApp:
         started = self.clock.seconds()
         status = 500
         try:
-            if self.settings.static_only:
-                raise ApiError("chat_disabled")
+            # (--static-only never gets here: sink_for refuses the request from its head.)
             if request.body_error is not None:
                 raise request.body_error
             body = request.chat_body
@@ -329,7 +309,7 @@ class InkFlowApp:
                 mode=self.settings.mode,
             )
             status = 200
-            return self._json(request, answer)
+            return request.json_response(answer)
         except ApiError as e:
             status = e.status
             log.info(
