@@ -48,7 +48,7 @@ from zope.interface import implementer
 from inkflow import __version__
 from inkflow.breaker import OPEN, CircuitBreaker
 from inkflow.chat import ChatMessage, UploadedFile
-from inkflow.errors import ApiError
+from inkflow.errors import ApiError, json_bytes
 from inkflow.retry import (
     CANCELLED,
     CONNECT,
@@ -627,13 +627,14 @@ class Forwarder:
         C{files} so they are closed whatever happens.
         """
         if not message.files:
-            data = json.dumps(message.upstream_json(), ensure_ascii=False, separators=(",", ":"))
-            return cast(IBodyProducer, _BytesProducer(data.encode("utf-8"))), b"application/json; charset=utf-8"
+            return cast(
+                IBodyProducer, _BytesProducer(json_bytes(message.upstream_json()))
+            ), b"application/json; charset=utf-8"
         fields = [
             ("action", message.action),
             ("sessionId", message.session_id),
             ("chatInput", message.text),
-            ("metadata", json.dumps(message.upstream_metadata(), ensure_ascii=False, separators=(",", ":"))),
+            ("metadata", json_bytes(message.upstream_metadata()).decode("utf-8")),
         ]
         boundary = b"InkFlow" + uuid.uuid4().hex.encode("ascii")
         stream = files.enter_context(MultipartStream(boundary, fields, message.files))

@@ -31,7 +31,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import defer, error
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, globalLogBeginner, globalLogPublisher, jsonFileLogObserver
+from twisted.logger import Logger, eventFromJSON, globalLogBeginner, globalLogPublisher
 from twisted.python.failure import Failure
 
 from inkflow.settings import Settings
@@ -297,10 +297,12 @@ def main() -> None:  # pragma: no cover - runs in a worker process
     """
     from twisted.internet import reactor
 
+    from inkflow.logs import make_observer
     from inkflow.service import makeService
 
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
     settings = settings_from_env(os.environ.pop(SETTINGS_ENV))
+    observer = make_observer("json", level=settings.log_level, stream=sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     top = makeService(settings, reactor, worker_fd=WORKER_FD)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
