@@ -5,7 +5,7 @@ import sys
 
 from twisted.application import service
 
-from inkflow.service import makeService
+from inkflow.server.service import makeService
 from inkflow.settings import ConfigError, load_settings
 
 try:
@@ -19,7 +19,7 @@ if settings.log_format == "json" or settings.log_level != "info":
     # InkFlow's observer on stdout; otherwise twistd's own observer (and --logfile) apply.
     from twisted.logger import ILogObserver
 
-    from inkflow.logs import make_observer
+    from inkflow.server.logs import make_observer
 
     application.setComponent(ILogObserver, make_observer(settings.log_format, level=settings.log_level))
 makeService(settings).setServiceParent(application)

@@ -34,7 +34,7 @@ setup(
     version="0.1.0",
     description="A sturdy Twisted front for n8n: Hebrew RTL page, chat, uploads, retries, health",
     python_requires=">=3.11",
-    packages=["inkflow", "twisted.plugins", *STATIC],
+    packages=["inkflow", "inkflow.server", "inkflow.web", "inkflow.n8n", "inkflow.tools", "twisted.plugins", *STATIC],
     package_dir={name: path for name, path in STATIC.items()},
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
@@ -60,6 +60,6 @@ setup(
             "playwright==1.65.2",
         ],
     },
-    entry_points={"console_scripts": ["inkflow = inkflow.cli:main"]},
+    entry_points={"console_scripts": ["inkflow = inkflow.tools.cli:main"]},
     zip_safe=False,
 )

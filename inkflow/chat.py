@@ -1,6 +1,6 @@
 """
 What a chat request carries, checked: the pure model shared by the request
-parsing (L{inkflow.uploads}), the forwarder (L{inkflow.forward}) and the demo
+parsing (L{inkflow.web.uploads}), the forwarder (L{inkflow.n8n.client}) and the demo
 responder.  No reactor, no twisted.web.
 """
 

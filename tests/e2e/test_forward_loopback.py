@@ -19,7 +19,7 @@ from twisted.internet import reactor as _reactor
 
 from inkflow.chat import ChatMessage, UploadedFile
 from inkflow.errors import ApiError
-from inkflow.forward import Forwarder, make_http_client
+from inkflow.n8n.client import Forwarder, make_http_client
 from inkflow.settings import Settings
 from tests.support.fake_n8n import (
     FakeN8n,

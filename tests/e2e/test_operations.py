@@ -27,7 +27,7 @@ def test_json_log_lines_carry_request_ids(tmp_path: Path) -> None:
     assert records
     assert all(line.startswith("{") for line in s.output().splitlines() if line.strip())
     chat_lines = [r for r in records if r.get("request_id") == request_id]
-    assert {r["log_namespace"] for r in chat_lines} >= {"inkflow.web", "inkflow.access"}
+    assert {r["log_namespace"] for r in chat_lines} >= {"inkflow.web.routes", "inkflow.access"}
 
 
 def test_access_log_can_be_turned_off(tmp_path: Path) -> None:

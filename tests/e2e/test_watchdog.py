@@ -85,7 +85,7 @@ class Supervisor:
         if command is None:
             command = [sys.executable, str(CHILD), "--port", str(self.port), "--pid-file", str(self.pid_file)]
             command += child_options or []
-        argv = [sys.executable, "-m", "inkflow.cli", "watchdog"]
+        argv = [sys.executable, "-m", "inkflow.tools.cli", "watchdog"]
         if health is None:
             argv.append("--no-health")
         else:

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.admission}: the chat queue, the rate limiter and the
+Tests for L{inkflow.web.admission}: the chat queue, the rate limiter and the
 client address.  Reactor-free: time is a L{Clock}.
 """
 
@@ -11,7 +11,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from inkflow.admission import (
+from inkflow.errors import ApiError
+from inkflow.web.admission import (
     DEFAULT_RETRY_AFTER,
     DRAINING_RETRY_AFTER,
     WAIT_WINDOW,
@@ -20,7 +21,6 @@ from inkflow.admission import (
     Slot,
     client_ip,
 )
-from inkflow.errors import ApiError
 
 QUEUE_KEYS = [
     "depth",

@@ -1,12 +1,12 @@
 """
-Tests for L{inkflow.breaker}: the per-URL circuit breaker.
+Tests for L{inkflow.n8n.breaker}: the per-URL circuit breaker.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from inkflow.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from inkflow.n8n.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
 def fail(breaker: CircuitBreaker, now: float, times: int = 1, error: str = "HTTP 503") -> None:

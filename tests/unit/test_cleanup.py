@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.cleanup}: the periodic memory and temp-file cleanup.
+Tests for L{inkflow.server.cleanup}: the periodic memory and temp-file cleanup.
 Reactor-free: time is a L{Clock}, files live in a private temp folder.
 """
 
@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SkipTest, TestCase
 
-from inkflow.cleanup import MALLOC_TRIM, TEMP_PREFIX, TEMP_SUFFIX, Cleaner, is_temp_name
+from inkflow.server.cleanup import MALLOC_TRIM, TEMP_PREFIX, TEMP_SUFFIX, Cleaner, is_temp_name
 
 #: The clock's "now": file times are set relative to it.
 NOW = 1_750_000_000.0
@@ -278,9 +278,9 @@ class TempNameTests(TestCase):
         The pattern is the one the uploads module names its temp files with.
         """
         try:
-            from inkflow import uploads
+            from inkflow.web import uploads
         except ImportError as e:  # pragma: no cover - uploads has extra dependencies
-            raise SkipTest(f"inkflow.uploads not importable: {e}") from None
+            raise SkipTest(f"inkflow.web.uploads not importable: {e}") from None
         self.assertEqual((uploads.TEMP_PREFIX, uploads.TEMP_SUFFIX), (TEMP_PREFIX, TEMP_SUFFIX))
 
     def test_default_malloc_trim_is_callable(self) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.forward}: the n8n Forwarder, reactor-free.
+Tests for L{inkflow.n8n.client}: the n8n Forwarder, reactor-free.
 
 The HTTP client is a real treq L{HTTPClient} over L{FakeAgent}, an in-memory
 L{IAgent} scripted per call (answer, refuse, hang...), and time is a
@@ -41,7 +41,7 @@ from zope.interface import implementer
 from inkflow import __version__
 from inkflow.chat import ChatMessage, UploadedFile
 from inkflow.errors import ApiError
-from inkflow.forward import (
+from inkflow.n8n.client import (
     POOL_IDLE_TIMEOUT,
     Forwarder,
     ForwardResult,

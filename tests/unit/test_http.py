@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.http}: deadlines, the connection limit, early refusals,
+Tests for L{inkflow.web.site}: deadlines, the connection limit, early refusals,
 drain, all with C{StringTransport} and C{Clock} (no network, no real time).
 """
 
@@ -15,10 +15,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web import http
 from twisted.web.resource import Resource
 
-from inkflow.bodies import BodySink, JsonSink
 from inkflow.errors import ApiError
-from inkflow.http import InkFlowChannel, InkFlowRequest, InkFlowSite
 from inkflow.settings import Settings
+from inkflow.web.bodies import BodySink, JsonSink
+from inkflow.web.site import InkFlowChannel, InkFlowRequest, InkFlowSite
 
 
 class Echo(Resource):

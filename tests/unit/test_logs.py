@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.logs}: the observers and the direct access-line writer.
+Tests for L{inkflow.server.logs}: the observers and the direct access-line writer.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import TestCase
 
-from inkflow import logs
+from inkflow.server import logs
 
 
 class ObserverTests(TestCase):
@@ -26,10 +26,10 @@ class ObserverTests(TestCase):
         """With InkFlow's text observer, access lines are written directly, in the same form as other lines."""
         out = io.StringIO()
         observer = logs.make_observer("text", stream=out)
-        Logger(namespace="inkflow.web", observer=observer).info("other line")
+        Logger(namespace="inkflow.web.routes", observer=observer).info("other line")
         self.assertTrue(logs.write_access_line("GET /{x} 200 12"))
         first, second = out.getvalue().splitlines()
-        pattern = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[inkflow\.(web|access)#info\] "
+        pattern = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[inkflow\.(web\.routes|access)#info\] "
         self.assertRegex(first, pattern)
         self.assertRegex(second, pattern)
         self.assertTrue(second.endswith("GET /{x} 200 12"))

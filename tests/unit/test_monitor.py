@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.monitor}: the pure view model and rates, the rendering, and
+Tests for L{inkflow.tools.monitor}: the pure view model and rates, the rendering, and
 C{--once [--json]} against a small stdlib HTTP server in a thread.  No reactor.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 from rich.console import Console
 from twisted.trial.unittest import TestCase
 
-from inkflow import cli
-from inkflow.monitor import (
+from inkflow.tools import cli
+from inkflow.tools.monitor import (
     Poll,
     Rates,
     Tracker,
@@ -457,7 +457,7 @@ class FetchTests(TestCase):
             (_HealthServer(self, 200, b"[1, 2]").url, "not a JSON object"),
             (unused_url(), "connection refused"),
         ]
-        from inkflow.monitor import FetchError
+        from inkflow.tools.monitor import FetchError
 
         for url, message in cases:
             with self.assertRaises(FetchError) as caught:

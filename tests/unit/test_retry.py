@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.retry}: the pure retry and failover policy.
+Tests for L{inkflow.n8n.retry}: the pure retry and failover policy.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from inkflow.retry import (
+from inkflow.n8n.retry import (
     CANCELLED,
     CONNECT,
     DEFAULT_RETRY_ON,

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.service.makeService}, the one assembly point, on a
+Tests for L{inkflow.server.service.makeService}, the one assembly point, on a
 C{MemoryReactorClock} (nothing listens for real).
 """
 
@@ -9,9 +9,9 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
-from inkflow.service import makeService
+from inkflow.server.service import makeService
+from inkflow.server.worker import WorkerSupervisor
 from inkflow.settings import Settings
-from inkflow.workers import WorkerSupervisor
 from tests.unit.helpers import temp_path
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.staticfiles}: safe lookups, validators, gzip.
+Tests for L{inkflow.web.staticfiles}: safe lookups, validators, gzip.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from inkflow.staticfiles import StaticFiles
+from inkflow.web.staticfiles import StaticFiles
 from tests.unit.helpers import temp_path
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.uploads}: streaming multipart bodies, file names, type
+Tests for L{inkflow.web.uploads}: streaming multipart bodies, file names, type
 sniffing, and that no temp file outlives a failed or abandoned body.
 """
 
@@ -24,7 +24,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from inkflow.chat import ChatBody
 from inkflow.errors import ApiError
 from inkflow.settings import Settings
-from inkflow.uploads import (
+from inkflow.web.uploads import (
     MAX_FIELDS,
     MAX_FILENAME_BYTES,
     SNIFF_BYTES,

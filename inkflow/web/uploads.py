@@ -2,7 +2,7 @@
 Streaming C{multipart/form-data} bodies: text fields kept in memory (capped),
 files written straight to temp files in C{settings.upload_dir}.
 
-L{MultipartSink} is a L{inkflow.bodies.BodySink}: the request layer feeds it
+L{MultipartSink} is a L{inkflow.web.bodies.BodySink}: the request layer feeds it
 the body chunk by chunk (from C{Request.handleContentChunk}) and calls
 L{MultipartSink.close} at the end.  It is pure: no reactor, no twisted.web.
 Memory stays flat whatever the upload size: only the text fields and the
@@ -39,7 +39,7 @@ Decisions (see also the contract's C{POST /api/chat}):
     (C{too_large}), in case the request layer could not check it up front.
   - After an error every later L{MultipartSink.write} and
     L{MultipartSink.close} raises the same L{ApiError} again (like
-    L{inkflow.bodies.JsonSink}); a failure to write to disk is a 500
+    L{inkflow.web.bodies.JsonSink}); a failure to write to disk is a 500
     C{internal_error}, logged.
   - The upload folder is created with mode 0700 when missing; one owned by
     another user or writable by everyone is refused (500, logged), since the

@@ -8,7 +8,7 @@ and C{500} can be opted into; they are off by default because n8n finishes a
 run even when its caller gave up.
 
 Everything here is a function of (attempt number, outcome, now, random): the
-loop in L{inkflow.forward} asks L{RetryPolicy.next_step} what to do after each
+loop in L{inkflow.n8n.client} asks L{RetryPolicy.next_step} what to do after each
 failed attempt and does it.
 """
 

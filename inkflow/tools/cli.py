@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from twisted.python import usage
 
-from inkflow import __version__, monitor, watchdog
+from inkflow import __version__
+from inkflow.tools import monitor, watchdog
 
 __all__ = ["main"]
 

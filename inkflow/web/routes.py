@@ -18,15 +18,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from inkflow.admission import ChatQueue, RateLimiter, client_ip
-from inkflow.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.chat import ChatMessage, parse_chat
-from inkflow.demo import DemoResponder
 from inkflow.errors import ApiError
-from inkflow.health import HealthInputs, ProcessMetrics, build_health, readiness
-from inkflow.http import InkFlowRequest
-from inkflow.metrics import CONTENT_TYPE, Metrics
-from inkflow.staticfiles import StaticFiles
+from inkflow.n8n.demo import DemoResponder
+from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
+from inkflow.server.metrics import CONTENT_TYPE, Metrics
+from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
+from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
+from inkflow.web.site import InkFlowRequest
+from inkflow.web.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -41,7 +41,7 @@ NO_BODY_LIMIT = 64 * 1024
 
 class ChatForwarder(Protocol):
     """
-    What the chat route needs from the n8n forwarder (L{inkflow.forward.Forwarder}).
+    What the chat route needs from the n8n forwarder (L{inkflow.n8n.client.Forwarder}).
     """
 
     def forward(self, message: ChatMessage, deadline: float) -> Awaitable[Any]: ...
@@ -161,7 +161,7 @@ class InkFlowApp:
                 raise ApiError("too_large", f"a JSON body may have at most {self._json_limit} bytes")
             return JsonSink(self._json_limit)
         if media == b"multipart/form-data":
-            from inkflow.uploads import MultipartSink
+            from inkflow.web.uploads import MultipartSink
 
             return MultipartSink(self.settings, raw_type)
         raise ApiError("unsupported_type", "send application/json or multipart/form-data")

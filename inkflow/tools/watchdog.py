@@ -83,7 +83,7 @@ DEFAULT_HEALTH_URL = "http://127.0.0.1:8000/api/health"
 MAX_PROBE_TIMEOUT = 5.0
 PROBE_SHARE = 0.8
 
-log = Logger(namespace="inkflow.watchdog")
+log = Logger(namespace="inkflow.tools.watchdog")
 
 
 # --- the few reactor and transport methods the watchdog uses.  Twisted's own

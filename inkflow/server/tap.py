@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from inkflow.logs import use_for_twistd
+from inkflow.server.logs import use_for_twistd
 from inkflow.settings import OPTIONS, ConfigError, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
@@ -96,6 +96,6 @@ Options = _build_options_class()
 
 
 def makeService(options: usage.Options) -> IService:
-    from inkflow.service import makeService as make
+    from inkflow.server.service import makeService as make
 
     return make(options.settings)  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ __all__ = [
 
 log = Logger()
 
-#: The names L{inkflow.uploads} gives its temp files (its C{TEMP_PREFIX} and
+#: The names L{inkflow.web.uploads} gives its temp files (its C{TEMP_PREFIX} and
 #: C{TEMP_SUFFIX}; repeated here so the cleanup does not import the upload
 #: parser, and checked by a test).
 TEMP_PREFIX = "inkflow-"

@@ -34,9 +34,9 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
-from inkflow.bodies import BodySink
 from inkflow.chat import ChatBody
 from inkflow.errors import ApiError, json_bytes
+from inkflow.web.bodies import BodySink
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings

@@ -98,7 +98,7 @@ class Metrics:
     """
     InkFlow's metrics.
 
-    @param snapshot: returns the health snapshot (see L{inkflow.health}).
+    @param snapshot: returns the health snapshot (see L{inkflow.server.health}).
     """
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:

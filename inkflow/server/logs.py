@@ -110,7 +110,7 @@ def write_access_line(line: str) -> bool:
 _twistd_config: tuple[str, str | None, str] = ("text", None, "info")
 
 #: The dotted name twistd's C{--logger} imports.
-TWISTD_LOGGER = "inkflow.logs.twistd_observer"
+TWISTD_LOGGER = "inkflow.server.logs.twistd_observer"
 
 
 def use_for_twistd(log_format: str, logfile: str | None, level: str = "info") -> str:

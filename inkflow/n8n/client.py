@@ -2,7 +2,7 @@
 The n8n client: forward one chat message to the webhook URLs, with retries,
 failover, circuit breakers, timeouts and a bounded response.
 
-The policy lives in L{inkflow.retry} and L{inkflow.breaker} (pure); this module
+The policy lives in L{inkflow.n8n.retry} and L{inkflow.n8n.breaker} (pure); this module
 does the I/O.  Time and network are parameters: a L{Forwarder} takes an
 L{IReactorTime} and a treq L{HTTPClient} (built by L{make_http_client} in
 production, over a fake agent in tests).
@@ -46,10 +46,10 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from inkflow import __version__
-from inkflow.breaker import OPEN, CircuitBreaker
 from inkflow.chat import ChatMessage, UploadedFile
 from inkflow.errors import ApiError, json_bytes
-from inkflow.retry import (
+from inkflow.n8n.breaker import OPEN, CircuitBreaker
+from inkflow.n8n.retry import (
     CANCELLED,
     CONNECT,
     EMPTY,

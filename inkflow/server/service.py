@@ -22,15 +22,15 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from inkflow import __version__
-from inkflow.admission import ChatQueue, RateLimiter
-from inkflow.cleanup import Cleaner
-from inkflow.health import ProcessMetrics
-from inkflow.http import InkFlowRequest, InkFlowSite
-from inkflow.logs import install_rotation_signals, write_access_line
-from inkflow.metrics import Metrics
+from inkflow.server.cleanup import Cleaner
+from inkflow.server.health import ProcessMetrics
+from inkflow.server.logs import install_rotation_signals, write_access_line
+from inkflow.server.metrics import Metrics
+from inkflow.server.worker import WorkerSupervisor, adopted_port
 from inkflow.settings import Settings, describe
-from inkflow.web import InkFlowApp
-from inkflow.workers import WorkerSupervisor, adopted_port
+from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.web.routes import InkFlowApp
+from inkflow.web.site import InkFlowRequest, InkFlowSite
 
 __all__ = ["InkFlowService", "makeService"]
 
@@ -195,7 +195,7 @@ def makeService(
     forwarder = None
     pool = None
     if settings.mode == "proxy":
-        from inkflow.forward import Forwarder, make_http_client
+        from inkflow.n8n.client import Forwarder, make_http_client
 
         client, pool = make_http_client(reactor, settings)
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)

@@ -2,7 +2,7 @@
 C{--workers N}: several processes serving one listening socket.
 
 The parent (the twistd process) opens the socket once and starts N worker
-processes (C{python -m inkflow.workers}), each handed the socket as file
+processes (C{python -m inkflow.server.worker}), each handed the socket as file
 descriptor 3 and adopting it with C{reactor.adoptStreamPort}, each with its own
 reactor, queue and connection limit.  The parent:
 
@@ -186,7 +186,7 @@ class WorkerSupervisor(service.Service):
         self.reactor.spawnProcess(
             protocol,
             self.python,
-            [self.python, "-m", "inkflow.workers"],
+            [self.python, "-m", "inkflow.server.worker"],
             env=env,
             childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: self.sock.fileno()},
         )
@@ -297,8 +297,8 @@ def main() -> None:  # pragma: no cover - runs in a worker process
     """
     from twisted.internet import reactor
 
-    from inkflow.logs import make_observer
-    from inkflow.service import makeService
+    from inkflow.server.logs import make_observer
+    from inkflow.server.service import makeService
 
     settings = settings_from_env(os.environ.pop(SETTINGS_ENV))
     observer = make_observer("json", level=settings.log_level, stream=sys.stdout)
