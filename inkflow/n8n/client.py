@@ -10,11 +10,9 @@ production, over a fake agent in tests).
 
 from __future__ import annotations
 
-import json
-import os
 import random as _random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from http.cookiejar import Cookie
@@ -23,32 +21,20 @@ from typing import Any, BinaryIO, Protocol, cast
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import task
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IConsumer, IReactorTime
-from twisted.internet.protocol import Protocol as _Protocol
-from twisted.internet.protocol import connectionDone
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    PotentialDataLoss,
-    RequestNotSent,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent, IBodyProducer
 
 from inkflow import __version__
-from inkflow.chat import ChatMessage, UploadedFile
+from inkflow.chat import ChatMessage
 from inkflow.errors import ApiError, json_bytes
 from inkflow.n8n.breaker import OPEN, CircuitBreaker
+from inkflow.n8n.multipart import BytesProducer, MultipartStream
+from inkflow.n8n.response import AttemptTimedOut, classify_failure, decode_answer, read_capped, timed_out, wraps_cancel
 from inkflow.n8n.retry import (
     CANCELLED,
     CONNECT,
@@ -148,312 +134,6 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
     agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
     return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
-
-
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """
-    A small in-memory body written at once (the JSON message).
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        cast(Any, consumer).write(self.body)
-        return succeed(None)
-
-    def stopProducing(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-
-def _quote(value: str) -> bytes:
-    """
-    A multipart header parameter value: UTF-8 as browsers send it, quotes and
-    backslashes escaped, line breaks dropped.
-    """
-    cleaned = value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "")
-    return b'"' + cleaned.encode("utf-8") + b'"'
-
-
-class MultipartStream:
-    """
-    A read-only, seekable file over a whole multipart/form-data body: the
-    framing in memory, each uploaded file read from disk as it is reached.
-    Opens its files afresh (one stream per attempt) and closes them all in
-    L{close}.
-    """
-
-    def __init__(self, boundary: bytes, fields: Sequence[tuple[str, str]], uploads: Sequence[UploadedFile]) -> None:
-        self._handles: list[BinaryIO] = []
-        self._segments: list[bytes | BinaryIO] = []
-        self._sizes: list[int] = []
-        try:
-            for name, value in fields:
-                self._add(
-                    b"--"
-                    + boundary
-                    + b"\r\nContent-Disposition: form-data; name="
-                    + _quote(name)
-                    + b"\r\n\r\n"
-                    + value.encode("utf-8")
-                    + b"\r\n"
-                )
-            for upload in uploads:
-                self._add(
-                    b"--"
-                    + boundary
-                    + b'\r\nContent-Disposition: form-data; name="files"; filename='
-                    + _quote(upload.filename)
-                    + b"\r\nContent-Type: "
-                    + upload.content_type.encode("ascii")
-                    + b"\r\n\r\n"
-                )
-                handle = open(upload.path, "rb")  # noqa: SIM115 - closed in close()
-                self._handles.append(handle)
-                self._segments.append(handle)
-                self._sizes.append(os.fstat(handle.fileno()).st_size)
-                self._add(b"\r\n")
-            self._add(b"--" + boundary + b"--\r\n")
-        except BaseException:
-            self.close()
-            raise
-        self._total = sum(self._sizes)
-        self._pos = 0
-
-    def _add(self, data: bytes) -> None:
-        self._segments.append(data)
-        self._sizes.append(len(data))
-
-    def __enter__(self) -> MultipartStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def read(self, size: int = -1) -> bytes:
-        """
-        Up to C{size} bytes (all that is left when negative) from the current
-        position; fewer only at the end of the body.
-        """
-        if size < 0 or size > self._total - self._pos:
-            size = self._total - self._pos
-        out: list[bytes] = []
-        while size > 0:
-            chunk = self._read_segment(size)
-            out.append(chunk)
-            size -= len(chunk)
-        return b"".join(out)
-
-    def _read_segment(self, size: int) -> bytes:
-        offset = self._pos
-        for segment, length in zip(self._segments, self._sizes, strict=True):
-            if offset >= length:
-                offset -= length
-                continue
-            want = min(size, length - offset)
-            if isinstance(segment, bytes):
-                chunk = segment[offset : offset + want]
-            else:
-                segment.seek(offset)
-                chunk = segment.read(want)
-                if len(chunk) != want:
-                    raise OSError("an uploaded file changed size while it was being sent")
-            self._pos += want
-            return chunk
-        raise OSError("read past the end of the multipart body")  # pragma: no cover - read() bounds size
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._total}[whence]
-        self._pos = max(0, min(self._total, base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
-        self._handles = []
-
-
-class _BodyTooLarge(Exception):
-    """
-    The response body is over the limit.
-    """
-
-
-class _AttemptTimedOut(Exception):
-    """
-    The attempt did not finish (headers and body) in its time.
-    """
-
-
-def _timed_out(result: object, timeout: float) -> Failure:
-    """
-    C{onTimeoutCancel} for an attempt: whatever cancelling produced
-    (C{CancelledError}, or L{ResponseNeverReceived} wrapping it), it was a
-    timeout.
-    """
-    return Failure(_AttemptTimedOut(timeout))
-
-
-class _CappedBody(_Protocol):
-    """
-    Collects a response body up to C{limit} bytes, then gives up and drops
-    the connection.
-    """
-
-    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
-        self.finished: Deferred[bytes] | None = finished
-        self.limit = limit
-        self.size = 0
-        self.chunks: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished is None:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            finished, self.finished = self.finished, None
-            self.chunks = []
-            self.abort()
-            finished.errback(_BodyTooLarge())
-            return
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished is None:
-            return
-        finished, self.finished = self.finished, None
-        if reason.check(ResponseDone, PotentialDataLoss):
-            finished.callback(b"".join(self.chunks))
-        else:
-            finished.errback(reason)
-
-    def abort(self) -> None:
-        transport: Any = self.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.stopProducing()
-
-
-def _read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
-    """
-    The body of C{response}, at most C{limit} bytes.  Cancelling drops the
-    connection.
-
-    @raise _BodyTooLarge: (as a failure) the body is over C{limit}.
-    """
-
-    def cancel(d: Deferred[bytes]) -> None:
-        protocol.finished = None
-        protocol.abort()
-
-    deliver = cast(Any, response).deliverBody
-    if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        protocol = _CappedBody(Deferred(), limit)
-        deliver(protocol)
-        protocol.finished = None
-        protocol.abort()
-        return fail(_BodyTooLarge())
-    finished: Deferred[bytes] = Deferred(cancel)
-    protocol = _CappedBody(finished, limit)
-    deliver(protocol)
-    return finished
-
-
-def _wraps_cancel(failure: Failure) -> bool:
-    """
-    Whether C{failure} is, or wraps (as twisted.web's client does), a
-    C{CancelledError}.
-    """
-    if failure.check(CancelledError):
-        return True
-    reasons = getattr(failure.value, "reasons", None) or ()
-    return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
-
-
-def _classify_failure(failure: Failure) -> Outcome:
-    """
-    Turn an attempt's failure into an L{Outcome}.
-
-      - C{ConnectError} (refused, no route, connect timeout), C{DNSLookupError}
-        and C{RequestNotSent}:
-        L{CONNECT}, the request never left.
-      - C{RequestTransmissionFailed}: L{CONNECT} too: the body was not fully
-        sent, and n8n runs a webhook only after reading the whole body.
-      - C{ResponseNeverReceived}, C{ResponseFailed}: L{LOST}: the request was
-        sent, so n8n may have run the workflow.
-      - anything else: L{INVALID} (not retried, not n8n's fault).
-    """
-    name = type(failure.value).__name__
-    if failure.check(ConnectError, DNSLookupError, RequestNotSent):
-        return Outcome(CONNECT, error=f"connect: {name}")
-    if failure.check(RequestTransmissionFailed):
-        return Outcome(CONNECT, error="connection failed while sending")
-    if failure.check(ResponseNeverReceived):
-        return Outcome(LOST, error="connection closed before the answer")
-    if failure.check(ResponseFailed):
-        return Outcome(LOST, error="connection closed during the answer")
-    if failure.check(_BodyTooLarge):
-        return Outcome(TOO_LARGE, error="answer too large")
-    return Outcome(INVALID, error=f"unexpected: {name}")
-
-
-def _media_type(headers: Headers) -> tuple[str, str | None]:
-    """
-    The media type (lower case) and charset of C{Content-Type}.
-    """
-    raw = headers.getRawHeaders(b"content-type")
-    if not raw:
-        return "", None
-    value = raw[0].decode("latin-1")
-    media, _, rest = value.partition(";")
-    charset = None
-    for param in rest.split(";"):
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset":
-            charset = val.strip().strip("\"'") or None
-    return media.strip().lower(), charset
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _decode_answer(headers: Headers, body: bytes) -> Any:
-    """
-    The value to send the client for a non-empty 2xx body: JSON as is, text
-    as C{{"output": text}}.
-
-    @raise ValueError: the body is neither JSON nor text.
-    """
-    media, charset = _media_type(headers)
-    if media in ("", "application/json") or media.endswith("+json"):
-        try:
-            return json.loads(body, parse_constant=_reject_constant)
-        except ValueError:
-            pass
-    if media.startswith("text/") or media in ("", "application/json") or media.endswith(("+json", "+xml", "/xml")):
-        try:
-            text = body.decode(charset or "utf-8", errors="replace")
-        except LookupError:  # an unknown charset
-            text = body.decode("utf-8", errors="replace")
-        return {"output": text}
-    # Some other type: pass it on only if it is UTF-8 text.
-    return {"output": body.decode("utf-8")}
 
 
 class Forwarder:
@@ -628,7 +308,7 @@ class Forwarder:
         """
         if not message.files:
             return cast(
-                IBodyProducer, _BytesProducer(json_bytes(message.upstream_json()))
+                IBodyProducer, BytesProducer(json_bytes(message.upstream_json()))
             ), b"application/json; charset=utf-8"
         fields = [
             ("action", message.action),
@@ -657,7 +337,7 @@ class Forwarder:
             unbuffered=True,
             reactor=cast(Any, self._clock),
         )
-        body = await _read_capped(response, self._max_response_bytes)
+        body = await read_capped(response, self._max_response_bytes)
         return response.code, response.headers, body
 
     async def _attempt(
@@ -690,18 +370,18 @@ class Forwarder:
                 exchange = ensureDeferred(
                     self._exchange(url, self._headers(message, idempotency_key, content_type), producer)
                 )
-                exchange.addTimeout(budget, self._timer, onTimeoutCancel=_timed_out)
+                exchange.addTimeout(budget, self._timer, onTimeoutCancel=timed_out)
                 try:
                     status, headers, body = await exchange
-                except _AttemptTimedOut:
+                except AttemptTimedOut:
                     outcome = Outcome(TIMEOUT, error="no answer in time")
                 except CancelledError:
                     raise
                 except Exception:
                     failure = Failure()
-                    if _wraps_cancel(failure):
+                    if wraps_cancel(failure):
                         raise CancelledError() from None
-                    outcome = _classify_failure(failure)
+                    outcome = classify_failure(failure)
                     if outcome.kind == INVALID:
                         self.log.failure(
                             "Unexpected error forwarding {request_id}",
@@ -731,7 +411,7 @@ class Forwarder:
         if not body.strip():
             return Outcome(EMPTY, status=status, error="empty answer"), None
         try:
-            value = _decode_answer(headers, body)
+            value = decode_answer(headers, body)
         except ValueError:
             return Outcome(INVALID, status=status, error="answer is not JSON or text"), None
         return Outcome(OK, status=status), ForwardResult(

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.n8n.client.MultipartStream}: the multipart body sent to n8n,
+Tests for L{inkflow.n8n.multipart.MultipartStream}: the multipart body sent to n8n,
 produced by one C{FileBodyProducer} so back-pressure cannot stall it.
 """
 
@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 
 from inkflow.chat import UploadedFile
-from inkflow.n8n.client import MultipartStream
+from inkflow.n8n.multipart import MultipartStream
 from tests.unit.helpers import temp_path
 
 

@@ -1,0 +1,209 @@
+"""
+Reading n8n's answer: a size-capped body reader, what an attempt's failure
+means for the retry policy (L{inkflow.n8n.retry.Outcome}), and decoding a 2xx
+body into the value sent to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    PotentialDataLoss,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+
+from inkflow.n8n.retry import CONNECT, INVALID, LOST, TOO_LARGE, Outcome
+
+__all__ = [
+    "AttemptTimedOut",
+    "BodyTooLarge",
+    "classify_failure",
+    "decode_answer",
+    "read_capped",
+    "timed_out",
+    "wraps_cancel",
+]
+
+
+class BodyTooLarge(Exception):
+    """
+    The response body is over the limit.
+    """
+
+
+class AttemptTimedOut(Exception):
+    """
+    The attempt did not finish (headers and body) in its time.
+    """
+
+
+def timed_out(result: object, timeout: float) -> Failure:
+    """
+    C{onTimeoutCancel} for an attempt: whatever cancelling produced
+    (C{CancelledError}, or L{ResponseNeverReceived} wrapping it), it was a
+    timeout.
+    """
+    return Failure(AttemptTimedOut(timeout))
+
+
+class _CappedBody(Protocol):
+    """
+    Collects a response body up to C{limit} bytes, then gives up and drops
+    the connection.
+    """
+
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+        self.finished: Deferred[bytes] | None = finished
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished is None:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            finished, self.finished = self.finished, None
+            self.chunks = []
+            self.abort()
+            finished.errback(BodyTooLarge())
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished is None:
+            return
+        finished, self.finished = self.finished, None
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(b"".join(self.chunks))
+        else:
+            finished.errback(reason)
+
+    def abort(self) -> None:
+        transport: Any = self.transport
+        if transport is None:
+            return
+        abort = getattr(transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.stopProducing()
+
+
+def read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
+    """
+    The body of C{response}, at most C{limit} bytes.  Cancelling drops the
+    connection.
+
+    @raise BodyTooLarge: (as a failure) the body is over C{limit}.
+    """
+
+    def cancel(d: Deferred[bytes]) -> None:
+        protocol.finished = None
+        protocol.abort()
+
+    deliver = cast(Any, response).deliverBody
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        protocol = _CappedBody(Deferred(), limit)
+        deliver(protocol)
+        protocol.finished = None
+        protocol.abort()
+        return fail(BodyTooLarge())
+    finished: Deferred[bytes] = Deferred(cancel)
+    protocol = _CappedBody(finished, limit)
+    deliver(protocol)
+    return finished
+
+
+def wraps_cancel(failure: Failure) -> bool:
+    """
+    Whether C{failure} is, or wraps (as twisted.web's client does), a
+    C{CancelledError}.
+    """
+    if failure.check(CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or ()
+    return any(isinstance(r, Failure) and r.check(CancelledError) for r in reasons)
+
+
+def classify_failure(failure: Failure) -> Outcome:
+    """
+    Turn an attempt's failure into an L{Outcome}.
+
+      - C{ConnectError} (refused, no route, connect timeout), C{DNSLookupError}
+        and C{RequestNotSent}:
+        L{CONNECT}, the request never left.
+      - C{RequestTransmissionFailed}: L{CONNECT} too: the body was not fully
+        sent, and n8n runs a webhook only after reading the whole body.
+      - C{ResponseNeverReceived}, C{ResponseFailed}: L{LOST}: the request was
+        sent, so n8n may have run the workflow.
+      - anything else: L{INVALID} (not retried, not n8n's fault).
+    """
+    name = type(failure.value).__name__
+    if failure.check(ConnectError, DNSLookupError, RequestNotSent):
+        return Outcome(CONNECT, error=f"connect: {name}")
+    if failure.check(RequestTransmissionFailed):
+        return Outcome(CONNECT, error="connection failed while sending")
+    if failure.check(ResponseNeverReceived):
+        return Outcome(LOST, error="connection closed before the answer")
+    if failure.check(ResponseFailed):
+        return Outcome(LOST, error="connection closed during the answer")
+    if failure.check(BodyTooLarge):
+        return Outcome(TOO_LARGE, error="answer too large")
+    return Outcome(INVALID, error=f"unexpected: {name}")
+
+
+def _media_type(headers: Headers) -> tuple[str, str | None]:
+    """
+    The media type (lower case) and charset of C{Content-Type}.
+    """
+    raw = headers.getRawHeaders(b"content-type")
+    if not raw:
+        return "", None
+    value = raw[0].decode("latin-1")
+    media, _, rest = value.partition(";")
+    charset = None
+    for param in rest.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = val.strip().strip("\"'") or None
+    return media.strip().lower(), charset
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_answer(headers: Headers, body: bytes) -> Any:
+    """
+    The value to send the client for a non-empty 2xx body: JSON as is, text
+    as C{{"output": text}}.
+
+    @raise ValueError: the body is neither JSON nor text.
+    """
+    media, charset = _media_type(headers)
+    if media in ("", "application/json") or media.endswith("+json"):
+        try:
+            return json.loads(body, parse_constant=_reject_constant)
+        except ValueError:
+            pass
+    if media.startswith("text/") or media in ("", "application/json") or media.endswith(("+json", "+xml", "/xml")):
+        try:
+            text = body.decode(charset or "utf-8", errors="replace")
+        except LookupError:  # an unknown charset
+            text = body.decode("utf-8", errors="replace")
+        return {"output": text}
+    # Some other type: pass it on only if it is UTF-8 text.
+    return {"output": body.decode("utf-8")}
