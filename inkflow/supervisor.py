@@ -192,6 +192,8 @@ class Supervisor(Service):
     @param command: what to start in a slot.
     @param protocol: a new L{ChildProtocol} for each start of a slot.
     @param grace: seconds between SIGTERM and SIGKILL.
+    @param stop_reason: what L{SupervisorHooks.child_terminating} hears when
+        the supervisor stops.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class Supervisor(Service):
         hooks: SupervisorHooks | None = None,
         protocol: Callable[[int], ChildProtocol] = lambda slot: ChildProtocol(),
         clock: IReactorTime | None = None,
+        stop_reason: str = "stopping",
     ) -> None:
         if grace < 0:
             raise ValueError("grace must not be negative")
@@ -220,6 +223,7 @@ class Supervisor(Service):
         self._backoff = {s: RestartBackoff(min_restart_delay, max_restart_delay, stable_after) for s in range(slots)}
         self._restarts: dict[int, IDelayedCall] = {}
         self._runs = 0
+        self._stop_reason = stop_reason
         #: The running child of each slot.
         self.children: dict[int, Child] = {}
 
@@ -242,7 +246,7 @@ class Supervisor(Service):
         self._restarts.clear()
         children = list(self.children.values())
         for child in children:
-            self.terminate(child, "stopping")
+            self.terminate(child, self._stop_reason)
         if not children:
             return succeed(None)
         done = gatherResults([child.ended for child in children])
