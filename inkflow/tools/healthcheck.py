@@ -29,6 +29,7 @@ from twisted.internet.error import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 
 __all__ = [
     "DEFAULT_URL",
@@ -137,24 +138,23 @@ class HealthClient:
     GET a health URL, bounded by C{timeout} seconds from connecting to the
     last byte.
 
-    @param reactor: the clock for the timeout; also connects, unless C{http}
+    @param reactor: the clock for the timeout; also connects, unless C{agent}
         is given.
-    @param http: the treq client to use (tests pass a L{treq.testing.StubTreq}).
+    @param agent: the agent to use (tests pass a
+        L{treq.testing.RequestTraversalAgent}); by default one with a connect
+        timeout and no kept-alive connections.
     """
 
-    def __init__(
-        self, reactor: IReactorTime, timeout: float, *, user_agent: str, http: HTTPClient | None = None
-    ) -> None:
+    def __init__(self, reactor: IReactorTime, timeout: float, *, user_agent: str, agent: IAgent | None = None) -> None:
         self._clock = reactor
         self.timeout = timeout
         self._headers: dict[bytes | str, list[bytes | str]] = {
             "User-Agent": [user_agent],
             "Accept": ["application/json"],
         }
-        if http is None:
-            pool = HTTPConnectionPool(reactor, persistent=False)
-            http = HTTPClient(Agent(reactor, connectTimeout=timeout, pool=pool))
-        self._http = http
+        if agent is None:
+            agent = Agent(reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor, persistent=False))
+        self._http = HTTPClient(agent)
 
     def get(self, url: str) -> Deferred[HealthAnswer]:
         """

@@ -170,4 +170,4 @@ class ConfigTests(TestCase):
         """Each bound is a ValueError."""
         for bad in ({"command": ()}, {"interval": 0}, {"failures": 0}, {"max_restart_delay": 0.1}):
             values: dict[str, object] = {"command": ("x",), **bad}
-            self.assertRaises(ValueError, WatchdogConfig, **values)  # type: ignore[arg-type]
+            self.assertRaises(ValueError, WatchdogConfig, **values)
