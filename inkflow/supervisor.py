@@ -135,6 +135,7 @@ class Child:
 
     @ivar stop_reason: why it was told to stop (L{Supervisor.terminate}), or
         None.
+    @ivar lived: once it has ended, how many seconds it ran.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class Child:
         self.pid: int | None = transport.pid
         self.started = started
         self.stop_reason: str | None = None
+        self.lived: float | None = None
         self.kill_call: IDelayedCall | None = None
         self.ended: Deferred[None] = Deferred()
 
@@ -307,10 +309,10 @@ class Supervisor(Service):
         del self.children[child.slot]
         if child.kill_call is not None and child.kill_call.active():
             child.kill_call.cancel()
-        uptime = self._clock.seconds() - child.started
+        child.lived = self._clock.seconds() - child.started
         restart_in: float | None = None
         if self.running:
-            restart_in = self._backoff[child.slot].next_delay(uptime)
+            restart_in = self._backoff[child.slot].next_delay(child.lived)
             self._restarts[child.slot] = self._clock.callLater(restart_in, self._start, child.slot)
         self._hooks.child_ended(child, reason, describe_exit(reason), restart_in)
         child.ended.callback(None)

@@ -234,7 +234,7 @@ class Watchdog(Service, SupervisorHooks):
             "child pid {pid} {how} after {uptime:.1f}s",
             pid=child.pid,
             how=how,
-            uptime=self._clock.seconds() - child.started,
+            uptime=child.lived,
             exit_code=getattr(reason.value, "exitCode", None),
             signal=getattr(reason.value, "signal", None),
         )

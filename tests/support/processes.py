@@ -1,5 +1,5 @@
 """
-A fake process reactor for supervision tests: a L{Clock} that also provides
+A fake process reactor for supervision tests: a L{MemoryReactorClock} that also provides
 L{IReactorProcess}, records every C{spawnProcess} call, and lets the test end a
 child by hand (C{FakeProcess.end}).  No process is ever started.
 """
@@ -10,9 +10,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import AnyStr
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IAddress, IProcessProtocol, IProcessTransport, IReactorProcess
-from twisted.internet.task import Clock
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProcessProtocol,
+    IProcessTransport,
+    IProtocolFactory,
+    IReactorProcess,
+    IReadDescriptor,
+)
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -86,10 +95,45 @@ class FakeProcess:
         raise NotImplementedError()
 
 
-@implementer(IReactorProcess)
-class ProcessClock(Clock):
+@implementer(IListeningPort, IReadDescriptor)
+class FakeListeningPort:
     """
-    A L{Clock} that "starts" processes: each C{spawnProcess} call makes a
+    What L{ProcessClock.listenTCP} returns: a listening port with a file
+    descriptor number (nothing is open), that records whether it was closed.
+    """
+
+    def __init__(self, port: int, fd: int = 77) -> None:
+        self.address = IPv4Address("TCP", "127.0.0.1", port)
+        self.fd = fd
+        self.closed = False
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self.closed = True
+
+    def getHost(self) -> IAddress:
+        return self.address
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "FakeListeningPort"
+
+
+@implementer(IReactorProcess)
+class ProcessClock(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} (a L{Clock}, and a reactor where nothing listens
+    for real) that "starts" processes: each C{spawnProcess} call makes a
     L{FakeProcess} (in C{spawned}) and connects the protocol to it.  Set
     C{fail_next} to an C{OSError} to make the next call raise it.
     """
@@ -97,6 +141,7 @@ class ProcessClock(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[FakeProcess] = []
+        self.listening: list[FakeListeningPort] = []
         self.fail_next: OSError | None = None
         self._next_pid = 1000
 
@@ -127,6 +172,14 @@ class ProcessClock(Clock):
         self.spawned.append(process)
         processProtocol.makeConnection(process)
         return process
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> FakeListeningPort:
+        self.tcpServers.append((port, factory, backlog, interface))
+        listening = FakeListeningPort(port)
+        self.listening.append(listening)
+        return listening
 
     @property
     def last(self) -> FakeProcess:

@@ -9,9 +9,10 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
-from inkflow.server.service import makeService
-from inkflow.server.worker import WorkerSupervisor
+from inkflow.server.service import InkFlowService, makeService
+from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
+from tests.support.processes import ProcessClock
 from tests.unit.helpers import temp_path
 
 
@@ -50,17 +51,16 @@ class MakeServiceTests(TestCase):
         self.successResultOf(stopped)
 
     def test_has_the_cleanup_loop_and_core(self) -> None:
-        """The service holds the core, the cleanup loop and the HTTP server, by name."""
+        """The service holds the core, the cleanup loop and the HTTP server, by name, and nothing else."""
         top = makeService(self.settings(), MemoryReactorClock(), install_signals=False)
-        collection = IServiceCollection(top)
-        for name in ("inkflow", "cleanup"):
-            self.assertIsNotNone(collection.getServiceNamed(name))
-        core = IServiceCollection(collection.getServiceNamed("inkflow"))
-        self.assertIsNotNone(core.getServiceNamed("http"))
+        self.assertEqual(sorted(s.name for s in IServiceCollection(top)), ["cleanup", "inkflow"])
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        self.assertIsInstance(core, InkFlowService)
+        self.assertEqual([s.name for s in IServiceCollection(core)], ["http"])
 
     def test_workers_make_a_supervisor(self) -> None:
         """With --workers 2 the service is the worker supervisor alone."""
-        top = makeService(self.settings(workers=2), MemoryReactorClock(), install_signals=False)
+        top = makeService(self.settings(workers=2), ProcessClock(), install_signals=False)
         (child,) = list(top)
         self.assertIsInstance(child, WorkerSupervisor)
 
