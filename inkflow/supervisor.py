@@ -104,8 +104,7 @@ class ChildCommand:
     """
     What to start in one slot.
 
-    @ivar argv: the child's argv; C{argv[0]} is the executable unless
-        C{executable} is given.
+    @ivar argv: the child's argv; C{argv[0]} is the executable.
     @ivar child_fds: as for C{spawnProcess}; the child's stdin is closed right
         after it starts, so fd 0 should be C{"w"}.
     """
@@ -113,7 +112,6 @@ class ChildCommand:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     child_fds: Mapping[int, int | str] = field(default_factory=lambda: {0: "w", 1: 1, 2: 2})
-    executable: str | None = None
 
 
 class ChildProtocol(ProcessProtocol):
@@ -285,7 +283,7 @@ class Supervisor(Service):
         try:
             transport = self._reactor.spawnProcess(
                 protocol,
-                command.executable or command.argv[0],
+                command.argv[0],
                 command.argv,
                 env=dict(command.env),
                 childFDs=dict(command.child_fds),

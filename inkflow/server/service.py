@@ -75,10 +75,19 @@ class InkFlowService(service.MultiService):
         super().startService()
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
         info = os.stat(self.settings.upload_dir)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        # The rule the uploads enforce (inkflow.web.uploads): another owner or
+        # world-writable refuses every upload; readable by others is only a warning.
+        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
             log.error(
-                "The upload folder {upload_dir} is not private to this user (mode {mode}): "
-                "uploads are refused until it is (chmod 700, or choose another --upload-dir)",
+                "The upload folder {upload_dir} belongs to uid {owner} or is world-writable (mode {mode}): "
+                "uploads are refused until it is fixed (chmod 700, or choose another --upload-dir)",
+                upload_dir=self.settings.upload_dir,
+                owner=info.st_uid,
+                mode=oct(info.st_mode & 0o777),
+            )
+        elif info.st_mode & 0o077:
+            log.warn(
+                "The upload folder {upload_dir} is open to other users (mode {mode}): chmod 700 keeps uploads private",
                 upload_dir=self.settings.upload_dir,
                 mode=oct(info.st_mode & 0o777),
             )

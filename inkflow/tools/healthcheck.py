@@ -29,7 +29,7 @@ from twisted.internet.error import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IResponse
 
 __all__ = [
     "DEFAULT_URL",
@@ -163,9 +163,9 @@ class HealthClient:
         @return: fails with L{HealthCheckFailed} (one line) when there is no
             answer in time, or one larger than 1 MiB.
         """
-        d: Deferred[Any] = self._http.get(url, headers=self._headers)
+        d = self._http.get(url, headers=self._headers)
 
-        def read(response: Any) -> Deferred[HealthAnswer]:
+        def read(response: IResponse) -> Deferred[HealthAnswer]:
             chunks: list[bytes] = []
             size = [0]
 

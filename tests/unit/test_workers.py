@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import cast
 
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, LogLevel, eventAsJSON, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from inkflow.server.workers import (
@@ -134,7 +134,14 @@ class RelayTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         protocol = _WorkerProtocol()
         protocol.pid = 4321
-        line = json.dumps({"log_format": "hello {who}", "who": "x", "log_namespace": "inkflow.test"}).encode()
+        event = {
+            "log_format": "hello {who}",
+            "who": "x",
+            "log_namespace": "inkflow.test",
+            "log_level": LogLevel.info,
+            "log_time": 1.0,
+        }
+        line = eventAsJSON(event).encode()  # as a worker's JSON observer writes it
         protocol.outReceived(line[:10])
         protocol.outReceived(line[10:] + b"\n")
         relayed = [e for e in events if e.get("log_namespace") == "inkflow.test"]
