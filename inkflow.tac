@@ -5,6 +5,7 @@ import sys
 
 from twisted.application import service
 
+from inkflow.server import logs
 from inkflow.server.service import makeService
 from inkflow.settings import ConfigError, load_settings
 
@@ -15,11 +16,5 @@ except ConfigError as e:
     raise SystemExit(2) from None
 
 application = service.Application("inkflow")
-if settings.log_format == "json" or settings.log_level != "info":
-    # InkFlow's observer on stdout; otherwise twistd's own observer (and --logfile) apply.
-    from twisted.logger import ILogObserver
-
-    from inkflow.server.logs import make_observer
-
-    application.setComponent(ILogObserver, make_observer(settings.log_format, level=settings.log_level))
+logs.set_up(settings, application=application)
 makeService(settings).setServiceParent(application)

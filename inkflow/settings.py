@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet.endpoints import _parseServer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 
 __all__ = [
     "OPTIONS",
@@ -100,7 +100,7 @@ def _listen(value: Any) -> str:
     if not text:
         raise ValueError("must not be empty")
     try:
-        _parseServer(text, None)
+        serverFromString(None, text)  # parsed only: nothing listens without a reactor
     except Exception as e:  # Twisted raises several types here
         raise ValueError(f"not a valid Twisted endpoint: {text!r} ({e})") from None
     return text
@@ -509,7 +509,9 @@ def _validated(values: dict[str, Any]) -> Settings:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
     if not values["retry_on"]:
         values["retry_on"] = ()
-    if values["workers"] > 1 and _parseServer(values["listen"], None)[0] != "TCP":
+    if values["workers"] > 1 and not isinstance(
+        serverFromString(None, values["listen"]), TCP4ServerEndpoint | TCP6ServerEndpoint
+    ):
         raise ConfigError("invalid value for --workers: more than one worker needs a tcp: --listen endpoint")
     return Settings(**values)
 

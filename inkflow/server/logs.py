@@ -6,6 +6,9 @@ twistd's own log file rotates at 1 MB and keeps every old file; InkFlow
 replaces it through twistd's supported seam (the C{--logger} factory, set by
 the plugin unless the operator gave one) and through the application's
 C{ILogObserver} component in the .tac.  SIGUSR1 and SIGHUP rotate the file.
+
+Every process sets its logging up here: the plugin and the .tac call
+L{set_up}, a C{--workers} worker calls L{begin_worker_logging}.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from typing import IO, Any
 
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -23,16 +28,22 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatTime,
+    globalLogBeginner,
     jsonFileLogObserver,
     textFileLogObserver,
 )
+from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
+
+from inkflow.settings import Settings
 
 __all__ = [
     "ROTATED_FILES",
     "ROTATE_BYTES",
+    "begin_worker_logging",
     "install_rotation_signals",
     "make_observer",
+    "set_up",
     "twistd_observer",
     "use_for_twistd",
 ]
@@ -131,6 +142,39 @@ def twistd_observer() -> ILogObserver:
     return make_observer(*_twistd_config)
 
 
+def set_up(
+    settings: Settings,
+    *,
+    twistd_options: MutableMapping[str, Any] | None = None,
+    application: Componentized | None = None,
+) -> None:
+    """
+    InkFlow's logging under twistd, for the plugin and the .tac alike.
+
+    @param twistd_options: twistd's own options (the plugin's parent): unless
+        the operator gave C{--logger}, InkFlow's observer becomes twistd's
+        C{--logger}, writing to twistd's C{--logfile} (stdout with C{-n}).
+    @param application: the .tac's application, where twistd's options are
+        out of reach: with C{--log-format json} or a C{--log-level} other
+        than info, InkFlow's observer on stdout becomes its C{ILogObserver}
+        component; otherwise twistd's own observer (and C{--logfile}) apply.
+    """
+    if twistd_options is not None and not twistd_options.get("logger"):
+        logfile = twistd_options.get("logfile") or ("-" if twistd_options.get("nodaemon") else "twistd.log")
+        twistd_options["logger"] = use_for_twistd(settings.log_format, logfile, settings.log_level)
+    if application is not None and (settings.log_format == "json" or settings.log_level != "info"):
+        application.setComponent(ILogObserver, make_observer(settings.log_format, level=settings.log_level))
+
+
+def begin_worker_logging(level: str) -> None:
+    """
+    A C{--workers} worker's log: JSON lines on stdout, which the parent relays
+    into its own log.
+    """
+    observer = make_observer("json", level=level, stream=sys.stdout)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def rotate() -> bool:
     """
     Rotate the log file now; C{False} when logging to a stream.
@@ -141,7 +185,7 @@ def rotate() -> bool:
     return True
 
 
-def install_rotation_signals(reactor: Any) -> None:
+def install_rotation_signals(reactor: IReactorFromThreads) -> None:
     """
     SIGUSR1 and SIGHUP rotate the log file (SIGHUP would otherwise kill twistd
     silently: it installs no handler for it).  Main thread only.

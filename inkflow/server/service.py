@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.logger import Logger
 
 from inkflow import __version__
@@ -26,7 +27,7 @@ from inkflow.server.cleanup import Cleaner
 from inkflow.server.health import ProcessMetrics
 from inkflow.server.logs import install_rotation_signals, write_access_line
 from inkflow.server.metrics import Metrics
-from inkflow.server.worker import WorkerSupervisor, adopted_port
+from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
 from inkflow.settings import Settings, describe
 from inkflow.web.admission import ChatQueue, RateLimiter
 from inkflow.web.routes import InkFlowApp
@@ -74,10 +75,19 @@ class InkFlowService(service.MultiService):
         super().startService()
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
         info = os.stat(self.settings.upload_dir)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        # The rule the uploads enforce (inkflow.web.uploads): another owner or
+        # world-writable refuses every upload; readable by others is only a warning.
+        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
             log.error(
-                "The upload folder {upload_dir} is not private to this user (mode {mode}): "
-                "uploads are refused until it is (chmod 700, or choose another --upload-dir)",
+                "The upload folder {upload_dir} belongs to uid {owner} or is world-writable (mode {mode}): "
+                "uploads are refused until it is fixed (chmod 700, or choose another --upload-dir)",
+                upload_dir=self.settings.upload_dir,
+                owner=info.st_uid,
+                mode=oct(info.st_mode & 0o777),
+            )
+        elif info.st_mode & 0o077:
+            log.warn(
+                "The upload folder {upload_dir} is open to other users (mode {mode}): chmod 700 keeps uploads private",
                 upload_dir=self.settings.upload_dir,
                 mode=oct(info.st_mode & 0o777),
             )
@@ -180,7 +190,7 @@ def makeService(
         # The parent of --workers N: it opens the socket and supervises the
         # workers, each of which calls makeService with worker_fd.
         top = service.MultiService()
-        WorkerSupervisor(settings, reactor).setServiceParent(top)
+        WorkerSupervisor(settings, IReactorProcess(reactor)).setServiceParent(top)
         if install_signals:
             reactor.callWhenRunning(install_rotation_signals, reactor)
         return top
@@ -224,7 +234,7 @@ def makeService(
     if worker_fd is None:
         http_service = strports.service(settings.listen, site, reactor=reactor)
     else:
-        http_service = adopted_port(reactor, site, worker_fd)
+        http_service = StreamServerEndpointService(adopted_endpoint(IReactorSocket(reactor), worker_fd), site)
     http_service.setName("http")
     http_service.setServiceParent(core)
     if install_signals:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from inkflow.server.logs import use_for_twistd
+from inkflow.server import logs
 from inkflow.settings import OPTIONS, ConfigError, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
@@ -64,11 +64,8 @@ class _OptionsBase(usage.Options):
             sys.stderr.write(f"inkflow: error: {e}\n")
             raise _Handled(str(e)) from None
         parent = getattr(self, "parent", None)
-        if parent is not None and not parent.get("logger"):
-            # twistd's supported seam for the log observer: text or JSON lines,
-            # and a log file that keeps a bounded number of old files.
-            logfile = parent.get("logfile") or ("-" if parent.get("nodaemon") else "twistd.log")
-            parent["logger"] = use_for_twistd(self.settings.log_format, logfile, self.settings.log_level)
+        if parent is not None:
+            logs.set_up(self.settings, twistd_options=parent)
 
 
 class _Handled(usage.UsageError):

@@ -9,6 +9,7 @@ Bad arguments print one line on stderr and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -16,10 +17,13 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from inkflow import __version__
-from inkflow.tools import monitor, watchdog
+from inkflow.tools import healthcheck, monitor, watchdog
 
 __all__ = ["main"]
 
@@ -57,11 +61,16 @@ def _count(option: str, minimum: int) -> Callable[[str], int]:
 
 
 def _http_url(option: str) -> Callable[[str], str]:
+    """
+    An http(s) URL; the server's base URL means its health URL
+    (L{healthcheck.health_url}).
+    """
+
     def parse(value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--{option} must be an http:// or https:// URL, not {value!r}")
-        return value
+        return healthcheck.health_url(value)
 
     parse.coerceDoc = ""  # type: ignore[attr-defined]
     return parse
@@ -88,8 +97,14 @@ class MonitorOptions(_Options):
         ["json", None, "With --once: print the health JSON instead of the dashboard."],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
-        ["url", "u", monitor.DEFAULT_URL, "Health URL to poll.", _http_url("url")],
-        ["interval", "i", 1.0, "Seconds between polls.", _seconds("interval")],
+        [
+            "url",
+            "u",
+            healthcheck.DEFAULT_URL,
+            "Server or health URL to poll (a server URL means its /api/health).",
+            _http_url("url"),
+        ],
+        ["interval", "i", 1.0, "Seconds between polls (each may take min(0.8 x interval, 5s)).", _seconds("interval")],
     ]
 
     def postOptions(self) -> None:
@@ -111,7 +126,7 @@ class WatchdogOptions(_Options):
         ["no-health", None, "Do not poll a health URL; only restart the child when it exits."],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
-        ["health-url", None, watchdog.DEFAULT_HEALTH_URL, "Health URL to poll; any 200 is healthy.", _http_url("health-url")],
+        ["health-url", None, healthcheck.DEFAULT_URL, "Server or health URL to poll (a server URL means its /api/health); any 200 is healthy.", _http_url("health-url")],
         ["interval", None, 2.0, "Seconds between health checks (each may take min(0.8 x interval, 5s)).", _seconds("interval")],
         ["failures", None, 3, "Failed health checks in a row that mean the child is hung.", _count("failures", 1)],
         ["grace", None, 10.0, "Seconds between SIGTERM and SIGKILL.", _seconds("grace", allow_equal=True)],
@@ -190,13 +205,44 @@ def _main(args: list[str]) -> int:
 
     sub = options.subOptions
     if options.subCommand == "monitor":
-        try:
-            if sub["once"]:
-                return monitor.run_once(sub["url"], sub["json"], sys.stdout, sys.stderr)
-            return monitor.run_live(sub["url"], sub["interval"])
-        except KeyboardInterrupt:
-            return 0
+        return _run_monitor(sub["url"], sub["interval"], sub["once"], sub["json"])
     return watchdog.main(sub["config"])
+
+
+def _run_monitor(url: str, interval: float, once: bool, as_json: bool) -> int:
+    """
+    The monitor on the global reactor; returns the exit status (0 after
+    Ctrl-C).
+    """
+    from twisted.internet import reactor as _reactor
+
+    clock, core = IReactorTime(_reactor), IReactorCore(_reactor)
+    timeout = healthcheck.probe_timeout(None if once else interval)
+    client = healthcheck.HealthClient(clock, timeout, user_agent="inkflow-monitor")
+    status: list[int] = []
+
+    def start() -> None:
+        if once:
+            d = monitor.run_once(client, url, as_json, sys.stdout, sys.stderr)
+        else:
+            live = monitor.LiveMonitor(clock, client, url, interval)
+            core.addSystemEventTrigger("before", "shutdown", live.stop)
+            d = live.start().addCallback(lambda _: 0)
+        d.addErrback(failed)
+        d.addCallback(status.append)
+        d.addCallback(lambda _: stop())
+
+    def failed(reason: Failure) -> int:
+        sys.stderr.write(f"inkflow monitor: {reason.getErrorMessage()}\n")
+        return 1
+
+    def stop() -> None:
+        with contextlib.suppress(ReactorNotRunning):  # already stopping (Ctrl-C)
+            core.stop()
+
+    core.callWhenRunning(start)
+    core.run()
+    return status[0] if status else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,3 +98,35 @@ def test_daemon_starts_and_stops_through_its_pid_file(tmp_path: Path) -> None:
     assert _gone(pid)
     assert not pidfile.exists()
     assert "Traceback" not in logfile.read_text()
+
+
+def _monitor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inkflow.tools.cli", "monitor", *args],
+        env=server_env(),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_monitor_once_json_takes_the_servers_base_url(tmp_path: Path) -> None:
+    """inkflow monitor --once --json with http://host:port and http://host:port/ reads /api/health of that server."""
+    with ServerProcess("--upload-dir", str(tmp_path)) as s:
+        pid = s.get_json("/api/health")[1]["pid"]
+        for url in (s.base, s.base + "/", s.url("/api/health")):
+            result = _monitor("--url", url, "--once", "--json")
+            assert (result.returncode, result.stderr) == (0, ""), url
+            assert json.loads(result.stdout)["pid"] == pid
+
+
+def test_monitor_once_unreachable_is_one_line_and_status_1() -> None:
+    """Nothing listening: exit 1, nothing on stdout, one line on stderr naming the health URL read."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _monitor("--url", f"http://127.0.0.1:{port}", "--once", "--json")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"inkflow monitor: cannot read http://127.0.0.1:{port}/api/health: connection refused\n"

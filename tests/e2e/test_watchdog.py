@@ -72,8 +72,9 @@ class Supervisor:
         command: list[str] | None = None,
     ) -> None:
         """
-        @param health: "child": poll the child's own port; None: --no-health;
-            anything else: that URL.
+        @param health: "child": poll the child's own port; "base": the same,
+            given as the server's base URL; None: --no-health; anything else:
+            that URL.
         @param command: run this instead of health_child.py.
         """
         directory.mkdir()
@@ -89,7 +90,8 @@ class Supervisor:
         if health is None:
             argv.append("--no-health")
         else:
-            argv += ["--health-url", self.url if health == "child" else health]
+            given = {"child": self.url, "base": f"http://127.0.0.1:{self.port}"}.get(health, health)
+            argv += ["--health-url", given]
         argv += [*options, "--", *command]
         pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONPATH=pythonpath)
@@ -281,3 +283,14 @@ def test_health_failures_are_not_counted_during_the_start_grace(supervise: Calla
     elapsed = time.monotonic() - wd.started
     assert elapsed >= 1.5, f"the child was stopped {elapsed:.2f}s after start, inside the start grace"
     assert "failed (1/2)" in wd.log()
+
+
+def test_a_base_health_url_means_api_health(supervise: Callable[..., Supervisor]) -> None:
+    """
+    --health-url http://127.0.0.1:PORT (the server's address, no path) polls
+    /api/health there: the child is seen answering (health_child.py answers 404
+    on any other path).
+    """
+    wd = supervise(FAST, health="base")
+    wd.answering_pid()
+    assert f"health http://127.0.0.1:{wd.port}/api/health, every" in wd.log()

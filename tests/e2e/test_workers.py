@@ -40,7 +40,7 @@ def test_two_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -
         assert s.proc is not None and s.proc.pid not in first  # the parent does not serve
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
-        s.wait_for(rf"Worker {victim} ended \(signal SIGKILL\)")
+        s.wait_for(rf"Worker {victim} was killed by signal 9 \(SIGKILL\)")
         s.wait_for(r"Worker \d+ started: pid \d+", timeout=10)
         deadline = time.monotonic() + 15
         now: set[int] = set()

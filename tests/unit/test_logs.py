@@ -8,10 +8,13 @@ import io
 import json
 import re
 
-from twisted.logger import Logger, LogLevel
+from twisted.application.service import Application
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import TestCase
 
 from inkflow.server import logs
+from inkflow.settings import Settings
+from tests.unit.helpers import temp_path
 
 
 class ObserverTests(TestCase):
@@ -52,3 +55,45 @@ class ObserverTests(TestCase):
         self.assertFalse(logs.write_access_line("GET / 200 1"))
         self.assertEqual(len(re.findall("loud", out.getvalue())), 1)
         self.assertNotIn("quiet", out.getvalue())
+
+
+class SetUpTests(TestCase):
+    """
+    L{logs.set_up}: the one set-up the plugin and the .tac share.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(logs.use_for_twistd, *logs._twistd_config)
+        self.addCleanup(logs.make_observer, "json", stream=io.StringIO())
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings.defaults(upload_dir=temp_path(self), **overrides)
+
+    def test_plugin_makes_inkflow_twistds_logger(self) -> None:
+        """Under the plugin, twistd's --logger becomes InkFlow's factory, writing to twistd's --logfile."""
+        options: dict[str, object] = {"logger": None, "logfile": "/tmp/inkflow-x.log", "nodaemon": False}
+        logs.set_up(self.settings(log_format="json", log_level="warn"), twistd_options=options)
+        self.assertEqual(options["logger"], logs.TWISTD_LOGGER)
+        self.assertEqual(logs._twistd_config, ("json", "/tmp/inkflow-x.log", "warn"))
+
+    def test_plugin_in_the_foreground_logs_to_stdout(self) -> None:
+        """twistd -n without --logfile: stdout."""
+        options: dict[str, object] = {"logger": None, "logfile": None, "nodaemon": True}
+        logs.set_up(self.settings(), twistd_options=options)
+        self.assertEqual(logs._twistd_config, ("text", "-", "info"))
+
+    def test_an_operators_logger_wins(self) -> None:
+        """twistd --logger given: left as it is."""
+        options: dict[str, object] = {"logger": "my.observer", "logfile": None, "nodaemon": True}
+        logs.set_up(self.settings(log_format="json"), twistd_options=options)
+        self.assertEqual(options["logger"], "my.observer")
+
+    def test_tac_uses_inkflows_observer_only_when_asked(self) -> None:
+        """The .tac: text at info keeps twistd's observer; JSON or another level sets the ILogObserver component."""
+        plain = Application("t")
+        logs.set_up(self.settings(), application=plain)
+        self.assertIsNone(plain.getComponent(ILogObserver, None))
+        for overrides in ({"log_format": "json"}, {"log_level": "debug"}):
+            application = Application("t")
+            logs.set_up(self.settings(**overrides), application=application)
+            self.assertTrue(ILogObserver.providedBy(application.getComponent(ILogObserver, None)))

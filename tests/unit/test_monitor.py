@@ -1,39 +1,40 @@
 """
-Tests for L{inkflow.tools.monitor}: the pure view model and rates, the rendering, and
-C{--once [--json]} against a small stdlib HTTP server in a thread.  No reactor.
+Tests for C{inkflow monitor}: the pure view model and rates
+(L{inkflow.tools.view}), the rendering (L{inkflow.tools.dashboard}), and
+C{--once [--json]} and the live loop (L{inkflow.tools.monitor}) against an
+in-memory server on a L{Clock}.  No reactor; C{inkflow monitor} as a command
+is tested end to end (tests/e2e/test_operations.py).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import socket
 import sys
-import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from rich.console import Console
+from treq.testing import RequestTraversalAgent
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from inkflow.tools import cli
-from inkflow.tools.monitor import (
-    Poll,
-    Rates,
-    Tracker,
-    build_view,
-    compute_rates,
-    fetch_health,
+from inkflow.tools.dashboard import (
     format_bytes,
     format_duration,
     format_of,
     format_rate,
     format_when,
     render,
-    run_once,
     status_style,
 )
+from inkflow.tools.healthcheck import HealthClient
+from inkflow.tools.monitor import LiveMonitor, run_once
+from inkflow.tools.view import Poll, Rates, Tracker, build_view, compute_rates
+from tests.unit.test_healthcheck import RefusingAgent
 
 URL = "http://127.0.0.1:8000/api/health"
 
@@ -401,69 +402,24 @@ class RenderTests(TestCase):
         self.assertNotIn("Upstreams", text)
 
 
-class _HealthServer:
+class Answers(Resource):
     """
-    A stdlib HTTP server in a thread answering every GET with a fixed status
-    and body.
-    """
-
-    def __init__(self, test: TestCase, status: int, body: bytes) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/health"
-        thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        test.addCleanup(thread.join, 5)
-        test.addCleanup(self.server.server_close)
-        test.addCleanup(self.server.shutdown)
-
-
-def unused_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/api/health"
-
-
-class FetchTests(TestCase):
-    """
-    L{fetch_health} reads the JSON object or raises one short line.
+    Answers GETs with the next of C{bodies} (status 200); the last one again
+    once they run out.
     """
 
-    def test_reads_the_json_object(self) -> None:
-        """
-        A 200 with a JSON object is returned as a dict.
-        """
-        server = _HealthServer(self, 200, json.dumps(health()).encode())
-        self.assertEqual(fetch_health(server.url, 5.0), health())
+    isLeaf = True
 
-    def test_errors(self) -> None:
-        """
-        Non-2xx, non-JSON, non-object and unreachable each give their own line.
-        """
-        cases = [
-            (_HealthServer(self, 500, b"{}").url, "HTTP 500"),
-            (_HealthServer(self, 200, b"<html>").url, "not JSON"),
-            (_HealthServer(self, 200, b"[1, 2]").url, "not a JSON object"),
-            (unused_url(), "connection refused"),
-        ]
-        from inkflow.tools.monitor import FetchError
+    def __init__(self, *bodies: bytes) -> None:
+        super().__init__()
+        self.bodies = list(bodies)
 
-        for url, message in cases:
-            with self.assertRaises(FetchError) as caught:
-                fetch_health(url, 5.0)
-            self.assertIn(message, str(caught.exception))
-            self.assertNotIn("\n", str(caught.exception))
+    def render_GET(self, request: Request) -> bytes:
+        return self.bodies.pop(0) if len(self.bodies) > 1 else self.bodies[0]
+
+
+def client_for(resource: Resource, clock: Clock | None = None) -> HealthClient:
+    return HealthClient(clock or Clock(), 5.0, user_agent="t", agent=RequestTraversalAgent(resource))
 
 
 class RunOnceTests(TestCase):
@@ -475,9 +431,9 @@ class RunOnceTests(TestCase):
         """
         --once --json prints the server's health object as JSON and exits 0.
         """
-        server = _HealthServer(self, 200, json.dumps(health()).encode())
         out, err = io.StringIO(), io.StringIO()
-        self.assertEqual(run_once(server.url, True, out, err), 0)
+        client = client_for(Answers(json.dumps(health()).encode()))
+        self.assertEqual(self.successResultOf(run_once(client, URL, True, out, err)), 0)
         self.assertEqual(json.loads(out.getvalue()), health())
         self.assertEqual(err.getvalue(), "")
 
@@ -485,20 +441,45 @@ class RunOnceTests(TestCase):
         """
         --once alone prints one frame of the dashboard.
         """
-        server = _HealthServer(self, 200, json.dumps(health()).encode())
         out, err = io.StringIO(), io.StringIO()
-        self.assertEqual(run_once(server.url, False, out, err), 0)
+        client = client_for(Answers(json.dumps(health()).encode()))
+        self.assertEqual(self.successResultOf(run_once(client, URL, False, out, err)), 0)
         self.assertIn("Upstreams", out.getvalue())
 
     def test_unreachable(self) -> None:
         """
         A server that cannot be reached: exit 1, nothing on stdout, one line on stderr.
         """
-        url = unused_url()
         out, err = io.StringIO(), io.StringIO()
-        self.assertEqual(run_once(url, True, out, err), 1)
+        client = HealthClient(Clock(), 5.0, user_agent="t", agent=RefusingAgent())
+        self.assertEqual(self.successResultOf(run_once(client, URL, True, out, err)), 1)
         self.assertEqual(out.getvalue(), "")
-        self.assertEqual(err.getvalue(), f"inkflow monitor: cannot read {url}: connection refused\n")
+        self.assertEqual(err.getvalue(), f"inkflow monitor: cannot read {URL}: connection refused\n")
+
+
+class LiveMonitorTests(TestCase):
+    """
+    L{LiveMonitor}: a poll every interval, each redrawn, until stopped.
+    """
+
+    def test_polls_every_interval_and_shows_rates(self) -> None:
+        """A poll at once and one per interval; the second frame has rates; stop ends it."""
+        clock = Clock()
+        resource = Answers(json.dumps(health(processed=100)).encode(), json.dumps(health(processed=130)).encode())
+        out = io.StringIO()
+        console = Console(file=out, width=160, color_system=None, force_terminal=True)
+        live = LiveMonitor(clock, client_for(resource, clock), URL, 1.0, console)
+        done = live.start()
+        self.assertIn("100", out.getvalue())
+        clock.advance(1.0)
+        self.assertIn("130", out.getvalue())
+        self.assertIn("30.00/s", out.getvalue())
+        self.assertNoResult(done)
+        live.stop()
+        self.successResultOf(done)
+        before = out.getvalue()
+        clock.advance(5.0)
+        self.assertEqual(out.getvalue(), before)
 
 
 class CommandLineTests(TestCase):
@@ -511,23 +492,6 @@ class CommandLineTests(TestCase):
         self.patch(sys, "stdout", out)
         self.patch(sys, "stderr", err)
         return cli.main(list(argv)), out.getvalue(), err.getvalue()
-
-    def test_once_json(self) -> None:
-        """
-        C{inkflow monitor --url U --once --json} prints the snapshot and exits 0.
-        """
-        server = _HealthServer(self, 200, json.dumps(health(pid=7)).encode())
-        code, out, err = self.run_cli("monitor", "--url", server.url, "--once", "--json")
-        self.assertEqual((code, err), (0, ""))
-        self.assertEqual(json.loads(out)["pid"], 7)
-
-    def test_once_json_unreachable(self) -> None:
-        """
-        Unreachable: exit 1 with one line on stderr.
-        """
-        code, out, err = self.run_cli("monitor", "--url", unused_url(), "--once", "--json")
-        self.assertEqual((code, out), (1, ""))
-        self.assertEqual(len(err.splitlines()), 1)
 
     def test_bad_arguments(self) -> None:
         """

@@ -5,13 +5,17 @@ C{MemoryReactorClock} (nothing listens for real).
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
-from inkflow.server.service import makeService
-from inkflow.server.worker import WorkerSupervisor
+from inkflow.server.service import InkFlowService, makeService
+from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
+from tests.support.processes import ProcessClock
 from tests.unit.helpers import temp_path
 
 
@@ -50,17 +54,16 @@ class MakeServiceTests(TestCase):
         self.successResultOf(stopped)
 
     def test_has_the_cleanup_loop_and_core(self) -> None:
-        """The service holds the core, the cleanup loop and the HTTP server, by name."""
+        """The service holds the core, the cleanup loop and the HTTP server, by name, and nothing else."""
         top = makeService(self.settings(), MemoryReactorClock(), install_signals=False)
-        collection = IServiceCollection(top)
-        for name in ("inkflow", "cleanup"):
-            self.assertIsNotNone(collection.getServiceNamed(name))
-        core = IServiceCollection(collection.getServiceNamed("inkflow"))
-        self.assertIsNotNone(core.getServiceNamed("http"))
+        self.assertEqual(sorted(s.name for s in IServiceCollection(top)), ["cleanup", "inkflow"])
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        self.assertIsInstance(core, InkFlowService)
+        self.assertEqual([s.name for s in IServiceCollection(core)], ["http"])
 
     def test_workers_make_a_supervisor(self) -> None:
         """With --workers 2 the service is the worker supervisor alone."""
-        top = makeService(self.settings(workers=2), MemoryReactorClock(), install_signals=False)
+        top = makeService(self.settings(workers=2), ProcessClock(), install_signals=False)
         (child,) = list(top)
         self.assertIsInstance(child, WorkerSupervisor)
 
@@ -75,3 +78,31 @@ class MakeServiceTests(TestCase):
         self.assertEqual(health["mode"], "proxy")
         self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9/webhook/a")
         self.assertEqual(health["upstreams"][0]["state"], "closed")
+
+
+class UploadFolderCheckTests(TestCase):
+    """
+    The start-up check of --upload-dir states the rule the uploads enforce.
+    """
+
+    def start_with_mode(self, mode: int) -> list[LogLevel]:
+        folder = temp_path(self)
+        os.makedirs(folder)
+        os.chmod(folder, mode)
+        top = makeService(Settings.defaults(upload_dir=folder), MemoryReactorClock(), install_signals=False)
+        with capturedLogs() as events:
+            top.startService()
+        self.successResultOf(top.stopService())
+        return [e["log_level"] for e in events if "upload folder" in e.get("log_format", "")]
+
+    def test_private_folder_is_quiet(self) -> None:
+        """Mode 0700: nothing said."""
+        self.assertEqual(self.start_with_mode(0o700), [])
+
+    def test_readable_by_others_is_a_warning(self) -> None:
+        """Mode 0755: a warning (uploads still work there)."""
+        self.assertEqual(self.start_with_mode(0o755), [LogLevel.warn])
+
+    def test_world_writable_is_an_error(self) -> None:
+        """Mode 0777: an error (the uploads refuse that folder)."""
+        self.assertEqual(self.start_with_mode(0o777), [LogLevel.error])

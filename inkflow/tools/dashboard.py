@@ -1,0 +1,250 @@
+"""
+The monitor's dashboard: a L{View} to a C{rich} renderable, and the
+formatting of its numbers.  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from inkflow.tools.view import View
+
+__all__ = ["format_bytes", "format_duration", "render", "status_style"]
+
+DASH = "—"
+
+
+# --- formatting (pure)
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return DASH
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return DASH
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_rate(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}/s"
+
+
+def format_of(value: float | None, limit: float | None) -> str:
+    left = DASH if value is None else f"{value:g}"
+    return left if limit is None else f"{left} / {limit:g}"
+
+
+def format_clock(wall: float | None) -> str:
+    return DASH if wall is None else time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def format_when(value: Any, now: float) -> str:
+    """
+    A time sent by the server (epoch seconds, or text such as ISO 8601).
+    """
+    if value is None:
+        return "never"
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        value = moment.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{format_clock(value)} ({format_duration(now - value)} ago)"
+    return str(value)
+
+
+_STATUS_STYLES = {
+    "ok": "bold green",
+    "degraded": "bold yellow",
+    "draining": "bold magenta",
+    "DOWN": "bold white on red",
+}
+_BREAKER_STYLES = {"closed": "green", "half_open": "yellow", "open": "bold red"}
+
+
+def status_style(status: str) -> str:
+    """
+    The colour of a health status: ok green, degraded yellow, draining
+    magenta, DOWN white on red, anything else plain bold.
+    """
+    return _STATUS_STYLES.get(status, "bold")
+
+
+# --- rendering
+
+
+def _pairs(title: str, rows: list[tuple[str, str]], dim: bool) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="cyan", no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    for name, value in rows:
+        grid.add_row(name, value)
+    return _panel(grid, title, dim)
+
+
+def _panel(body: RenderableType, title: str, dim: bool) -> Panel:
+    return Panel(
+        body,
+        title=title + (" (last known)" if dim else ""),
+        title_align="left",
+        border_style="dim" if dim else "blue",
+        style="dim" if dim else "",
+    )
+
+
+def _header(view: View, interval: float | None) -> Panel:
+    line = Text()
+    line.append(f" {view.status.upper()} ", style=status_style(view.status))
+    if view.stale:
+        line.append("  last known", style="dim")
+    if view.version is not None:
+        line.append(f"  v{view.version}")
+    if view.mode is not None:
+        line.append("  mode ", style="dim")
+        line.append(view.mode)
+    if view.pid is not None:
+        line.append("  pid ", style="dim")
+        line.append(str(view.pid))
+    if view.uptime_s is not None and not view.stale:
+        line.append("  up ", style="dim")
+        line.append(format_duration(view.uptime_s))
+    lines: list[RenderableType] = [line]
+    if not view.up:
+        down = Text()
+        down.append(view.error or "no answer", style="red")
+        if view.last_seen_wall is not None:
+            ago = format_duration(view.polled_wall - view.last_seen_wall)
+            down.append(f"   last seen {format_clock(view.last_seen_wall)} ({ago} ago)", style="dim")
+        else:
+            down.append("   never reached", style="dim")
+        lines.append(down)
+    footer = f"polled {format_clock(view.polled_wall)}"
+    if interval is not None:
+        footer += f" · every {interval:g}s · Ctrl-C quits"
+    return Panel(
+        Group(*lines),
+        title=f"[bold]InkFlow[/] {view.url}",
+        title_align="left",
+        subtitle=footer,
+        subtitle_align="right",
+        border_style="red" if not view.up else "blue",
+    )
+
+
+def _upstream_table(view: View, dim: bool) -> Panel:
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, show_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("URL", overflow="fold")
+    table.add_column("breaker")
+    table.add_column("failing", justify="right")
+    table.add_column("failures / requests", justify="right")
+    table.add_column("last error", overflow="fold", style="dim")
+    if not view.upstreams:
+        table.add_row("", "none (demo or static-only mode)", "", "", "", "")
+    for index, row in enumerate(view.upstreams):
+        table.add_row(
+            str(index),
+            row.url,
+            Text(row.state, style=_BREAKER_STYLES.get(row.state, "")),
+            format_of(row.consecutive_failures, None),
+            format_of(row.failures_total, row.requests_total),
+            row.last_error or "",
+        )
+    return _panel(table, "Upstreams", dim)
+
+
+def render(view: View, interval: float | None = None) -> RenderableType:
+    """
+    The whole dashboard for one view.
+    """
+    header = _header(view, interval)
+    if view.version is None and view.pid is None and not view.up:
+        return header
+    dim = view.stale
+    process = _pairs(
+        "Process",
+        [
+            ("RSS", format_bytes(view.rss_bytes)),
+            ("CPU", DASH if view.cpu_percent is None else f"{view.cpu_percent:.1f} %"),
+            ("open files", format_of(view.open_files, None)),
+            ("threads", format_of(view.threads, None)),
+        ],
+        dim,
+    )
+    connections = _pairs(
+        "Connections",
+        [
+            ("active", format_of(view.connections_active, view.connections_max)),
+            ("rejected", format_of(view.connections_rejected, None)),
+            ("rejected rate", format_rate(view.rates.connections_rejected)),
+        ],
+        dim,
+    )
+    queue = _pairs(
+        "Queue",
+        [
+            ("waiting", format_of(view.queue_depth, view.queue_max)),
+            ("in flight", format_of(view.in_flight, view.max_concurrent)),
+            ("wait p50", DASH if view.wait_ms_p50 is None else f"{view.wait_ms_p50:.1f} ms"),
+            ("wait p95", DASH if view.wait_ms_p95 is None else f"{view.wait_ms_p95:.1f} ms"),
+        ],
+        dim,
+    )
+    counts = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, show_edge=False)
+    counts.add_column("", style="cyan")
+    counts.add_column("total", justify="right")
+    counts.add_column("rate", justify="right")
+    counts.add_row("processed", format_of(view.processed_total, None), format_rate(view.rates.processed))
+    counts.add_row("rejected", format_of(view.rejected_total, None), format_rate(view.rates.rejected))
+    counts.add_row("timed out", format_of(view.timed_out_total, None), format_rate(view.rates.timed_out))
+    totals = _panel(counts, "Chat requests", dim)
+    cleanup = _pairs(
+        "Cleanup",
+        [
+            ("runs", format_of(view.cleanup_runs, None)),
+            ("last run", format_when(view.cleanup_last_run, view.polled_wall)),
+            ("temp files removed", format_of(view.temp_files_removed, None)),
+            ("gc collected", format_of(view.gc_collected, None)),
+        ],
+        dim,
+    )
+    top = Table.grid(expand=True, padding=(0, 1))
+    for _ in range(3):
+        top.add_column(ratio=1)
+    top.add_row(process, connections, queue)
+    middle = Table.grid(expand=True, padding=(0, 1))
+    middle.add_column(ratio=1)
+    middle.add_column(ratio=1)
+    middle.add_row(totals, cleanup)
+    return Group(header, top, middle, _upstream_table(view, dim))
