@@ -31,7 +31,7 @@ class Recorder(SupervisorHooks):
     def child_ended(self, child: Child, reason: Failure, how: str, restart_in: float | None) -> None:
         self.events.append(("ended", child.slot, how, restart_in))
 
-    def start_failed(self, slot: int, error: OSError, restart_in: float | None) -> None:
+    def start_failed(self, slot: int, error: OSError, restart_in: float) -> None:
         self.events.append(("start failed", slot, str(error), restart_in))
 
     def child_terminating(self, child: Child, reason: str, grace: float) -> None:
