@@ -162,7 +162,8 @@ class Child:
 class SupervisorHooks:
     """
     What a supervisor's user hears about its children; every method does
-    nothing here.  C{restart_in} is None when no restart follows (stopping).
+    nothing here.  C{restart_in} is the delay before the next start, None
+    when none follows (the supervisor is stopping).
     """
 
     def child_started(self, child: Child) -> None:
@@ -171,7 +172,7 @@ class SupervisorHooks:
     def child_ended(self, child: Child, reason: Failure, how: str, restart_in: float | None) -> None:
         pass
 
-    def start_failed(self, slot: int, error: OSError, restart_in: float | None) -> None:
+    def start_failed(self, slot: int, error: OSError, restart_in: float) -> None:
         pass
 
     def child_terminating(self, child: Child, reason: str, grace: float) -> None:
@@ -186,9 +187,8 @@ class Supervisor(Service):
     Keeps one child running in each of C{slots} slots; see the module
     docstring.
 
-    @param reactor: starts the children; also the clock unless C{clock} is
-        given (it must then provide L{IReactorTime} too, as every real reactor
-        does).
+    @param reactor: starts the children, and is the clock: it must provide
+        L{IReactorTime} too, as every real reactor does.
     @param command: what to start in a slot.
     @param protocol: a new L{ChildProtocol} for each start of a slot.
     @param grace: seconds between SIGTERM and SIGKILL.
@@ -208,13 +208,12 @@ class Supervisor(Service):
         stable_after: float,
         hooks: SupervisorHooks | None = None,
         protocol: Callable[[int], ChildProtocol] = lambda slot: ChildProtocol(),
-        clock: IReactorTime | None = None,
         stop_reason: str = "stopping",
     ) -> None:
         if grace < 0:
             raise ValueError("grace must not be negative")
         self._reactor = reactor
-        self._clock = clock if clock is not None else IReactorTime(reactor)
+        self._clock = IReactorTime(reactor)
         self._command = command
         self._slots = slots
         self._grace = grace

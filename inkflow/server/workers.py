@@ -254,7 +254,7 @@ class WorkerSupervisor(service.Service, SupervisorHooks):
     def child_started(self, child: Child) -> None:
         log.info("Worker {slot} started: pid {worker_pid}", slot=child.slot, worker_pid=child.pid)
 
-    def start_failed(self, slot: int, error: OSError, restart_in: float | None) -> None:
+    def start_failed(self, slot: int, error: OSError, restart_in: float) -> None:
         log.error(
             "Worker {slot} could not be started ({error}); trying again in {delay:.1f}s",
             slot=slot,

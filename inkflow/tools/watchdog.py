@@ -223,10 +223,9 @@ class Watchdog(Service, SupervisorHooks):
             start=child.run,
         )
 
-    def start_failed(self, slot: int, error: OSError, restart_in: float | None) -> None:
+    def start_failed(self, slot: int, error: OSError, restart_in: float) -> None:
         log.error("could not start {command}: {error}", command=shlex.join(self._config.command), error=str(error))
-        if restart_in is not None:
-            self._restarting(restart_in, f"start failed: {error}")
+        self._restarting(restart_in, f"start failed: {error}")
 
     def child_ended(self, child: Child, reason: Failure, how: str, restart_in: float | None) -> None:
         self._health.pop(child.run, None)
