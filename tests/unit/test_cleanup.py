@@ -11,9 +11,9 @@ import tempfile
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from inkflow.server.cleanup import MALLOC_TRIM, TEMP_PREFIX, TEMP_SUFFIX, Cleaner, is_temp_name
+from inkflow.server.cleanup import MALLOC_TRIM, Cleaner, is_temp_name
 
 #: The clock's "now": file times are set relative to it.
 NOW = 1_750_000_000.0
@@ -272,16 +272,6 @@ class TempNameTests(TestCase):
         self.assertTrue(is_temp_name("inkflow-a1b2.part"))
         for name in ("inkflow-.part", "inkflow-a.parts", "Inkflow-a.part", "a.part", "inkflow-a", ".part"):
             self.assertFalse(is_temp_name(name), name)
-
-    def test_matches_uploads_module(self) -> None:
-        """
-        The pattern is the one the uploads module names its temp files with.
-        """
-        try:
-            from inkflow.web import uploads
-        except ImportError as e:  # pragma: no cover - uploads has extra dependencies
-            raise SkipTest(f"inkflow.web.uploads not importable: {e}") from None
-        self.assertEqual((uploads.TEMP_PREFIX, uploads.TEMP_SUFFIX), (TEMP_PREFIX, TEMP_SUFFIX))
 
     def test_default_malloc_trim_is_callable(self) -> None:
         """
