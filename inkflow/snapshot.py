@@ -135,9 +135,9 @@ def read_health(data: object) -> Health:
     """
     A health answer as received (any JSON), reduced to what fits the schema.
 
-    The result has every section (a missing or malformed one is empty); a
-    value of the wrong type is left out, and so is a list item that is not an
-    object.  So read the leaves with C{.get()}: C{health["queue"].get("depth")}
+    The result has every section (a missing or malformed one is empty, and
+    the upstreams an empty list); a value of the wrong type is left out, and
+    so is an upstream that is not an object.  So read the leaves with C{.get()}: C{health["queue"].get("depth")}
     is an C{int} or C{None}.  Another version of the server may send fields
     this one does not know (ignored) or lack some (absent).
     """
@@ -155,11 +155,15 @@ def _conform(kind: type[_T], data: object) -> _T:
 
 
 def _value(hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
     if is_typeddict(hint):
         return _conform(hint, value)  # a section is always there, maybe empty
+    if origin is list and is_typeddict(get_args(hint)[0]):
+        # A list of sections (the upstreams) too; items that are not objects go.
+        sections = value if isinstance(value, list) else []
+        return [_conform(get_args(hint)[0], item) for item in sections if isinstance(item, Mapping)]
     if value is _MISSING:
         return _MISSING
-    origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(hint):
             return None
@@ -172,10 +176,8 @@ def _value(hint: Any, value: Any) -> Any:
         if not isinstance(value, list):
             return _MISSING
         (item_hint,) = get_args(hint)
-        if is_typeddict(item_hint):
-            return [_conform(item_hint, item) for item in value if isinstance(item, Mapping)]
-        items = (_value(item_hint, item) for item in value)
-        return [item for item in items if item is not _MISSING]
+        conformed_items = (_value(item_hint, item) for item in value)
+        return [item for item in conformed_items if item is not _MISSING]
     if isinstance(value, bool):
         return value if hint is bool else _MISSING
     if hint is int and isinstance(value, int | float):

@@ -7,7 +7,8 @@ Three layers, each usable alone:
     process, not the server, so plain urllib is the simplest thing that works);
   - L{Tracker} and L{build_view}: pure; turn each poll (a health dict, or the
     error that stood in its place) plus the previous good snapshot into a
-    L{View} with per-second rates.  No I/O, no clock of their own;
+    L{View} with per-second rates.  The health dict is read against the one
+    schema, L{inkflow.snapshot.Health}.  No I/O, no clock of their own;
   - L{render}: a L{View} to a C{rich} renderable; L{run_live} and L{run_once}
     put them together.
 """
@@ -20,8 +21,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -33,13 +34,15 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from inkflow import paths
+from inkflow.snapshot import Health, read_health
+
 __all__ = [
     "DEFAULT_URL",
     "FetchError",
     "Poll",
     "Rates",
     "Tracker",
-    "UpstreamRow",
     "View",
     "build_view",
     "compute_rates",
@@ -52,7 +55,7 @@ __all__ = [
     "status_style",
 ]
 
-DEFAULT_URL = "http://127.0.0.1:8000/api/health"
+DEFAULT_URL = f"http://127.0.0.1:8000{paths.HEALTH}"
 MAX_BODY = 1024 * 1024
 DASH = "—"
 
@@ -127,7 +130,7 @@ def _one_line(error: object) -> str:
 @dataclass(frozen=True)
 class Poll:
     """
-    One poll: the health dict, or the error that stood in its place.
+    One poll: the health dict as received, or the error that stood in its place.
 
     @ivar at: monotonic seconds, for rates.
     @ivar wall: epoch seconds, for showing times.
@@ -149,28 +152,26 @@ class Rates:
     processed: float | None = None
     rejected: float | None = None
     timed_out: float | None = None
+    cancelled: float | None = None
     connections_rejected: float | None = None
 
 
-@dataclass(frozen=True)
-class UpstreamRow:
-    url: str
-    state: str
-    consecutive_failures: int | None
-    failures_total: int | None
-    requests_total: int | None
-    last_error: str | None
+def _no_health() -> Health:
+    return read_health(None)
 
 
 @dataclass(frozen=True)
 class View:
     """
-    Everything the dashboard shows, already picked out of the health dict.
-    Numbers the server did not send are None.
+    Everything the dashboard shows.
 
     @ivar up: the last poll succeeded.
     @ivar stale: the numbers are the last known ones, from before the server
         stopped answering.
+    @ivar health: the last good answer, reduced to the schema by
+        L{read_health}: every section is there, a number the server did not
+        send (or sent with the wrong type) is absent, so read it with
+        C{.get()}.  Empty before the server was first reached.
     """
 
     url: str
@@ -180,65 +181,17 @@ class View:
     polled_wall: float
     last_seen_wall: float | None
     stale: bool
-    version: str | None = None
-    mode: str | None = None
-    pid: int | None = None
-    uptime_s: float | None = None
-    rss_bytes: float | None = None
-    cpu_percent: float | None = None
-    open_files: int | None = None
-    threads: int | None = None
-    connections_active: int | None = None
-    connections_max: int | None = None
-    connections_rejected: int | None = None
-    queue_depth: int | None = None
-    queue_max: int | None = None
-    in_flight: int | None = None
-    max_concurrent: int | None = None
-    processed_total: int | None = None
-    rejected_total: int | None = None
-    timed_out_total: int | None = None
-    wait_ms_p50: float | None = None
-    wait_ms_p95: float | None = None
+    health: Health = field(default_factory=_no_health)
     rates: Rates = Rates()
-    upstreams: tuple[UpstreamRow, ...] = ()
-    cleanup_runs: int | None = None
-    cleanup_last_run: Any = None
-    temp_files_removed: int | None = None
-    gc_collected: int | None = None
 
 
-def _get(data: Mapping[str, Any] | None, *path: str) -> Any:
-    value: Any = data
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _number(data: Mapping[str, Any] | None, *path: str) -> float | None:
-    value = _get(data, *path)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _int(data: Mapping[str, Any] | None, *path: str) -> int | None:
-    value = _number(data, *path)
-    return int(value) if value is not None else None
-
-
-def _str(data: Mapping[str, Any] | None, *path: str) -> str | None:
-    value = _get(data, *path)
-    return None if value is None else str(value)
-
-
-_COUNTERS = {
-    "processed": ("queue", "processed_total"),
-    "rejected": ("queue", "rejected_total"),
-    "timed_out": ("queue", "timed_out_total"),
-    "connections_rejected": ("connections", "rejected_total"),
+#: The counters that get a rate, each read from the schema.
+_COUNTERS: dict[str, Callable[[Health], float | None]] = {
+    "processed": lambda h: h["queue"].get("processed_total"),
+    "rejected": lambda h: h["queue"].get("rejected_total"),
+    "timed_out": lambda h: h["queue"].get("timed_out_total"),
+    "cancelled": lambda h: h["queue"].get("cancelled_total"),
+    "connections_rejected": lambda h: h["connections"].get("rejected_total"),
 }
 
 
@@ -253,38 +206,17 @@ def compute_rates(current: Poll, previous: Poll | None) -> Rates:
     elapsed = current.at - previous.at
     if elapsed <= 0:
         return Rates()
-    now, before = current.health, previous.health
-    if _get(now, "pid") != _get(before, "pid"):
+    now, before = read_health(current.health), read_health(previous.health)
+    if now.get("pid") != before.get("pid"):
         return Rates()
-    uptime_now, uptime_before = _number(now, "uptime_s"), _number(before, "uptime_s")
+    uptime_now, uptime_before = now.get("uptime_s"), before.get("uptime_s")
     if uptime_now is not None and uptime_before is not None and uptime_now < uptime_before:
         return Rates()
     rates: dict[str, float | None] = {}
-    for name, path in _COUNTERS.items():
-        a, b = _number(now, *path), _number(before, *path)
+    for name, read in _COUNTERS.items():
+        a, b = read(now), read(before)
         rates[name] = (a - b) / elapsed if a is not None and b is not None and a >= b else None
     return Rates(**rates)
-
-
-def _upstreams(health: Mapping[str, Any]) -> tuple[UpstreamRow, ...]:
-    items = health.get("upstreams")
-    if not isinstance(items, list):
-        return ()
-    rows = []
-    for item in items:
-        if not isinstance(item, Mapping):
-            continue
-        rows.append(
-            UpstreamRow(
-                url=_str(item, "url") or "?",
-                state=_str(item, "state") or "?",
-                consecutive_failures=_int(item, "consecutive_failures"),
-                failures_total=_int(item, "failures_total"),
-                requests_total=_int(item, "requests_total"),
-                last_error=_str(item, "last_error"),
-            )
-        )
-    return tuple(rows)
 
 
 def build_view(
@@ -302,52 +234,18 @@ def build_view(
     @param previous_good: the good poll before C{last_good}, for rates.
     """
     up = poll.health is not None
-    health = last_good.health if last_good is not None else None
-    if up:
-        status = _str(health, "status") or "unknown"
-        rates = compute_rates(poll, previous_good)
-    else:
-        status = "DOWN"
-        rates = Rates()
-    common: dict[str, Any] = {
-        "url": url,
-        "up": up,
-        "status": status,
-        "error": poll.error if not up else None,
-        "polled_wall": poll.wall,
-        "last_seen_wall": last_good.wall if last_good is not None else None,
-        "stale": not up and health is not None,
-    }
-    if health is None:
-        return View(**common)
+    seen = last_good is not None and last_good.health is not None
+    health = read_health(last_good.health if last_good is not None else None)
     return View(
-        **common,
-        version=_str(health, "version"),
-        mode=_str(health, "mode"),
-        pid=_int(health, "pid"),
-        uptime_s=_number(health, "uptime_s"),
-        rss_bytes=_number(health, "memory", "rss_bytes"),
-        cpu_percent=_number(health, "cpu_percent"),
-        open_files=_int(health, "open_files"),
-        threads=_int(health, "threads"),
-        connections_active=_int(health, "connections", "active"),
-        connections_max=_int(health, "connections", "max"),
-        connections_rejected=_int(health, "connections", "rejected_total"),
-        queue_depth=_int(health, "queue", "depth"),
-        queue_max=_int(health, "queue", "max"),
-        in_flight=_int(health, "queue", "in_flight"),
-        max_concurrent=_int(health, "queue", "max_concurrent"),
-        processed_total=_int(health, "queue", "processed_total"),
-        rejected_total=_int(health, "queue", "rejected_total"),
-        timed_out_total=_int(health, "queue", "timed_out_total"),
-        wait_ms_p50=_number(health, "queue", "wait_ms_p50"),
-        wait_ms_p95=_number(health, "queue", "wait_ms_p95"),
-        rates=rates,
-        upstreams=_upstreams(health),
-        cleanup_runs=_int(health, "cleanup", "runs"),
-        cleanup_last_run=_get(health, "cleanup", "last_run"),
-        temp_files_removed=_int(health, "cleanup", "temp_files_removed"),
-        gc_collected=_int(health, "cleanup", "gc_collected"),
+        url=url,
+        up=up,
+        status=(health.get("status") or "unknown") if up else "DOWN",
+        error=poll.error if not up else None,
+        polled_wall=poll.wall,
+        last_seen_wall=last_good.wall if last_good is not None else None,
+        stale=not up and seen,
+        health=health,
+        rates=compute_rates(poll, previous_good) if up else Rates(),
     )
 
 
@@ -469,21 +367,23 @@ def _panel(body: RenderableType, title: str, dim: bool) -> Panel:
 
 
 def _header(view: View, interval: float | None) -> Panel:
+    health = view.health
+    version, mode, pid, uptime = health.get("version"), health.get("mode"), health.get("pid"), health.get("uptime_s")
     line = Text()
     line.append(f" {view.status.upper()} ", style=status_style(view.status))
     if view.stale:
         line.append("  last known", style="dim")
-    if view.version is not None:
-        line.append(f"  v{view.version}")
-    if view.mode is not None:
+    if version is not None:
+        line.append(f"  v{version}")
+    if mode is not None:
         line.append("  mode ", style="dim")
-        line.append(view.mode)
-    if view.pid is not None:
+        line.append(mode)
+    if pid is not None:
         line.append("  pid ", style="dim")
-        line.append(str(view.pid))
-    if view.uptime_s is not None and not view.stale:
+        line.append(str(pid))
+    if uptime is not None and not view.stale:
         line.append("  up ", style="dim")
-        line.append(format_duration(view.uptime_s))
+        line.append(format_duration(uptime))
     lines: list[RenderableType] = [line]
     if not view.up:
         down = Text()
@@ -515,16 +415,18 @@ def _upstream_table(view: View, dim: bool) -> Panel:
     table.add_column("failing", justify="right")
     table.add_column("failures / requests", justify="right")
     table.add_column("last error", overflow="fold", style="dim")
-    if not view.upstreams:
+    upstreams = view.health["upstreams"]
+    if not upstreams:
         table.add_row("", "none (demo or static-only mode)", "", "", "", "")
-    for index, row in enumerate(view.upstreams):
+    for index, upstream in enumerate(upstreams):
+        state = upstream.get("state") or "?"
         table.add_row(
             str(index),
-            row.url,
-            Text(row.state, style=_BREAKER_STYLES.get(row.state, "")),
-            format_of(row.consecutive_failures, None),
-            format_of(row.failures_total, row.requests_total),
-            row.last_error or "",
+            upstream.get("url") or "?",
+            Text(state, style=_BREAKER_STYLES.get(state, "")),
+            format_of(upstream.get("consecutive_failures"), None),
+            format_of(upstream.get("failures_total"), upstream.get("requests_total")),
+            upstream.get("last_error") or "",
         )
     return _panel(table, "Upstreams", dim)
 
@@ -534,35 +436,41 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     The whole dashboard for one view.
     """
     header = _header(view, interval)
-    if view.version is None and view.pid is None and not view.up:
+    health = view.health
+    if health.get("version") is None and health.get("pid") is None and not view.up:
         return header
     dim = view.stale
+    cpu = health.get("cpu_percent")
     process = _pairs(
         "Process",
         [
-            ("RSS", format_bytes(view.rss_bytes)),
-            ("CPU", DASH if view.cpu_percent is None else f"{view.cpu_percent:.1f} %"),
-            ("open files", format_of(view.open_files, None)),
-            ("threads", format_of(view.threads, None)),
+            ("RSS", format_bytes(health["memory"].get("rss_bytes"))),
+            ("CPU", DASH if cpu is None else f"{cpu:.1f} %"),
+            ("open files", format_of(health.get("open_files"), None)),
+            ("threads", format_of(health.get("threads"), None)),
         ],
         dim,
     )
+    c = health["connections"]
     connections = _pairs(
         "Connections",
         [
-            ("active", format_of(view.connections_active, view.connections_max)),
-            ("rejected", format_of(view.connections_rejected, None)),
+            ("active", format_of(c.get("active"), c.get("max"))),
+            ("rejected", format_of(c.get("rejected_total"), None)),
             ("rejected rate", format_rate(view.rates.connections_rejected)),
+            ("timed out", format_of(c.get("timed_out_total"), None)),
         ],
         dim,
     )
+    q = health["queue"]
+    p50, p95 = q.get("wait_ms_p50"), q.get("wait_ms_p95")
     queue = _pairs(
         "Queue",
         [
-            ("waiting", format_of(view.queue_depth, view.queue_max)),
-            ("in flight", format_of(view.in_flight, view.max_concurrent)),
-            ("wait p50", DASH if view.wait_ms_p50 is None else f"{view.wait_ms_p50:.1f} ms"),
-            ("wait p95", DASH if view.wait_ms_p95 is None else f"{view.wait_ms_p95:.1f} ms"),
+            ("waiting", format_of(q.get("depth"), q.get("max"))),
+            ("in flight", format_of(q.get("in_flight"), q.get("max_concurrent"))),
+            ("wait p50", DASH if p50 is None else f"{p50:.1f} ms"),
+            ("wait p95", DASH if p95 is None else f"{p95:.1f} ms"),
         ],
         dim,
     )
@@ -570,17 +478,19 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     counts.add_column("", style="cyan")
     counts.add_column("total", justify="right")
     counts.add_column("rate", justify="right")
-    counts.add_row("processed", format_of(view.processed_total, None), format_rate(view.rates.processed))
-    counts.add_row("rejected", format_of(view.rejected_total, None), format_rate(view.rates.rejected))
-    counts.add_row("timed out", format_of(view.timed_out_total, None), format_rate(view.rates.timed_out))
+    counts.add_row("processed", format_of(q.get("processed_total"), None), format_rate(view.rates.processed))
+    counts.add_row("rejected", format_of(q.get("rejected_total"), None), format_rate(view.rates.rejected))
+    counts.add_row("timed out", format_of(q.get("timed_out_total"), None), format_rate(view.rates.timed_out))
+    counts.add_row("client left", format_of(q.get("cancelled_total"), None), format_rate(view.rates.cancelled))
     totals = _panel(counts, "Chat requests", dim)
+    cl = health["cleanup"]
     cleanup = _pairs(
         "Cleanup",
         [
-            ("runs", format_of(view.cleanup_runs, None)),
-            ("last run", format_when(view.cleanup_last_run, view.polled_wall)),
-            ("temp files removed", format_of(view.temp_files_removed, None)),
-            ("gc collected", format_of(view.gc_collected, None)),
+            ("runs", format_of(cl.get("runs"), None)),
+            ("last run", format_when(cl.get("last_run"), view.polled_wall)),
+            ("temp files removed", format_of(cl.get("temp_files_removed"), None)),
+            ("gc collected", format_of(cl.get("gc_collected"), None)),
         ],
         dim,
     )
