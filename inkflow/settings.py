@@ -39,6 +39,9 @@ must be computed is a zero-argument callable.  New keywords, where the old
 code had special cases keyed on option names: C{sep} (how several values
 are written in one string, default C{","}), C{show} (what L{describe} shows
 of each value) and C{doc_default} (the default as the README shows it).
+The field's place is its place in C{--help} and the README; paste the new
+table (C{python -m inkflow.settings}) into the README, which a test checks.
+Checks across options belong in L{_validated}.
 
 This module is pure: it reads no environment and no files by itself; the
 callers at the edge (the twistd plugin, the .tac) pass them in.
@@ -50,7 +53,7 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,7 @@ __all__ = [
     "describe",
     "load_settings",
     "opt",
+    "options_of",
     "options_table_markdown",
     "redact_url",
 ]
@@ -347,13 +351,15 @@ class Settings:
         return _validated(values)
 
 
-def _option_of(f: Field[Any]) -> Option:
-    option: Option = f.metadata[_METADATA_KEY]
-    return _replace(option, attr=f.name)
+def options_of(cls: type[Any]) -> tuple[Option, ...]:
+    """
+    The options of a dataclass: its C{opt(...)} fields, in their order.
+    """
+    return tuple(_replace(f.metadata[_METADATA_KEY], attr=f.name) for f in fields(cls) if _METADATA_KEY in f.metadata)
 
 
 #: The options, derived from the fields of L{Settings}, in their order.
-OPTIONS: tuple[Option, ...] = tuple(_option_of(f) for f in fields(Settings))
+OPTIONS: tuple[Option, ...] = options_of(Settings)
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 

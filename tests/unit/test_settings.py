@@ -19,6 +19,7 @@ from inkflow.settings import (
     describe,
     load_settings,
     opt,
+    options_of,
     options_table_markdown,
     redact_url,
 )
@@ -196,7 +197,7 @@ class DocumentationTests(TestCase):
             size: int = opt(int_in(1), 3, "a size", metavar="N")
             token: str = opt(str, "s3cret", "a secret", secret=True)
 
-        size, token = (dataclasses.replace(f.metadata["inkflow.option"], attr=f.name) for f in dataclasses.fields(One))
+        size, token = options_of(One)
         self.assertEqual((One().size, size.parse("7"), size.help, size.env), (3, 7, "a size", "INKFLOW_SIZE"))
         self.assertNotIn("s3cret", repr(One()))
         self.assertTrue(token.secret)
