@@ -15,14 +15,10 @@ about it; the rest is derived from the field:
 Precedence: flag > environment > file > default.  A bad value stops start-up
 with one line naming the option (L{ConfigError}).
 
-Adding an option is adding one field::
-
-    max_file_size: int = opt(int_in(1), 10 * 1024 * 1024, "bytes per file", metavar="BYTES")
-
-C{opt(parse, default, help, ...)} takes the arguments of the old
-C{Option(name, parse, default, help, ...)} rows in the same order and with the
-same keywords (C{repeatable}, C{secret}, C{is_flag}, C{metavar}); so an old
-row and its field, e.g.::
+Adding an option is adding one field.  C{opt(parse, default, help, ...)}
+takes the arguments of the old C{Option(name, parse, default, help, ...)}
+rows in the same order and with the same keywords (C{repeatable}, C{secret},
+C{is_flag}, C{metavar}); so an old row and its field, e.g.::
 
     Option("max-files", _int_in(0, 100), 5, "files per message", metavar="N"),
     ...
