@@ -1,9 +1,43 @@
 """
-InkFlow's settings: one frozen, validated object, and the one table of options.
+InkFlow's settings: one frozen, validated object whose fields are the one
+table of options.
 
-Every option has a command-line flag, an environment variable
-(``INKFLOW_<FLAG IN UPPER SNAKE CASE>``) and a key in an optional TOML file
-(``--config FILE``).  Precedence: flag > environment > file > default.
+Every field of L{Settings} is an option.  Its C{opt(...)} carries everything
+about it; the rest is derived from the field:
+
+  - the flag is the field name with dashes (C{max_file_size} ->
+    C{--max-file-size}), the environment variable C{INKFLOW_<FIELD IN UPPER
+    CASE>}, the TOML key the flag name (or the field name);
+  - twistd's C{--help} (L{inkflow.server.tap}), L{describe} (what is logged;
+    secrets hidden) and the README's options table (C{python -m
+    inkflow.settings}) are generated from the fields, in their order.
+
+Precedence: flag > environment > file > default.  A bad value stops start-up
+with one line naming the option (L{ConfigError}).
+
+Adding an option is adding one field.  C{opt(parse, default, help, ...)}
+takes the arguments of the old C{Option(name, parse, default, help, ...)}
+rows in the same order and with the same keywords (C{repeatable}, C{secret},
+C{is_flag}, C{metavar}); so an old row and its field, e.g.::
+
+    Option("max-files", _int_in(0, 100), 5, "files per message", metavar="N"),
+    ...
+    max_files: int
+
+become the one line::
+
+    max_files: int = opt(int_in(0, 100), 5, "files per message", metavar="N")
+
+(the parsers live in L{inkflow.settings_parsers}, without the leading
+underscore: C{_int_in} -> C{int_in}, C{_seconds} -> C{seconds}, ...).  A
+repeatable option's field is a tuple and its default a tuple; a default that
+must be computed is a zero-argument callable.  New keywords, where the old
+code had special cases keyed on option names: C{sep} (how several values
+are written in one string, default C{","}), C{show} (what L{describe} shows
+of each value) and C{doc_default} (the default as the README shows it).
+The field's place is its place in C{--help} and the README; paste the new
+table (C{python -m inkflow.settings}) into the README, which a test checks.
+Checks across options belong in L{_validated}.
 
 This module is pure: it reads no environment and no files by itself; the
 callers at the edge (the twistd plugin, the .tac) pass them in.
@@ -11,18 +45,33 @@ callers at the edge (the twistd plugin, the .tac) pass them in.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from inkflow.n8n.retry import DEFAULT_RETRY_ON as _RETRY_POLICY_DEFAULT
+from inkflow.settings_parsers import (
+    RETRY_ON_CHOICES,
+    choice,
+    directory,
+    flag,
+    header,
+    int_in,
+    is_tcp_endpoint,
+    listen,
+    mime,
+    network,
+    origin,
+    redact_url,
+    retry_on,
+    seconds,
+    webhook,
+)
 
 __all__ = [
     "OPTIONS",
@@ -31,10 +80,17 @@ __all__ = [
     "Settings",
     "default_static_dir",
     "default_upload_dir",
+    "describe",
     "load_settings",
+    "opt",
+    "options_of",
+    "options_table_markdown",
+    "redact_url",
 ]
 
 ENV_PREFIX = "INKFLOW_"
+
+_METADATA_KEY = "inkflow.option"
 
 
 class ConfigError(ValueError):
@@ -43,183 +99,28 @@ class ConfigError(ValueError):
     """
 
 
-# --- value parsers: each takes a string (or a TOML value) and returns the value,
-# --- or raises ValueError with a short reason.
-
-
-def _int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        if isinstance(value, int):
-            number = value
-        else:
-            text = str(value).strip().replace("_", "")
-            if not re.fullmatch(r"[+-]?\d+", text):
-                raise ValueError(f"expected an integer, got {value!r}")
-            number = int(text)
-        if number < low or (high is not None and number > high):
-            bound = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise ValueError(f"must be {bound}, got {number}")
-        return number
-
-    return parse
-
-
-def _seconds(low: float, high: float | None = None) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number of seconds")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number of seconds, got {value!r}") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        if number < low or (high is not None and number > high):
-            bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-            raise ValueError(f"must be {bound}, got {number:g}")
-        return number
-
-    return parse
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _listen(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    try:
-        serverFromString(None, text)  # parsed only: nothing listens without a reactor
-    except Exception as e:  # Twisted raises several types here
-        raise ValueError(f"not a valid Twisted endpoint: {text!r} ({e})") from None
-    return text
-
-
-def _webhook(value: Any) -> str:
-    text = str(value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL, got {redact_url(text)!r}")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError(f"bad port in {redact_url(text)!r}") from None
-    return text
-
-
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_FORBIDDEN_UPSTREAM_HEADERS = {
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "x-request-id",
-    "idempotency-key",
-}
-
-
-def _header(value: Any) -> tuple[str, str]:
-    text = str(value)
-    name, sep, rest = text.partition(":")
-    name = name.strip()
-    if not sep or not _HEADER_NAME.match(name):
-        # Never echo the value: it is usually a secret.
-        raise ValueError('expected "Name: value"')
-    if name.lower() in _FORBIDDEN_UPSTREAM_HEADERS:
-        raise ValueError(f"header {name!r} is set by InkFlow itself")
-    rest = rest.strip()
-    if any(c in rest for c in "\r\n\0"):
-        raise ValueError(f"value of header {name!r} contains a control character")
-    return (name, rest)
-
-
-_MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
-
-
-def _mime(value: Any) -> str:
-    text = str(value).strip().lower()
-    if not _MIME.match(text):
-        raise ValueError(f"not a media type: {text!r}")
-    return text
-
-
-RETRY_ON_CHOICES = ("connect", "timeout", "404", "429", "500", "502", "503", "504")
-
-
-def _retry_on(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in RETRY_ON_CHOICES:
-        raise ValueError(f"expected one of {', '.join(RETRY_ON_CHOICES)}, got {text!r}")
-    return text
-
-
-def _network(value: Any) -> str:
-    text = str(value).strip()
-    try:
-        return str(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        raise ValueError(f"not an address or CIDR: {text!r}") from None
-
-
-def _origin(value: Any) -> str:
-    text = str(value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if text == "*":
-        raise ValueError("'*' is not allowed; list the origins")
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
-        raise ValueError(f"expected an origin like https://example.com, got {text!r}")
-    return text.lower()
-
-
-def _directory(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return parse
-
-
-def _text(value: Any) -> str:
-    return str(value)
-
-
 @dataclass(frozen=True)
 class Option:
     """
-    One row of the options table.
+    One option: what C{opt(...)} put in a L{Settings} field, plus the field's
+    name.
 
-    @ivar name: the flag without dashes, e.g. C{"max-file-size"}.
     @ivar parse: turns one raw value into the typed value (raises ValueError).
     @ivar default: the typed default (a tuple for repeatable options), or a
         zero-argument callable producing it.
-    @ivar repeatable: given several times on the command line; comma-separated
-        in the environment; a list in TOML.
-    @ivar secret: never shown in errors or logs.
-    @ivar metavar: shown in --help.
+    @ivar repeatable: given several times on the command line; several values
+        in one string are separated by C{sep}; a list in TOML.
+    @ivar secret: never shown in errors, logs or the repr (L{describe} shows
+        C{show(value)} of each value, or hides it).
+    @ivar is_flag: a command-line switch without a value.
+    @ivar metavar: shown in --help and the README.
+    @ivar sep: the separator of several values in one string.
+    @ivar show: what L{describe} shows of one value (default: the value).
+    @ivar doc_default: the default as the README shows it (default: derived
+        from C{default}).
+    @ivar attr: the L{Settings} field name, e.g. C{"max_file_size"}.
     """
 
-    name: str
     parse: Callable[[Any], Any]
     default: Any
     help: str
@@ -227,17 +128,47 @@ class Option:
     secret: bool = False
     is_flag: bool = False
     metavar: str = ""
+    sep: str = ","
+    show: Callable[[Any], Any] | None = None
+    doc_default: str | None = None
+    attr: str = ""
 
     @property
-    def attr(self) -> str:
-        return self.name.replace("-", "_")
+    def name(self) -> str:
+        """
+        The flag without dashes, e.g. C{"max-file-size"}; also the TOML key.
+        """
+        return self.attr.replace("_", "-")
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.replace("-", "_").upper()
+        return ENV_PREFIX + self.attr.upper()
 
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default
+
+
+def opt(
+    parse: Callable[[Any], Any],
+    default: Any,
+    help: str,
+    *,
+    repeatable: bool = False,
+    secret: bool = False,
+    is_flag: bool = False,
+    metavar: str = "",
+    sep: str = ",",
+    show: Callable[[Any], Any] | None = None,
+    doc_default: str | None = None,
+) -> Any:
+    """
+    A L{Settings} field that is an option (see L{Option} for the arguments).
+    """
+    option = Option(parse, default, help, repeatable, secret, is_flag, metavar, sep, show, doc_default)
+    metadata = {_METADATA_KEY: option}
+    if callable(default):
+        return field(default_factory=default, repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 def default_static_dir() -> str:
@@ -268,117 +199,12 @@ DEFAULT_ALLOWED_TYPES = (
     "text/plain",
 )
 
-DEFAULT_RETRY_ON = ("connect", "404", "429", "502", "503", "504")
+#: The retry policy's default, in the order C{--help} lists the words.
+DEFAULT_RETRY_ON = tuple(word for word in RETRY_ON_CHOICES if word in _RETRY_POLICY_DEFAULT)
 
-#: The one table of options.  The README's table is generated from it
-#: (C{python -m inkflow.settings}).
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "listen", _listen, "tcp:8000:interface=127.0.0.1", "Twisted endpoint string to listen on", metavar="ENDPOINT"
-    ),
-    Option(
-        "webhook",
-        _webhook,
-        (),
-        "n8n webhook URL, in failover order (repeatable; env: comma-separated); none = built-in demo responder",
-        repeatable=True,
-        metavar="URL",
-    ),
-    Option(
-        "webhook-header",
-        _header,
-        (),
-        'header sent to n8n, "Name: value" (repeatable); secret: never logged or shown',
-        repeatable=True,
-        secret=True,
-        metavar="HEADER",
-    ),
-    Option("static-dir", _directory, default_static_dir, "folder with the page", metavar="DIR"),
-    Option("static-only", _flag, False, "serve the page only; /api/chat answers 404 chat_disabled", is_flag=True),
-    Option("max-file-size", _int_in(1), 10 * 1024 * 1024, "bytes per file", metavar="BYTES"),
-    Option("max-files", _int_in(0, 100), 5, "files per message", metavar="N"),
-    Option("max-message-chars", _int_in(1, 1_000_000), 4000, "characters of text per message", metavar="N"),
-    Option(
-        "allowed-types",
-        _mime,
-        DEFAULT_ALLOWED_TYPES,
-        "allowed file types, checked on the bytes (comma-separated)",
-        repeatable=True,
-        metavar="TYPES",
-    ),
-    Option("max-connections", _int_in(1, 100_000), 50, "open client connections", metavar="N"),
-    Option("max-concurrent", _int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N"),
-    Option("queue-size", _int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N"),
-    Option("queue-timeout", _seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS"),
-    Option(
-        "attempt-timeout", _seconds(0.001, 3600), 30.0, "seconds for one attempt at one webhook URL", metavar="SECONDS"
-    ),
-    Option(
-        "request-timeout",
-        _seconds(0.001, 3600),
-        60.0,
-        "hard ceiling for a chat request, queue wait and all attempts included",
-        metavar="SECONDS",
-    ),
-    Option("retries", _int_in(0, 20), 2, "extra attempts after the first, spread over the URLs", metavar="N"),
-    Option(
-        "retry-on",
-        _retry_on,
-        DEFAULT_RETRY_ON,
-        "what moves an attempt on: connect, timeout, 404, 429, 500, 502, 503, 504 (comma-separated)",
-        repeatable=True,
-        metavar="LIST",
-    ),
-    Option("rate-limit", _int_in(0, 1_000_000), 30, "chat requests per client IP per minute (0 = off)", metavar="N"),
-    Option(
-        "trusted-proxy",
-        _network,
-        (),
-        "address or CIDR whose X-Forwarded-For is believed (repeatable)",
-        repeatable=True,
-        metavar="CIDR",
-    ),
-    Option("upload-dir", _directory, default_upload_dir, "where uploads are spooled", metavar="DIR"),
-    Option(
-        "cors-origin",
-        _origin,
-        (),
-        "allowed browser origin (repeatable); none = same origin only",
-        repeatable=True,
-        metavar="ORIGIN",
-    ),
-    Option("header-timeout", _seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS"),
-    Option(
-        "idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
-    ),
-    Option(
-        "shutdown-delay",
-        _seconds(0, 3600),
-        0.0,
-        "seconds to keep serving, not ready, before closing the port on shutdown (for load balancers)",
-        metavar="SECONDS",
-    ),
-    Option("drain-timeout", _seconds(0, 3600), 25.0, "seconds to finish in-flight work on shutdown", metavar="SECONDS"),
-    Option(
-        "cleanup-interval",
-        _seconds(0.01, 86400),
-        300.0,
-        "seconds between memory / temp-file cleanups",
-        metavar="SECONDS",
-    ),
-    Option("log-format", _choice("text", "json"), "text", "text or json", metavar="FORMAT"),
-    Option(
-        "log-level",
-        _choice("debug", "info", "warn", "error", "critical"),
-        "info",
-        "lowest level logged",
-        metavar="LEVEL",
-    ),
-    Option("access-log", _flag, True, "log one line per request (false to turn off)", metavar="BOOL"),
-    Option("workers", _int_in(1, 64), 1, "processes sharing the listening socket", metavar="N"),
-)
 
-OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+def _header_name(value: tuple[str, str]) -> str:
+    return value[0]
 
 
 @dataclass(frozen=True)
@@ -386,38 +212,110 @@ class Settings:
     """
     Everything InkFlow is configured with, validated.  Build it with
     L{load_settings} (or L{Settings.defaults} plus L{Settings.replace} in tests).
+
+    The fields are the options table, in the order of C{--help} and the README.
     """
 
-    listen: str
-    webhook: tuple[str, ...]
-    webhook_header: tuple[tuple[str, str], ...] = field(repr=False)
-    static_dir: str
-    static_only: bool
-    max_file_size: int
-    max_files: int
-    max_message_chars: int
-    allowed_types: tuple[str, ...]
-    max_connections: int
-    max_concurrent: int
-    queue_size: int
-    queue_timeout: float
-    attempt_timeout: float
-    request_timeout: float
-    retries: int
-    retry_on: tuple[str, ...]
-    rate_limit: int
-    trusted_proxy: tuple[str, ...]
-    upload_dir: str
-    cors_origin: tuple[str, ...]
-    header_timeout: float
-    idle_timeout: float
-    shutdown_delay: float
-    drain_timeout: float
-    cleanup_interval: float
-    log_format: str
-    log_level: str
-    access_log: bool
-    workers: int
+    listen: str = opt(
+        listen, "tcp:8000:interface=127.0.0.1", "Twisted endpoint string to listen on", metavar="ENDPOINT"
+    )
+    webhook: tuple[str, ...] = opt(
+        webhook,
+        (),
+        "n8n webhook URL, in failover order (repeatable; env: comma-separated); none = built-in demo responder",
+        repeatable=True,
+        metavar="URL",
+        show=redact_url,
+    )
+    webhook_header: tuple[tuple[str, str], ...] = opt(
+        header,
+        (),
+        'header sent to n8n, "Name: value" (repeatable); secret: never logged or shown',
+        repeatable=True,
+        secret=True,
+        metavar="HEADER",
+        sep="\n",  # a header value may contain commas
+        show=_header_name,
+    )
+    static_dir: str = opt(
+        directory, default_static_dir, "folder with the page", metavar="DIR", doc_default="packaged `static/`"
+    )
+    static_only: bool = opt(flag, False, "serve the page only; /api/chat answers 404 chat_disabled", is_flag=True)
+    max_file_size: int = opt(int_in(1), 10 * 1024 * 1024, "bytes per file", metavar="BYTES")
+    max_files: int = opt(int_in(0, 100), 5, "files per message", metavar="N")
+    max_message_chars: int = opt(int_in(1, 1_000_000), 4000, "characters of text per message", metavar="N")
+    allowed_types: tuple[str, ...] = opt(
+        mime,
+        DEFAULT_ALLOWED_TYPES,
+        "allowed file types, checked on the bytes (comma-separated)",
+        repeatable=True,
+        metavar="TYPES",
+    )
+    max_connections: int = opt(int_in(1, 100_000), 50, "open client connections", metavar="N")
+    max_concurrent: int = opt(int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N")
+    queue_size: int = opt(int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N")
+    queue_timeout: float = opt(seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS")
+    attempt_timeout: float = opt(
+        seconds(0.001, 3600), 30.0, "seconds for one attempt at one webhook URL", metavar="SECONDS"
+    )
+    request_timeout: float = opt(
+        seconds(0.001, 3600),
+        60.0,
+        "hard ceiling for a chat request, queue wait and all attempts included",
+        metavar="SECONDS",
+    )
+    retries: int = opt(int_in(0, 20), 2, "extra attempts after the first, spread over the URLs", metavar="N")
+    retry_on: tuple[str, ...] = opt(
+        retry_on,
+        DEFAULT_RETRY_ON,
+        f"what moves an attempt on: {', '.join(RETRY_ON_CHOICES)} (comma-separated)",
+        repeatable=True,
+        metavar="LIST",
+    )
+    rate_limit: int = opt(int_in(0, 1_000_000), 30, "chat requests per client IP per minute (0 = off)", metavar="N")
+    trusted_proxy: tuple[str, ...] = opt(
+        network,
+        (),
+        "address or CIDR whose X-Forwarded-For is believed (repeatable)",
+        repeatable=True,
+        metavar="CIDR",
+    )
+    upload_dir: str = opt(
+        directory,
+        default_upload_dir,
+        "where uploads are spooled",
+        metavar="DIR",
+        doc_default="`$TMPDIR/inkflow-uploads-<uid>`",
+    )
+    cors_origin: tuple[str, ...] = opt(
+        origin,
+        (),
+        "allowed browser origin (repeatable); none = same origin only",
+        repeatable=True,
+        metavar="ORIGIN",
+    )
+    header_timeout: float = opt(seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS")
+    idle_timeout: float = opt(
+        seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
+    )
+    shutdown_delay: float = opt(
+        seconds(0, 3600),
+        0.0,
+        "seconds to keep serving, not ready, before closing the port on shutdown (for load balancers)",
+        metavar="SECONDS",
+    )
+    drain_timeout: float = opt(
+        seconds(0, 3600), 25.0, "seconds to finish in-flight work on shutdown", metavar="SECONDS"
+    )
+    cleanup_interval: float = opt(
+        seconds(0.01, 86400), 300.0, "seconds between memory / temp-file cleanups", metavar="SECONDS"
+    )
+    log_format: str = opt(choice("text", "json"), "text", "text or json", metavar="FORMAT")
+    log_level: str = opt(
+        choice("debug", "info", "warn", "error", "critical"), "info", "lowest level logged", metavar="LEVEL"
+    )
+    access_log: bool = opt(flag, True, "log one line per request (false to turn off)", metavar="BOOL")
+    workers: int = opt(int_in(1, 64), 1, "processes sharing the listening socket", metavar="N")
 
     @property
     def mode(self) -> str:
@@ -449,21 +347,17 @@ class Settings:
         return _validated(values)
 
 
-def redact_url(url: str) -> str:
+def options_of(cls: type[Any]) -> tuple[Option, ...]:
     """
-    A webhook URL fit to show: no credentials, no query string, no fragment.
+    The options of a dataclass: its C{opt(...)} fields, in their order.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
+    return tuple(_replace(f.metadata[_METADATA_KEY], attr=f.name) for f in fields(cls) if _METADATA_KEY in f.metadata)
+
+
+#: The options, derived from the fields of L{Settings}, in their order.
+OPTIONS: tuple[Option, ...] = options_of(Settings)
+
+OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 
 def _parse_raw(option: Option, raw: Any, source: str) -> Any:
@@ -474,26 +368,15 @@ def _parse_raw(option: Option, raw: Any, source: str) -> Any:
         f"--{option.name}" if source == "flag" else (option.env if source == "env" else f"{option.name} (config file)")
     )
     try:
-        if option.repeatable:
-            items: list[Any]
-            if isinstance(raw, (list, tuple)):
-                items = []
-                for item in raw:
-                    # Comma lists are split for list-like options, but never for
-                    # headers: a header value may contain commas.
-                    if option.name != "webhook-header" and isinstance(item, str):
-                        items.extend(p for p in item.split(",") if p.strip())
-                    else:
-                        items.append(item)
-            elif option.name == "webhook-header" and source == "env":
-                # Several headers in one variable are separated by newlines.
-                items = [line for line in str(raw).splitlines() if line.strip()]
-            elif isinstance(raw, str):
-                items = [p for p in raw.split(",") if p.strip()]
+        if not option.repeatable:
+            return option.parse(raw)
+        items: list[Any] = []
+        for item in raw if isinstance(raw, (list, tuple)) else [raw]:
+            if isinstance(item, str):
+                items.extend(part for part in item.split(option.sep) if part.strip())
             else:
-                items = [raw]
-            return tuple(dict.fromkeys(option.parse(item) for item in items))
-        return option.parse(raw)
+                items.append(item)
+        return tuple(dict.fromkeys(option.parse(item) for item in items))
     except ValueError as e:
         raise ConfigError(f"invalid value for {where}: {e}") from None
 
@@ -502,16 +385,15 @@ def _validated(values: dict[str, Any]) -> Settings:
     """
     Check what only makes sense across options, then freeze.
     """
+    for option in OPTIONS:
+        if option.repeatable:  # overrides may be lists
+            values[option.attr] = tuple(values[option.attr])
     if values["request_timeout"] < values["attempt_timeout"] and values["webhook"]:
         # Allowed, but the attempt timeout can never be reached; clamp quietly.
         values["attempt_timeout"] = values["request_timeout"]
     if values["max_files"] and not values["allowed_types"]:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
-    if not values["retry_on"]:
-        values["retry_on"] = ()
-    if values["workers"] > 1 and not isinstance(
-        serverFromString(None, values["listen"]), TCP4ServerEndpoint | TCP6ServerEndpoint
-    ):
+    if values["workers"] > 1 and not is_tcp_endpoint(values["listen"]):
         raise ConfigError("invalid value for --workers: more than one worker needs a tcp: --listen endpoint")
     return Settings(**values)
 
@@ -579,50 +461,44 @@ def _read_toml(path: str) -> dict[str, Any]:
     return result
 
 
+def _doc_default(option: Option) -> str:
+    if option.doc_default is not None:
+        return option.doc_default
+    default = option.default_value()
+    if isinstance(default, tuple):
+        return f"`{','.join(default)}`" if default else "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+
 def options_table_markdown() -> str:
     """
     The options table for the README, generated from L{OPTIONS}.
     """
     rows = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
-        default = option.default_value()
-        if option.name in ("static-dir", "upload-dir"):
-            shown = "packaged `static/`" if option.name == "static-dir" else "`$TMPDIR/inkflow-uploads-<uid>`"
-        elif isinstance(default, tuple):
-            shown = f"`{','.join(default)}`" if default else "none"
-        elif isinstance(default, bool):
-            shown = "on" if default else "off"
-        else:
-            shown = f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
-        flag = f"`--{option.name}`" + (f" {option.metavar}" if option.metavar else "")
-        rows.append(f"| {flag} | `{option.env}` | {shown} | {option.help} |")
+        flag_text = f"`--{option.name}`" + (f" {option.metavar}" if option.metavar else "")
+        rows.append(f"| {flag_text} | `{option.env}` | {_doc_default(option)} | {option.help} |")
     return "\n".join(rows)
 
 
 def describe(settings: Settings) -> dict[str, Any]:
     """
-    The settings fit to log or show: secrets removed, URLs redacted.
+    The settings fit to log or show, keyed by option name: secrets hidden,
+    URLs redacted, tuples as lists.
     """
     shown: dict[str, Any] = {}
     for option in OPTIONS:
         value = getattr(settings, option.attr)
-        if option.secret:
-            value = [name for name, _ in value]
-        elif option.name == "webhook":
-            value = [redact_url(u) for u in value]
-        elif isinstance(value, tuple):
-            value = list(value)
+        if option.secret and option.show is None:
+            value = "<hidden>"
+        elif option.repeatable:
+            value = [option.show(item) if option.show else item for item in value]
+        elif option.show is not None:
+            value = option.show(value)
         shown[option.name] = value
     return shown
-
-
-def settings_from_argv_values(values: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    """
-    Shorthand used by the twistd plugin: C{values} holds the parsed flags,
-    plus C{"config"}.
-    """
-    flags = {k: v for k, v in values.items() if k in OPTIONS_BY_NAME}
-    return load_settings(flags=flags, environ=environ, config_file=values.get("config"))
 
 
 if __name__ == "__main__":  # pragma: no cover - documentation helper

@@ -8,7 +8,7 @@ failure opens it again for another cool-down.
 
 from __future__ import annotations
 
-from typing import Any
+from inkflow.snapshot import BreakerSnapshot
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
 
@@ -115,14 +115,14 @@ class CircuitBreaker:
         """
         self._probing = False
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float) -> BreakerSnapshot:
         """
         The counters in the health shape (without the URL).
         """
-        return {
-            "state": self.state(now),
-            "consecutive_failures": self.consecutive_failures,
-            "requests_total": self.requests_total,
-            "failures_total": self.failures_total,
-            "last_error": self.last_error,
-        }
+        return BreakerSnapshot(
+            state=self.state(now),
+            consecutive_failures=self.consecutive_failures,
+            requests_total=self.requests_total,
+            failures_total=self.failures_total,
+            last_error=self.last_error,
+        )

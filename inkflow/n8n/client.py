@@ -49,6 +49,7 @@ from inkflow.n8n.retry import (
     RetryPolicy,
 )
 from inkflow.settings import Settings, redact_url
+from inkflow.snapshot import UpstreamSnapshot
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -196,12 +197,15 @@ class Forwarder:
 
     # --- health
 
-    def upstreams(self) -> list[dict[str, Any]]:
+    def upstreams(self) -> list[UpstreamSnapshot]:
         """
         Each URL's breaker in the contract's health shape, URL redacted.
         """
         now = self._clock.seconds()
-        return [{"url": shown, **b.snapshot(now)} for shown, b in zip(self._shown_urls, self._breakers, strict=True)]
+        return [
+            UpstreamSnapshot(url=shown, **b.snapshot(now))
+            for shown, b in zip(self._shown_urls, self._breakers, strict=True)
+        ]
 
     def all_open(self) -> bool:
         """

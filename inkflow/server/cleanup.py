@@ -29,23 +29,18 @@ from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
 
+from inkflow.paths import TEMP_PREFIX, TEMP_SUFFIX
+from inkflow.snapshot import CleanupSnapshot
+
 __all__ = [
     "DEFAULT_MAX_AGE",
     "MALLOC_TRIM",
-    "TEMP_PREFIX",
-    "TEMP_SUFFIX",
     "Cleaner",
     "TimeSource",
     "is_temp_name",
 ]
 
 log = Logger()
-
-#: The names L{inkflow.web.uploads} gives its temp files (its C{TEMP_PREFIX} and
-#: C{TEMP_SUFFIX}; repeated here so the cleanup does not import the upload
-#: parser, and checked by a test).
-TEMP_PREFIX = "inkflow-"
-TEMP_SUFFIX = ".part"
 
 #: A temp file untouched for this long is an orphan.  An upload's file is
 #: written while it streams in and then belongs to its request until the
@@ -219,16 +214,16 @@ class Cleaner:
 
     # --- health
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> CleanupSnapshot:
         """
         The contract's C{cleanup} object for C{/api/health}.
         """
-        return {
-            "runs": self.runs,
-            "last_run": None if self.last_run is None else _iso_utc(self.last_run),
-            "temp_files_removed": self.temp_files_removed,
-            "gc_collected": self.gc_collected,
-        }
+        return CleanupSnapshot(
+            runs=self.runs,
+            last_run=None if self.last_run is None else _iso_utc(self.last_run),
+            temp_files_removed=self.temp_files_removed,
+            gc_collected=self.gc_collected,
+        )
 
     # --- the loop
 

@@ -3,40 +3,37 @@ The liveness snapshot behind C{/api/health} and the readiness answer behind
 C{/api/ready}.
 
 L{build_health} is pure: it takes the numbers and returns the contract's JSON
-shape.  L{ProcessMetrics} is the one place psutil is read; it never blocks
+shape (L{inkflow.snapshot.Health}).  L{ProcessMetrics} is the one place psutil is read; it never blocks
 (C{cpu_percent} is measured between two calls).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import psutil
 
 from inkflow import __version__
 from inkflow.settings import Settings
+from inkflow.snapshot import CleanupSnapshot, Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot
 
-__all__ = ["ProcessMetrics", "build_health", "readiness"]
+__all__ = ["HealthInputs", "ProcessMetrics", "SiteStats", "build_health", "readiness"]
 
 #: RSS over which health says "degraded".
 DEFAULT_RSS_DEGRADED = 1024 * 1024 * 1024
 
-EMPTY_QUEUE: dict[str, Any] = {
-    "depth": 0,
-    "max": 0,
-    "in_flight": 0,
-    "max_concurrent": 0,
-    "processed_total": 0,
-    "rejected_total": 0,
-    "timed_out_total": 0,
-    "wait_ms_p50": 0.0,
-    "wait_ms_p95": 0.0,
-}
 
-EMPTY_CLEANUP: dict[str, Any] = {"runs": 0, "last_run": None, "temp_files_removed": 0, "gc_collected": 0}
+class SiteStats(NamedTuple):
+    """
+    The site's figures for health and readiness.
+    """
+
+    connections_active: int
+    connections_rejected: int
+    connections_timed_out: int
+    draining: bool
 
 
 class ProcessMetrics:
@@ -47,65 +44,54 @@ class ProcessMetrics:
     def __init__(self, pid: int | None = None) -> None:
         self._process = psutil.Process(pid or os.getpid())
         self._process.cpu_percent(None)  # prime: the next call measures since now
-        self._lock = threading.Lock()
 
-    def read(self) -> dict[str, Any]:
-        with self._lock:
-            p = self._process
-            try:
-                with p.oneshot():
-                    mem = p.memory_info()
-                    figures = {
-                        "memory": {
-                            "rss_bytes": mem.rss,
-                            "vms_bytes": mem.vms,
-                            "percent": round(p.memory_percent(), 2),
-                        },
-                        "cpu_percent": round(p.cpu_percent(None), 1),
-                        "open_files": p.num_fds() if hasattr(p, "num_fds") else len(p.open_files()),
-                        "threads": p.num_threads(),
-                    }
-            except psutil.Error:
-                figures = {
-                    "memory": {"rss_bytes": 0, "vms_bytes": 0, "percent": 0.0},
-                    "cpu_percent": 0.0,
-                    "open_files": 0,
-                    "threads": 0,
-                }
-        return figures
+    def read(self) -> ProcessSnapshot:
+        p = self._process
+        try:
+            with p.oneshot():
+                mem = p.memory_info()
+                return ProcessSnapshot(
+                    memory={"rss_bytes": mem.rss, "vms_bytes": mem.vms, "percent": round(p.memory_percent(), 2)},
+                    cpu_percent=round(p.cpu_percent(None), 1),
+                    open_files=p.num_fds() if hasattr(p, "num_fds") else len(p.open_files()),
+                    threads=p.num_threads(),
+                )
+        except psutil.Error:
+            return ProcessSnapshot(
+                memory={"rss_bytes": 0, "vms_bytes": 0, "percent": 0.0}, cpu_percent=0.0, open_files=0, threads=0
+            )
 
 
 @dataclass(frozen=True)
 class HealthInputs:
     """
     Everything a health snapshot is made of, gathered by the web layer.
+
+    @ivar cleanup: the cleanup loop's snapshot, or C{None} when there is no
+        loop (its section is then all zero).
     """
 
     settings: Settings
     uptime_s: float
-    draining: bool
-    connections_active: int
-    connections_rejected: int
-    queue: dict[str, Any]
-    upstreams: list[dict[str, Any]]
-    process: dict[str, Any]
-    cleanup: dict[str, Any]
+    site: SiteStats
+    queue: QueueSnapshot
+    upstreams: list[UpstreamSnapshot]
+    process: ProcessSnapshot
+    cleanup: CleanupSnapshot | None
     rss_degraded: int = DEFAULT_RSS_DEGRADED
 
 
-def build_health(inputs: HealthInputs) -> dict[str, Any]:
+def build_health(inputs: HealthInputs) -> Health:
     """
     The contract's C{/api/health} body.
     """
     s = inputs.settings
+    process = inputs.process
     status = "ok"
-    if inputs.draining:
+    if inputs.site.draining:
         status = "draining"
-    elif _all_upstreams_open(inputs.upstreams) or inputs.process["memory"]["rss_bytes"] > inputs.rss_degraded:
+    elif _all_upstreams_open(inputs.upstreams) or process["memory"]["rss_bytes"] > inputs.rss_degraded:
         status = "degraded"
-    queue = dict(EMPTY_QUEUE)
-    queue.update({"max": s.queue_size, "max_concurrent": s.max_concurrent})
-    queue.update(inputs.queue)
     return {
         "status": status,
         "version": __version__,
@@ -113,17 +99,18 @@ def build_health(inputs: HealthInputs) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime_s": round(inputs.uptime_s, 3),
         "connections": {
-            "active": inputs.connections_active,
+            "active": inputs.site.connections_active,
             "max": s.max_connections,
-            "rejected_total": inputs.connections_rejected,
+            "rejected_total": inputs.site.connections_rejected,
+            "timed_out_total": inputs.site.connections_timed_out,
         },
-        "queue": queue,
+        "queue": inputs.queue,
         "upstreams": inputs.upstreams,
-        "memory": inputs.process["memory"],
-        "cpu_percent": inputs.process["cpu_percent"],
-        "open_files": inputs.process["open_files"],
-        "threads": inputs.process["threads"],
-        "cleanup": {**EMPTY_CLEANUP, **inputs.cleanup},
+        "memory": process["memory"],
+        "cpu_percent": process["cpu_percent"],
+        "open_files": process["open_files"],
+        "threads": process["threads"],
+        "cleanup": inputs.cleanup if inputs.cleanup is not None else _NO_CLEANUP.copy(),
         "limits": {
             "max_file_size": s.max_file_size,
             "max_files": s.max_files,
@@ -135,11 +122,14 @@ def build_health(inputs: HealthInputs) -> dict[str, Any]:
     }
 
 
-def _all_upstreams_open(upstreams: list[dict[str, Any]]) -> bool:
-    return bool(upstreams) and all(u.get("state") == "open" for u in upstreams)
+_NO_CLEANUP = CleanupSnapshot(runs=0, last_run=None, temp_files_removed=0, gc_collected=0)
 
 
-def readiness(*, draining: bool, queue_full: bool, upstreams: list[dict[str, Any]]) -> tuple[bool, str | None]:
+def _all_upstreams_open(upstreams: list[UpstreamSnapshot]) -> bool:
+    return bool(upstreams) and all(u["state"] == "open" for u in upstreams)
+
+
+def readiness(*, draining: bool, queue_full: bool, upstreams: list[UpstreamSnapshot]) -> tuple[bool, str | None]:
     """
     Whether to accept chat work: C{(True, None)} or C{(False, reason)}.
     """

@@ -11,11 +11,13 @@ snapshot C{/api/health} uses, so the two never disagree.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from inkflow import paths
+from inkflow.snapshot import Health
 
 __all__ = ["CONTENT_TYPE", "Metrics", "route_label"]
 
@@ -23,13 +25,8 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
-_ROUTES = {
-    b"/": "/",
-    b"/api/chat": "/api/chat",
-    b"/api/health": "/api/health",
-    b"/api/ready": "/api/ready",
-    b"/metrics": "/metrics",
-}
+_ROUTES = {route.encode(): route for route in paths.ROUTES}
+_API_PREFIX = paths.API_PREFIX.encode()
 
 
 def route_label(path: bytes) -> str:
@@ -40,8 +37,8 @@ def route_label(path: bytes) -> str:
     path = path.split(b"?", 1)[0]
     if path in _ROUTES:
         return _ROUTES[path]
-    if path.startswith(b"/api/"):
-        return "/api/other"
+    if path.startswith(_API_PREFIX):
+        return paths.API_PREFIX + "other"
     return "static"
 
 
@@ -50,10 +47,10 @@ class _SnapshotCollector(Collector):
     Gauges read from the health snapshot at scrape time.
     """
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, snapshot: Callable[[], Health]) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         health = self._snapshot()
         queue = health["queue"]
         yield _gauge("inkflow_queue_depth", "Chat requests waiting in the queue", queue["depth"])
@@ -64,10 +61,18 @@ class _SnapshotCollector(Collector):
         yield _counter(
             "inkflow_queue_timed_out", "Chat requests that waited too long in the queue", queue["timed_out_total"]
         )
+        yield _counter(
+            "inkflow_queue_cancelled", "Chat requests whose client went away while queued", queue["cancelled_total"]
+        )
         connections = health["connections"]
         yield _gauge("inkflow_connections_active", "Open client connections", connections["active"])
         yield _counter(
             "inkflow_connections_rejected", "Connections answered 503 over the limit", connections["rejected_total"]
+        )
+        yield _counter(
+            "inkflow_connections_timed_out",
+            "Requests whose head or body did not arrive in time (answered 408)",
+            connections["timed_out_total"],
         )
         yield _gauge("inkflow_process_rss_bytes", "Resident memory of this process", health["memory"]["rss_bytes"])
         yield _gauge("inkflow_open_files", "Open file descriptors of this process", health["open_files"])
@@ -101,7 +106,7 @@ class Metrics:
     @param snapshot: returns the health snapshot (see L{inkflow.server.health}).
     """
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, snapshot: Callable[[], Health] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "inkflow_http_requests",

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from inkflow import __version__
 from inkflow.server.cleanup import Cleaner
-from inkflow.server.health import ProcessMetrics
+from inkflow.server.health import ProcessMetrics, SiteStats
 from inkflow.server.logs import install_rotation_signals, write_access_line
 from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
@@ -210,8 +210,8 @@ def makeService(
         client, pool = make_http_client(reactor, settings)
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
 
-    def site_stats() -> tuple[int, int, bool]:
-        return len(site.channels), site.connections_rejected, site.draining
+    def site_stats() -> SiteStats:
+        return SiteStats(len(site.channels), site.connections_rejected, site.timeouts_total, site.draining)
 
     app = InkFlowApp(
         settings,

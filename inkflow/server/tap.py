@@ -1,6 +1,7 @@
 """
 The twistd face of InkFlow: command-line options built from the one options
-table (L{inkflow.settings.OPTIONS}), turned into L{Settings}.
+table (the fields of L{inkflow.settings.Settings}, as
+L{inkflow.settings.OPTIONS}), turned into L{Settings}.
 
 A bad flag or value prints one line and exits with status 2: twistd would
 otherwise print its whole usage text, or a traceback.
@@ -16,16 +17,16 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from inkflow.server import logs
-from inkflow.settings import OPTIONS, ConfigError, Settings, load_settings
+from inkflow.settings import OPTIONS, ConfigError, Option, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
 
 
-def _repeatable(name: str) -> Any:
+def _repeatable(option: Option) -> Any:
     def opt(self: _OptionsBase, value: str) -> None:
-        self.setdefault(name, []).append(value)
+        self.setdefault(option.name, []).append(value)
 
-    opt.__doc__ = next(o.help for o in OPTIONS if o.name == name)
+    opt.__doc__ = option.help
     return opt
 
 
@@ -83,7 +84,7 @@ def _build_options_class() -> type[usage.Options]:
         if option.is_flag:
             namespace["optFlags"].append([option.name, None, option.help + f" (env: {option.env})"])
         elif option.repeatable:
-            namespace["opt_" + option.name.replace("-", "_")] = _repeatable(option.name)
+            namespace["opt_" + option.attr] = _repeatable(option)
         else:
             namespace["optParameters"].append([option.name, None, None, option.help + f" (env: {option.env})"])
     return type("Options", (_OptionsBase,), namespace)

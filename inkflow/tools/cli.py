@@ -23,6 +23,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from inkflow import __version__
+from inkflow import settings_parsers as parsers
 from inkflow.tools import healthcheck, monitor, watchdog
 
 __all__ = ["main"]
@@ -30,15 +31,19 @@ __all__ = ["main"]
 _ENFORCEMENT = "Parameter type enforcement failed: "
 
 
+# The numbers are read by the settings' parsers; only the messages are the tools' own.
+
+
 def _seconds(option: str, minimum: float = 0.0, allow_equal: bool = False) -> Callable[[str], float]:
     bound = f"at least {minimum:g}" if allow_equal else f"greater than {minimum:g}"
+    read = parsers.seconds(minimum)
 
     def parse(value: str) -> float:
         try:
-            number = float(value)
+            number = read(value)
         except ValueError:
-            number = float("nan")
-        if not (number >= minimum if allow_equal else number > minimum) or number == float("inf"):
+            number = None
+        if number is None or (number == minimum and not allow_equal):
             raise ValueError(f"--{option} must be a number of seconds {bound}, not {value!r}")
         return number
 
@@ -47,14 +52,13 @@ def _seconds(option: str, minimum: float = 0.0, allow_equal: bool = False) -> Ca
 
 
 def _count(option: str, minimum: int) -> Callable[[str], int]:
+    read = parsers.int_in(minimum)
+
     def parse(value: str) -> int:
         try:
-            number = int(value)
+            return read(value)
         except ValueError:
-            number = minimum - 1
-        if number < minimum:
-            raise ValueError(f"--{option} must be a whole number, at least {minimum}, not {value!r}")
-        return number
+            raise ValueError(f"--{option} must be a whole number, at least {minimum}, not {value!r}") from None
 
     parse.coerceDoc = ""  # type: ignore[attr-defined]
     return parse

@@ -124,21 +124,23 @@ def _panel(body: RenderableType, title: str, dim: bool) -> Panel:
 
 
 def _header(view: View, interval: float | None) -> Panel:
+    health = view.health
+    version, mode, pid, uptime = health.get("version"), health.get("mode"), health.get("pid"), health.get("uptime_s")
     line = Text()
     line.append(f" {view.status.upper()} ", style=status_style(view.status))
     if view.stale:
         line.append("  last known", style="dim")
-    if view.version is not None:
-        line.append(f"  v{view.version}")
-    if view.mode is not None:
+    if version is not None:
+        line.append(f"  v{version}")
+    if mode is not None:
         line.append("  mode ", style="dim")
-        line.append(view.mode)
-    if view.pid is not None:
+        line.append(mode)
+    if pid is not None:
         line.append("  pid ", style="dim")
-        line.append(str(view.pid))
-    if view.uptime_s is not None and not view.stale:
+        line.append(str(pid))
+    if uptime is not None and not view.stale:
         line.append("  up ", style="dim")
-        line.append(format_duration(view.uptime_s))
+        line.append(format_duration(uptime))
     lines: list[RenderableType] = [line]
     if not view.up:
         down = Text()
@@ -170,16 +172,18 @@ def _upstream_table(view: View, dim: bool) -> Panel:
     table.add_column("failing", justify="right")
     table.add_column("failures / requests", justify="right")
     table.add_column("last error", overflow="fold", style="dim")
-    if not view.upstreams:
+    upstreams = view.health["upstreams"]
+    if not upstreams:
         table.add_row("", "none (demo or static-only mode)", "", "", "", "")
-    for index, row in enumerate(view.upstreams):
+    for index, upstream in enumerate(upstreams):
+        state = upstream.get("state") or "?"
         table.add_row(
             str(index),
-            row.url,
-            Text(row.state, style=_BREAKER_STYLES.get(row.state, "")),
-            format_of(row.consecutive_failures, None),
-            format_of(row.failures_total, row.requests_total),
-            row.last_error or "",
+            upstream.get("url") or "?",
+            Text(state, style=_BREAKER_STYLES.get(state, "")),
+            format_of(upstream.get("consecutive_failures"), None),
+            format_of(upstream.get("failures_total"), upstream.get("requests_total")),
+            upstream.get("last_error") or "",
         )
     return _panel(table, "Upstreams", dim)
 
@@ -189,35 +193,41 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     The whole dashboard for one view.
     """
     header = _header(view, interval)
-    if view.version is None and view.pid is None and not view.up:
+    health = view.health
+    if health.get("version") is None and health.get("pid") is None and not view.up:
         return header
     dim = view.stale
+    cpu = health.get("cpu_percent")
     process = _pairs(
         "Process",
         [
-            ("RSS", format_bytes(view.rss_bytes)),
-            ("CPU", DASH if view.cpu_percent is None else f"{view.cpu_percent:.1f} %"),
-            ("open files", format_of(view.open_files, None)),
-            ("threads", format_of(view.threads, None)),
+            ("RSS", format_bytes(health["memory"].get("rss_bytes"))),
+            ("CPU", DASH if cpu is None else f"{cpu:.1f} %"),
+            ("open files", format_of(health.get("open_files"), None)),
+            ("threads", format_of(health.get("threads"), None)),
         ],
         dim,
     )
+    c = health["connections"]
     connections = _pairs(
         "Connections",
         [
-            ("active", format_of(view.connections_active, view.connections_max)),
-            ("rejected", format_of(view.connections_rejected, None)),
+            ("active", format_of(c.get("active"), c.get("max"))),
+            ("rejected", format_of(c.get("rejected_total"), None)),
             ("rejected rate", format_rate(view.rates.connections_rejected)),
+            ("timed out", format_of(c.get("timed_out_total"), None)),
         ],
         dim,
     )
+    q = health["queue"]
+    p50, p95 = q.get("wait_ms_p50"), q.get("wait_ms_p95")
     queue = _pairs(
         "Queue",
         [
-            ("waiting", format_of(view.queue_depth, view.queue_max)),
-            ("in flight", format_of(view.in_flight, view.max_concurrent)),
-            ("wait p50", DASH if view.wait_ms_p50 is None else f"{view.wait_ms_p50:.1f} ms"),
-            ("wait p95", DASH if view.wait_ms_p95 is None else f"{view.wait_ms_p95:.1f} ms"),
+            ("waiting", format_of(q.get("depth"), q.get("max"))),
+            ("in flight", format_of(q.get("in_flight"), q.get("max_concurrent"))),
+            ("wait p50", DASH if p50 is None else f"{p50:.1f} ms"),
+            ("wait p95", DASH if p95 is None else f"{p95:.1f} ms"),
         ],
         dim,
     )
@@ -225,17 +235,19 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     counts.add_column("", style="cyan")
     counts.add_column("total", justify="right")
     counts.add_column("rate", justify="right")
-    counts.add_row("processed", format_of(view.processed_total, None), format_rate(view.rates.processed))
-    counts.add_row("rejected", format_of(view.rejected_total, None), format_rate(view.rates.rejected))
-    counts.add_row("timed out", format_of(view.timed_out_total, None), format_rate(view.rates.timed_out))
+    counts.add_row("processed", format_of(q.get("processed_total"), None), format_rate(view.rates.processed))
+    counts.add_row("rejected", format_of(q.get("rejected_total"), None), format_rate(view.rates.rejected))
+    counts.add_row("timed out", format_of(q.get("timed_out_total"), None), format_rate(view.rates.timed_out))
+    counts.add_row("client left", format_of(q.get("cancelled_total"), None), format_rate(view.rates.cancelled))
     totals = _panel(counts, "Chat requests", dim)
+    cl = health["cleanup"]
     cleanup = _pairs(
         "Cleanup",
         [
-            ("runs", format_of(view.cleanup_runs, None)),
-            ("last run", format_when(view.cleanup_last_run, view.polled_wall)),
-            ("temp files removed", format_of(view.temp_files_removed, None)),
-            ("gc collected", format_of(view.gc_collected, None)),
+            ("runs", format_of(cl.get("runs"), None)),
+            ("last run", format_when(cl.get("last_run"), view.polled_wall)),
+            ("temp files removed", format_of(cl.get("temp_files_removed"), None)),
+            ("gc collected", format_of(cl.get("gc_collected"), None)),
         ],
         dim,
     )

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from inkflow.tools.dashboard import format_bytes, format_duration, render, status_style
 from inkflow.tools.healthcheck import DEFAULT_URL, HealthCheckFailed, HealthClient, describe_failure
-from inkflow.tools.view import Poll, Rates, Tracker, UpstreamRow, View, build_view, compute_rates
+from inkflow.tools.view import Poll, Rates, Tracker, View, build_view, compute_rates
 
 __all__ = [
     "DEFAULT_URL",
@@ -37,7 +37,6 @@ __all__ = [
     "Poll",
     "Rates",
     "Tracker",
-    "UpstreamRow",
     "View",
     "build_view",
     "compute_rates",

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from inkflow.errors import ApiError
+from inkflow.snapshot import QueueSnapshot
 
 __all__ = [
     "DEFAULT_RETRY_AFTER",
@@ -145,8 +146,8 @@ class ChatQueue:
     Counters (see L{snapshot}): C{processed_total} counts released slots
     (requests that went through, whatever their outcome); C{rejected_total}
     counts immediate refusals (queue full, or draining); C{timed_out_total}
-    counts waiters that gave up after C{queue_timeout}.  A waiter cancelled by
-    its caller (client gone) is none of these.
+    counts waiters that gave up after C{queue_timeout}; C{cancelled_total}
+    counts waiters cancelled by their caller (client gone).
     """
 
     def __init__(
@@ -356,22 +357,23 @@ class ChatQueue:
 
     # --- health
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> QueueSnapshot:
         """
         The contract's C{queue} object for C{/api/health}.
         """
         ordered = sorted(self._waits_ms)
-        return {
-            "depth": len(self._waiters),
-            "max": self.queue_size,
-            "in_flight": self._in_flight,
-            "max_concurrent": self.max_concurrent,
-            "processed_total": self.processed_total,
-            "rejected_total": self.rejected_total,
-            "timed_out_total": self.timed_out_total,
-            "wait_ms_p50": round(_percentile(ordered, 50), 3),
-            "wait_ms_p95": round(_percentile(ordered, 95), 3),
-        }
+        return QueueSnapshot(
+            depth=len(self._waiters),
+            max=self.queue_size,
+            in_flight=self._in_flight,
+            max_concurrent=self.max_concurrent,
+            processed_total=self.processed_total,
+            rejected_total=self.rejected_total,
+            timed_out_total=self.timed_out_total,
+            cancelled_total=self.cancelled_total,
+            wait_ms_p50=round(_percentile(ordered, 50), 3),
+            wait_ms_p95=round(_percentile(ordered, 95), 3),
+        )
 
 
 class RateLimiter:
@@ -401,7 +403,6 @@ class RateLimiter:
         self._clock: TimeSource = clock
         # key -> (tokens, time of last update); oldest update first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.limited_total = 0
 
     @property
     def enabled(self) -> bool:
@@ -450,7 +451,6 @@ class RateLimiter:
         while len(self._buckets) > self.max_buckets:
             self._buckets.popitem(last=False)
         if not allowed:
-            self.limited_total += 1
             raise ApiError.retry_later("rate_limited", (1.0 - tokens) / self.rate)
 
 

@@ -21,8 +21,9 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from inkflow.chat import ChatMessage, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
-from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
+from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
+from inkflow.snapshot import CleanupSnapshot, Health, UpstreamSnapshot
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.site import InkFlowRequest
@@ -46,11 +47,11 @@ class ChatForwarder(Protocol):
 
     def forward(self, message: ChatMessage, deadline: float) -> Awaitable[Any]: ...
 
-    def upstreams(self) -> list[dict[str, Any]]: ...
+    def upstreams(self) -> list[UpstreamSnapshot]: ...
 
 
 class Stats(Protocol):
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> CleanupSnapshot: ...
 
 
 class _StaticFirst(Resource):
@@ -96,7 +97,7 @@ class InkFlowApp:
     @param queue: the concurrency gate and bounded queue for chat.
     @param rate_limiter: per-client chat rate limit.
     @param cleanup: the cleanup loop's stats, for health.
-    @param site_stats: returns C{(active connections, rejected total, draining)}.
+    @param site_stats: returns the site's connection figures and whether it drains.
     """
 
     app = Klein()
@@ -110,7 +111,7 @@ class InkFlowApp:
         queue: ChatQueue,
         rate_limiter: RateLimiter,
         process_metrics: ProcessMetrics,
-        site_stats: Callable[[], tuple[int, int, bool]],
+        site_stats: Callable[[], SiteStats],
         cleanup: Stats | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -210,19 +211,16 @@ class InkFlowApp:
 
     # -- health ---------------------------------------------------------------
 
-    def health_snapshot(self) -> dict[str, Any]:
-        active, rejected, draining = self.site_stats()
+    def health_snapshot(self) -> Health:
         return build_health(
             HealthInputs(
                 settings=self.settings,
                 uptime_s=self.clock.seconds() - self.started,
-                draining=draining,
-                connections_active=active,
-                connections_rejected=rejected,
+                site=self.site_stats(),
                 queue=self.queue.snapshot(),
                 upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
                 process=self.process_metrics.read(),
-                cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},
+                cleanup=self.cleanup.snapshot() if self.cleanup is not None else None,
             )
         )
 
@@ -232,9 +230,8 @@ class InkFlowApp:
 
     @app.route("/api/ready", methods=["GET", "HEAD"])
     def ready(self, request: InkFlowRequest) -> bytes:
-        _, _, draining = self.site_stats()
         ok, reason = readiness(
-            draining=draining,
+            draining=self.site_stats().draining,
             queue_full=self.queue.full,
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )

@@ -68,6 +68,7 @@ from twisted.logger import Logger
 
 from inkflow.chat import MAX_METADATA_BYTES, ChatBody, UploadedFile
 from inkflow.errors import ApiError
+from inkflow.paths import TEMP_PREFIX, TEMP_SUFFIX
 from inkflow.settings import Settings
 
 __all__ = [
@@ -85,11 +86,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: Temp file names are C{TEMP_PREFIX + <random> + TEMP_SUFFIX} in the upload
-#: folder; the cleanup loop removes old ones left behind by a crash.
-TEMP_PREFIX = "inkflow-"
-TEMP_SUFFIX = ".part"
 
 #: How many head bytes of a file decide its type (what C{filetype} reads).
 SNIFF_BYTES = 8192

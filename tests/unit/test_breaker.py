@@ -127,7 +127,7 @@ class CircuitBreakerTests(TestCase):
         self.assertEqual(snapshot["requests_total"], 3)
         self.assertEqual(snapshot["failures_total"], 2)
         self.assertEqual(snapshot["consecutive_failures"], 0)
-        self.assertEqual(len(snapshot["last_error"]), 120)
+        self.assertEqual(snapshot["last_error"], "x" * 120)
 
     def test_invalid_parameters(self) -> None:
         """

@@ -11,9 +11,9 @@ import tempfile
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from inkflow.server.cleanup import MALLOC_TRIM, TEMP_PREFIX, TEMP_SUFFIX, Cleaner, is_temp_name
+from inkflow.server.cleanup import MALLOC_TRIM, Cleaner, is_temp_name
 
 #: The clock's "now": file times are set relative to it.
 NOW = 1_750_000_000.0
@@ -273,18 +273,9 @@ class TempNameTests(TestCase):
         for name in ("inkflow-.part", "inkflow-a.parts", "Inkflow-a.part", "a.part", "inkflow-a", ".part"):
             self.assertFalse(is_temp_name(name), name)
 
-    def test_matches_uploads_module(self) -> None:
-        """
-        The pattern is the one the uploads module names its temp files with.
-        """
-        try:
-            from inkflow.web import uploads
-        except ImportError as e:  # pragma: no cover - uploads has extra dependencies
-            raise SkipTest(f"inkflow.web.uploads not importable: {e}") from None
-        self.assertEqual((uploads.TEMP_PREFIX, uploads.TEMP_SUFFIX), (TEMP_PREFIX, TEMP_SUFFIX))
-
     def test_default_malloc_trim_is_callable(self) -> None:
         """
-        The default malloc_trim (glibc's or a no-op) can be called with 0.
+        The default malloc_trim (glibc's or a no-op) can be called with 0 and
+        answers 1 (memory released) or 0 (none, or the no-op).
         """
-        MALLOC_TRIM(0)
+        self.assertIn(MALLOC_TRIM(0), (0, 1))

@@ -57,7 +57,7 @@ def health(
         "mode": "proxy",
         "pid": pid,
         "uptime_s": uptime,
-        "connections": {"active": 3, "max": 50, "rejected_total": conn_rejected},
+        "connections": {"active": 3, "max": 50, "rejected_total": conn_rejected, "timed_out_total": 6},
         "queue": {
             "depth": 2,
             "max": 20,
@@ -66,6 +66,7 @@ def health(
             "processed_total": processed,
             "rejected_total": rejected,
             "timed_out_total": timed_out,
+            "cancelled_total": 9,
             "wait_ms_p50": 1.5,
             "wait_ms_p95": 12.25,
         },
@@ -179,7 +180,8 @@ class ComputeRatesTests(TestCase):
         before = good(10.0, health(processed=100, rejected=4, timed_out=1, conn_rejected=2))
         now = good(12.0, health(processed=110, rejected=5, timed_out=1, conn_rejected=6, uptime=62.0))
         self.assertEqual(
-            compute_rates(now, before), Rates(processed=5.0, rejected=0.5, timed_out=0.0, connections_rejected=2.0)
+            compute_rates(now, before),
+            Rates(processed=5.0, rejected=0.5, timed_out=0.0, cancelled=0.0, connections_rejected=2.0),
         )
 
     def test_no_previous_poll(self) -> None:
@@ -246,16 +248,7 @@ class BuildViewTests(TestCase):
         self.assertTrue(view.up)
         self.assertFalse(view.stale)
         self.assertEqual(view.status, "ok")
-        self.assertEqual((view.version, view.mode, view.pid, view.uptime_s), ("0.1.0", "proxy", 4242, 60.0))
-        self.assertEqual(view.rss_bytes, 52 * 1024 * 1024)
-        self.assertEqual((view.cpu_percent, view.open_files, view.threads), (3.5, 12, 4))
-        self.assertEqual((view.connections_active, view.connections_max, view.connections_rejected), (3, 50, 2))
-        self.assertEqual((view.queue_depth, view.queue_max, view.in_flight, view.max_concurrent), (2, 20, 5, 10))
-        self.assertEqual((view.processed_total, view.rejected_total, view.timed_out_total), (100, 4, 1))
-        self.assertEqual((view.wait_ms_p50, view.wait_ms_p95), (1.5, 12.25))
-        self.assertEqual([(u.state, u.consecutive_failures) for u in view.upstreams], [("closed", 0), ("open", 5)])
-        self.assertEqual(view.upstreams[1].last_error, "connect: refused")
-        self.assertEqual((view.cleanup_runs, view.temp_files_removed, view.gc_collected), (7, 3, 120))
+        self.assertEqual(view.health, health())
         self.assertEqual(view.last_seen_wall, poll.wall)
 
     def test_missing_and_malformed_fields(self) -> None:
@@ -267,18 +260,22 @@ class BuildViewTests(TestCase):
         poll = good(1.0, data)
         view = build_view(URL, poll, poll)
         self.assertEqual(view.status, "degraded")
-        self.assertIsNone(view.pid)
-        self.assertIsNone(view.queue_depth)
-        self.assertIsNone(view.rss_bytes)
-        self.assertEqual(len(view.upstreams), 1)
-        self.assertEqual(view.upstreams[0].state, "?")
+        self.assertIsNone(view.health.get("pid"))
+        self.assertIsNone(view.health["queue"].get("depth"))
+        self.assertIsNone(view.health["memory"].get("rss_bytes"))
+        self.assertEqual(view.health["upstreams"], [{"url": "x"}])
+        text = text_of(render(view))
+        self.assertIn("degraded".upper(), text)
+        self.assertIn("?", text)
 
     def test_status_missing(self) -> None:
         """
         An answer without a status shows "unknown".
         """
         poll = good(1.0, {})
-        self.assertEqual(build_view(URL, poll, poll).status, "unknown")
+        view = build_view(URL, poll, poll)
+        self.assertEqual(view.status, "unknown")
+        self.assertIn("UNKNOWN", text_of(render(view)))
 
     def test_down_after_being_up(self) -> None:
         """
@@ -292,7 +289,7 @@ class BuildViewTests(TestCase):
         self.assertEqual(view.status, "DOWN")
         self.assertEqual(view.error, "connection refused")
         self.assertEqual(view.last_seen_wall, seen.wall)
-        self.assertEqual(view.pid, 4242)
+        self.assertEqual(view.health.get("pid"), 4242)
         self.assertEqual(view.rates, Rates())
 
     def test_down_from_the_start(self) -> None:
@@ -303,7 +300,7 @@ class BuildViewTests(TestCase):
         self.assertEqual(view.status, "DOWN")
         self.assertFalse(view.stale)
         self.assertIsNone(view.last_seen_wall)
-        self.assertIsNone(view.pid)
+        self.assertIsNone(view.health.get("pid"))
 
 
 class TrackerTests(TestCase):
@@ -343,7 +340,7 @@ class TrackerTests(TestCase):
         tracker.update(good(0.0, health(pid=1)))
         tracker.update(failed(1.0))
         back = tracker.update(good(2.0, health(pid=2, processed=0, uptime=0.5)))
-        self.assertEqual(back.pid, 2)
+        self.assertEqual(back.health.get("pid"), 2)
         self.assertEqual(back.rates, Rates())
 
 
@@ -374,6 +371,7 @@ class RenderTests(TestCase):
             "https://n8n.example:443/webhook/chat",
             "open",
             "connect: refused",
+            "client left",
             "every 2s",
         ):
             self.assertIn(expected, text)

@@ -1,0 +1,142 @@
+"""
+Tests for L{inkflow.server.health}: the health body, readiness, and the schema
+(L{inkflow.snapshot}) they follow.  Pure: no reactor, no network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, get_type_hints, is_typeddict
+
+from twisted.trial.unittest import TestCase
+
+from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
+from inkflow.settings import Settings
+from inkflow.snapshot import Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot, read_health
+
+
+def upstream(state: str = "closed", url: str = "http://127.0.0.1:1/webhook/a") -> UpstreamSnapshot:
+    return UpstreamSnapshot(
+        url=url, state=state, consecutive_failures=0, requests_total=3, failures_total=1, last_error=None
+    )
+
+
+def health_inputs(**changes: Any) -> HealthInputs:
+    """
+    Inputs as the web layer gathers them, with C{changes} applied.
+    """
+    values: dict[str, Any] = {
+        "settings": Settings.defaults(),
+        "uptime_s": 12.3456,
+        "site": SiteStats(connections_active=2, connections_rejected=3, connections_timed_out=4, draining=False),
+        "queue": QueueSnapshot(
+            depth=1,
+            max=20,
+            in_flight=5,
+            max_concurrent=10,
+            processed_total=40,
+            rejected_total=6,
+            timed_out_total=7,
+            cancelled_total=8,
+            wait_ms_p50=1.5,
+            wait_ms_p95=9.25,
+        ),
+        "upstreams": [upstream()],
+        "process": ProcessSnapshot(
+            memory={"rss_bytes": 50 * 1024 * 1024, "vms_bytes": 1, "percent": 0.5},
+            cpu_percent=1.5,
+            open_files=9,
+            threads=2,
+        ),
+        "cleanup": {"runs": 2, "last_run": "2026-12-01T19:00:00Z", "temp_files_removed": 1, "gc_collected": 30},
+    }
+    values.update(changes)
+    return HealthInputs(**values)
+
+
+def missing_keys(kind: Any, value: object, where: str = "") -> list[str]:
+    """
+    The keys of the TypedDict C{kind} (recursively) that C{value} lacks.
+    """
+    assert isinstance(value, Mapping)
+    missing = []
+    for key, hint in get_type_hints(kind).items():
+        if key not in value:
+            missing.append(where + key)
+        elif is_typeddict(hint):
+            missing += missing_keys(hint, value[key], f"{where}{key}.")
+    return missing
+
+
+class BuildHealthTests(TestCase):
+    """
+    L{build_health} assembles the contract's body from its parts.
+    """
+
+    def test_every_field_of_the_schema_with_its_type(self) -> None:
+        """The body has every key of L{Health}, each value of its declared type."""
+        body = build_health(health_inputs())
+        self.assertEqual(missing_keys(Health, body), [])
+        self.assertEqual(read_health(body), body)  # nothing of the wrong type was dropped
+
+    def test_parts_in_their_places(self) -> None:
+        """Settings, site figures, queue, upstreams, process and cleanup each land in their section."""
+        inputs = health_inputs()
+        body = build_health(inputs)
+        self.assertEqual((body["status"], body["mode"], body["uptime_s"]), ("ok", "demo", 12.346))
+        self.assertEqual(body["connections"], {"active": 2, "max": 50, "rejected_total": 3, "timed_out_total": 4})
+        self.assertEqual(body["queue"], inputs.queue)
+        self.assertEqual(body["upstreams"], inputs.upstreams)
+        self.assertEqual((body["memory"], body["cpu_percent"], body["open_files"]), (inputs.process["memory"], 1.5, 9))
+        self.assertEqual(body["cleanup"], inputs.cleanup)
+        self.assertEqual(body["limits"]["allowed_types"], list(Settings.defaults().allowed_types))
+
+    def test_no_cleanup_loop_reports_zeros(self) -> None:
+        """Without a cleanup loop the section is there, all zero."""
+        body = build_health(health_inputs(cleanup=None))
+        self.assertEqual(body["cleanup"], {"runs": 0, "last_run": None, "temp_files_removed": 0, "gc_collected": 0})
+
+    def test_status(self) -> None:
+        """Draining wins; every breaker open or too much memory is degraded; otherwise ok."""
+        draining = SiteStats(0, 0, 0, draining=True)
+        big = ProcessSnapshot(
+            memory={"rss_bytes": 2, "vms_bytes": 0, "percent": 0.0}, cpu_percent=0, open_files=0, threads=1
+        )
+        cases = [
+            (health_inputs(site=draining, upstreams=[upstream("open")]), "draining"),
+            (health_inputs(upstreams=[upstream("open"), upstream("open")]), "degraded"),
+            (health_inputs(upstreams=[upstream("open"), upstream("half_open")]), "ok"),
+            (health_inputs(process=big, rss_degraded=1), "degraded"),
+            (health_inputs(upstreams=[]), "ok"),
+        ]
+        for inputs, status in cases:
+            self.assertEqual(build_health(inputs)["status"], status)
+
+
+class ReadinessTests(TestCase):
+    """
+    L{readiness} says whether to take chat work, and why not.
+    """
+
+    def test_reasons(self) -> None:
+        """Draining, then a full queue, then every upstream open; ready otherwise."""
+        self.assertEqual(readiness(draining=True, queue_full=True, upstreams=[]), (False, "draining"))
+        self.assertEqual(readiness(draining=False, queue_full=True, upstreams=[]), (False, "queue_full"))
+        self.assertEqual(
+            readiness(draining=False, queue_full=False, upstreams=[upstream("open")]),
+            (False, "upstreams_unavailable"),
+        )
+        self.assertEqual(readiness(draining=False, queue_full=False, upstreams=[]), (True, None))
+
+
+class ProcessMetricsTests(TestCase):
+    """
+    L{ProcessMetrics} reads this process.
+    """
+
+    def test_reads_this_process(self) -> None:
+        """The figures of a running process: some memory, at least one thread, the schema's keys."""
+        figures = ProcessMetrics().read()
+        self.assertEqual(missing_keys(ProcessSnapshot, figures), [])
+        self.assertGreater(figures["memory"]["rss_bytes"], 0)
+        self.assertGreaterEqual(figures["threads"], 1)
