@@ -69,8 +69,8 @@ function bubbleFor(kind, text) {
     bubble.dir = "auto";
     return bubble;
   }
+  // No dir of its own: each block inside has dir="auto" (markdown.js).
   const bubble = make("div", "bubble md");
-  bubble.dir = "auto";
   renderMarkdown(bubble, text);
   return bubble;
 }
@@ -154,7 +154,6 @@ class StreamView {
       const item = make("li", "msg msg-bot msg-streaming");
       item.setAttribute("aria-busy", "true");
       const bubble = make("div", "bubble md");
-      bubble.dir = "auto";
       item.append(bubble);
       const anchor = this.after();
       if (anchor) anchor.before(item);

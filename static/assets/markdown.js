@@ -598,9 +598,13 @@ function inlineNodes(doc, parent, nodes) {
   }
 }
 
+// Every block gets dir="auto", except blocks inside a list item or a quote,
+// which take the direction of their list or quote (dir="auto" looks past
+// children with a dir of their own, so those would leave the quote without text
+// to decide by). Code is always dir="ltr".
 // Answer headings sit under the chat's own <h2>: # is an <h3>, and so on.
-function blockNode(doc, block, inList = false) {
-  const dir = inList ? null : "auto";
+function blockNode(doc, block, inherit = false) {
+  const dir = inherit ? null : "auto";
   switch (block.type) {
     case "paragraph": {
       const p = el(doc, "p", "md-p", dir);
@@ -608,25 +612,25 @@ function blockNode(doc, block, inList = false) {
       return p;
     }
     case "heading": {
-      const h = el(doc, `h${Math.min(6, block.level + 2)}`, "md-h", "auto");
+      const h = el(doc, `h${Math.min(6, block.level + 2)}`, "md-h", dir);
       inlineNodes(doc, h, block.children);
       return h;
     }
     case "hr":
       return el(doc, "hr", "md-hr");
     case "quote": {
-      const q = el(doc, "blockquote", "md-quote", "auto");
-      for (const child of block.children) q.append(blockNode(doc, child));
+      const q = el(doc, "blockquote", "md-quote", dir);
+      for (const child of block.children) q.append(blockNode(doc, child, true));
       return q;
     }
     case "list": {
-      const list = el(doc, block.ordered ? "ol" : "ul", block.loose ? "md-list md-loose" : "md-list", "auto");
+      const list = el(doc, block.ordered ? "ol" : "ul", block.loose ? "md-list md-loose" : "md-list", dir);
       if (block.ordered && block.start !== 1) list.setAttribute("start", String(block.start));
       for (const item of block.items) {
         const li = el(doc, "li");
         const only = item.children.length === 1 && item.children[0].type === "paragraph" && !block.loose;
         if (only) inlineNodes(doc, li, item.children[0].children);
-        else for (const child of item.children) li.append(blockNode(doc, child, child.type === "paragraph"));
+        else for (const child of item.children) li.append(blockNode(doc, child, child.type !== "list"));
         list.append(li);
       }
       return list;
@@ -649,8 +653,8 @@ function blockNode(doc, block, inList = false) {
       return wrap;
     }
     case "table": {
-      const wrap = el(doc, "div", "md-table-wrap");
-      const table = el(doc, "table", "md-table", "auto");
+      const wrap = el(doc, "div", "md-table-wrap", dir);
+      const table = el(doc, "table", "md-table");
       const thead = el(doc, "thead");
       const headRow = el(doc, "tr");
       for (const cell of block.head) {

@@ -218,7 +218,7 @@ def test_demo_mode_answers_a_hebrew_message_and_keeps_the_session(open_page: Any
         box.press("Enter")
         expect(bot_replies(page)).to_have_count(2)
         expect(bot_replies(page).last).to_contain_text("שלום, מה המחיר של Plan B")
-        expect(bot_replies(page).last).to_have_attribute("dir", "auto")
+        expect(bot_replies(page).last.locator("p")).to_have_attribute("dir", "auto")
         expect(page.locator("#chat-log .msg-user .bubble")).to_have_text("שלום, מה המחיר של Plan B\nל-12 חודשים?")
         expect(box).to_have_value("")
         assert len(watched.chat_posts()) == 1

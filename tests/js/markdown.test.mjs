@@ -275,6 +275,14 @@ describe("DOM", () => {
     assert.equal(button.textContent, "העתקה");
   });
 
+  test("blocks in a quote or a list item take its direction; the quote and the table decide by their text", () => {
+    const [quote, list, table] = rendered("> ציטוט\n>\n> ## כותרת\n\n- a\n\n  b\n\n| א |\n|---|\n| ב |").children;
+    assert.equal(quote.getAttribute("dir"), "auto");
+    assert.deepEqual(quote.children.map((c) => c.getAttribute("dir")), [null, null]);
+    assert.deepEqual(list.children[0].children.map((c) => c.getAttribute("dir")), [null, null]);
+    assert.equal(table.getAttribute("dir"), "auto");
+  });
+
   test("links open in a new tab with rel=noopener noreferrer", () => {
     const box = rendered("[a](https://example.com)");
     assert.equal(serialise(box.children[0]), '<p class="md-p" dir="auto"><a class="md-link" href="https://example.com/" target="_blank" rel="noopener noreferrer">a</a></p>');
