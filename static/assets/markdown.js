@@ -58,12 +58,13 @@ function decodeEntities(text) {
 
 // -- blocks ------------------------------------------------------------------
 
-export function parse(text, { streaming = false } = {}) {
-  const source = String(text ?? "")
+const normalise = (text) =>
+  String(text ?? "")
     .replace(/\r\n?/g, "\n")
     .replace(/\u0000/g, "\ufffd");
-  const lines = source.split("\n");
-  return { type: "doc", children: parseBlocks(lines, 0, streaming) };
+
+export function parse(text, { streaming = false } = {}) {
+  return { type: "doc", children: parseBlocks(normalise(text).split("\n"), 0, streaming) };
 }
 
 function indentOf(line) {
@@ -125,7 +126,10 @@ function parseBlocks(lines, depth, streaming) {
   let i = 0;
   const last = (block, from) => {
     // The source of a top-level block, so render() can keep unchanged ones.
-    if (depth === 0) block.src = lines.slice(from, i).join("\n");
+    if (depth === 0) {
+      block.src = lines.slice(from, i).join("\n");
+      block.line = from;
+    }
     blocks.push(block);
   };
   while (i < lines.length) {
@@ -228,11 +232,13 @@ function parseList(lines, start, depth, streaming) {
   const node = { type: "list", ordered, start: ordered ? Math.min(Number.parseInt(first[2], 10), 1e9) : 1, items: [] };
   let i = start;
   let loose = false;
-  while (i < lines.length) {
+  // Whether line k starts another item of this list.
+  const sameList = (k) => {
+    const m = k < lines.length ? ITEM_RE.exec(lines[k]) : null;
+    return Boolean(m) && /\d/.test(m[2]) === ordered && (ordered ? m[2].slice(-1) : m[2]) === marker;
+  };
+  while (sameList(i)) {
     const m = ITEM_RE.exec(lines[i]);
-    if (!m) break;
-    const isOrdered = /\d/.test(m[2]);
-    if (isOrdered !== ordered || (ordered ? m[2].slice(-1) : m[2]) !== marker) break;
     // Content is indented to the column after the marker (a blank rest: marker + 1).
     const contentIndent = m[1].length + m[2].length + (m[3] && lines[i].length > m[0].length ? indentOf(m[3]) : 1);
     const body = [lines[i].slice(m[0].length)];
@@ -262,11 +268,11 @@ function parseList(lines, start, depth, streaming) {
       break;
     }
     while (body.length && BLANK_RE.test(body[body.length - 1])) body.pop();
-    if (sawBlank && i < lines.length && ITEM_RE.test(lines[i])) loose = true;
+    if (sawBlank && sameList(i)) loose = true;
     const open = streaming && i === lines.length;
     const children = depth + 1 >= MAX_BLOCK_DEPTH ? [textBlock(body, open)] : parseBlocks(body, depth + 1, open);
     node.items.push({ children });
-    if (sawBlank && !(i < lines.length && ITEM_RE.test(lines[i]))) break;
+    if (sawBlank && !sameList(i)) break;
   }
   node.loose = loose;
   return { node, end: i };
@@ -684,26 +690,43 @@ function blockNode(doc, block, inherit = false) {
 
 const rendered = new WeakMap();
 
+// While an answer streams, the blocks before the last one are final (a later line
+// can only change the last block), so only the last one's text is parsed again:
+// a 100 KB answer costs its last block per frame, not 100 KB. The final render
+// parses the whole text.
+function parseGrowing(text, before) {
+  const blocks = before?.entries ?? [];
+  if (!before || blocks.length < 2 || !text.startsWith(before.text)) return parse(text, { streaming: true });
+  const tail = blocks[blocks.length - 1].block;
+  const lines = text.split("\n");
+  const rest = parseBlocks(lines.slice(tail.line), 0, true);
+  for (const block of rest) block.line += tail.line;
+  return { type: "doc", children: [...blocks.slice(0, -1).map((entry) => entry.block), ...rest] };
+}
+
 // Render text into container. Blocks whose source and state are unchanged since
 // the last call on this container keep their DOM nodes (no flicker, selection and
 // focus kept); the rest are replaced. Returns the tree.
 export function render(container, text, { streaming = false, doc = container.ownerDocument } = {}) {
-  const tree = parse(text, { streaming });
-  const before = rendered.get(container) ?? [];
-  const after = [];
+  const source = normalise(text);
+  const before = rendered.get(container);
+  const tree = streaming ? parseGrowing(source, before) : parse(source);
+  const old = before?.entries ?? [];
+  const entries = [];
+  const last = tree.children.length - 1;
   let keep = 0;
-  while (keep < before.length && keep < tree.children.length && before[keep].key === blockKey(tree.children[keep], streaming, keep === tree.children.length - 1)) {
-    after.push(before[keep]);
+  while (keep < old.length && keep <= last && old[keep].key === blockKey(tree.children[keep], streaming, keep === last)) {
+    entries.push(old[keep]);
     keep += 1;
   }
-  for (let k = keep; k < before.length; k += 1) before[k].node.remove();
-  for (let k = keep; k < tree.children.length; k += 1) {
+  for (let k = keep; k < old.length; k += 1) old[k].node.remove();
+  for (let k = keep; k <= last; k += 1) {
     const block = tree.children[k];
     const node = blockNode(doc, block);
     container.append(node);
-    after.push({ key: blockKey(block, streaming, k === tree.children.length - 1), node });
+    entries.push({ key: blockKey(block, streaming, k === last), node, block });
   }
-  rendered.set(container, after);
+  rendered.set(container, { text: source, entries });
   return tree;
 }
 

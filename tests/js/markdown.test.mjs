@@ -7,7 +7,7 @@ import { parse, parseInline, plainText, render, safeHref } from "../../static/as
 import { Document, Element, serialise } from "./fake-dom.mjs";
 
 // The tree without the source strings render() uses as keys.
-const tree = (text, options) => JSON.parse(JSON.stringify(parse(text, options).children, (k, v) => (k === "src" ? undefined : v)));
+const tree = (text, options) => JSON.parse(JSON.stringify(parse(text, options).children, (k, v) => (k === "src" || k === "line" ? undefined : v)));
 const inline = (text, open) => parseInline(text, open);
 const t = (value) => ({ type: "text", value });
 
@@ -308,6 +308,26 @@ describe("DOM", () => {
     render(box, "first paragraph\n\nsecond **part**\n\n- a\n- b", { doc });
     assert.equal(box.children[0], first);
     assert.equal(box.children[2].children.length, 2);
+  });
+
+  test("streamed piece by piece, every answer renders as it does whole", () => {
+    const answers = [
+      "## כותרת\n\nפסקה **מודגשת** עם `קוד`.\n\n- א\n- ב\n  - ג\n\n  המשך\n\n1. one\n2. two\n\n```js\nlet a = 1;\n\nlet b = 2;\n```\n\n> ציטוט\n> שני\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nסוף",
+      "text\n| a |\n|---|\n| 1 |\n\n- x\ny\n\n***\n~~~\nopen",
+      "- a\n\n- b\n\n* c\n\n1) d\n2. e\n\n> q\n\n>> qq\n\n    - deep\n      - deeper\n\n***x*** _y_ [l](https://e.x) ![i](https://e.x/i.png)\n```\nfence",
+    ];
+    for (const answer of answers) {
+      for (const step of [1, 2, 5, 13]) {
+        const doc = new Document();
+        const box = doc.createElement("div");
+        for (let i = step; i < answer.length; i += step) {
+          render(box, answer.slice(0, i), { streaming: true, doc });
+          assert.equal(serialise(box), serialise(rendered(answer.slice(0, i), { streaming: true })), `at ${i} by ${step}`);
+        }
+        render(box, answer, { doc });
+        assert.equal(serialise(box), serialise(rendered(answer)));
+      }
+    }
   });
 
   test("plain text of an answer, for the screen reader", () => {
