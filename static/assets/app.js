@@ -1,6 +1,5 @@
 // The landing page's chat widget: the DOM side of chat-client.js.
 import { ChatClient, formatSize } from "./chat-client.js";
-import { parse as parseMarkdown, plainText, render as renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -60,6 +59,41 @@ function scrollToEnd() {
 function atEnd() {
   return el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 48;
 }
+
+// The Markdown renderer (markdown.js) is fetched when the visitor first turns
+// to the chat, not with the page. Until it is here (or if it cannot be had) an
+// answer shows as plain text, and is drawn again once it arrives.
+let markdown = null;
+let markdownLoading = null;
+const waitingForMarkdown = new Map();
+
+function loadMarkdown() {
+  markdownLoading ??= import("./markdown.js").then(
+    (module) => {
+      markdown = module;
+      for (const [bubble, [text, streaming]] of waitingForMarkdown) renderMarkdown(bubble, text, { streaming });
+      waitingForMarkdown.clear();
+      return module;
+    },
+    () => null,
+  );
+  return markdownLoading;
+}
+
+function renderMarkdown(bubble, text, { streaming = false } = {}) {
+  if (markdown) {
+    bubble.classList.remove("md-plain");
+    markdown.render(bubble, text, { streaming });
+    return;
+  }
+  bubble.classList.add("md-plain");
+  bubble.textContent = text;
+  waitingForMarkdown.set(bubble, [text, streaming]);
+  loadMarkdown();
+}
+
+// What a screen reader is given: the answer's text without Markdown marks.
+const answerText = (text) => (markdown ? markdown.plainText(markdown.parse(text)) : text);
 
 // Bot answers are Markdown, built as DOM nodes (markdown.js); visitor messages
 // and errors stay plain text.
@@ -131,7 +165,6 @@ function sayAnswer(text) {
   while (el.live.childElementCount > 3) el.live.firstElementChild.remove();
 }
 
-const answerText = (markdown) => plainText(parseMarkdown(markdown));
 
 // The bubbles of one streamed answer: one per node run, re-rendered at most
 // once a frame while text arrives, and once more, final, when the run ends.
@@ -311,6 +344,7 @@ function goUnavailable() {
 
 function submit() {
   if (disabled) return;
+  loadMarkdown();
   const text = el.input.value.trim();
   const files = attached.slice();
   if (!text && !files.length) {
@@ -418,6 +452,7 @@ function wire() {
     }
   });
   el.input.addEventListener("input", updateCount);
+  el.input.addEventListener("focus", loadMarkdown, { once: true });
   el.attach.addEventListener("click", () => el.fileInput.click());
   el.fileInput.addEventListener("change", () => {
     addFiles(el.fileInput.files);

@@ -710,6 +710,8 @@ function parseGrowing(text, before) {
 export function render(container, text, { streaming = false, doc = container.ownerDocument } = {}) {
   const source = normalise(text);
   const before = rendered.get(container);
+  // The first render owns the container: whatever was in it goes.
+  if (!before) container.textContent = "";
   const tree = streaming ? parseGrowing(source, before) : parse(source);
   const old = before?.entries ?? [];
   const entries = [];
