@@ -67,6 +67,7 @@ CONTROLLED_STREAM = """
       for (const part of parts) controller ? controller.enqueue(part) : early.push(part);
     },
     close() { controller.close(); },
+    fail() { controller.error(new TypeError("connection reset")); },
   };
   window.fetch = (url, init) => {
     if (!String(url).endsWith("api/chat")) return realFetch(url, init);
@@ -296,6 +297,7 @@ def test_stream_renders_as_it_arrives_and_is_announced_once(open_page: Any) -> N
         expect(bubble.locator("strong")).to_have_text("מודגש!")
         push({"type": "item", "content": "קוד:\n\n```python\nprint('hi')", "metadata": meta("agent")})
         expect(bubble.locator(".md-code pre code")).to_have_text("print('hi')")
+        page.locator("#chat-widget").screenshot(path=artifact("markdown-streaming-open-fence.png"))
         assert page.evaluate("document.querySelector('#chat-log .msg-streaming .md-p').__kept") is True
         expect(live).to_be_empty()
 
@@ -324,6 +326,82 @@ def test_stream_renders_as_it_arrives_and_is_announced_once(open_page: Any) -> N
         expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
         expect(live.locator("p")).to_have_count(1)
         assert page.evaluate("document.querySelector('#chat-log .msg-bot .md-p') !== null")
+        assert watched.problems() == []
+
+
+def test_a_stream_cut_off_keeps_what_arrived_and_offers_a_retry(open_page: Any) -> None:
+    """
+    When the connection drops in the middle of a streamed answer, the part
+    that arrived stays (final, not streaming), the page says the answer was
+    cut off, and offers to send again; nothing is retried by itself.
+    """
+    with start_inkflow() as server:
+        watched = open_page(server, scripts=(CONTROLLED_STREAM,))
+        page = watched.page
+        send(page, "ספר סיפור")
+        page.wait_for_function("window.__stream.accepts.length === 1")
+        line = {"type": "item", "content": "היה היה **פעם**", "metadata": meta("agent")}
+        page.evaluate("(text) => window.__stream.push(text)", ndjson(line).decode())
+        expect(bot_bubbles(page).last.locator("strong")).to_have_text("פעם")
+        page.evaluate("window.__stream.fail()")
+        expect(page.locator("#chat-log .msg-error .bubble")).to_have_text("החיבור נקטע באמצע התשובה.")
+        expect(page.locator("#chat-log .msg-streaming")).to_have_count(0)
+        expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
+        expect(bot_bubbles(page).last).to_have_text("היה היה פעם")
+        expect(page.locator("#chat-log .msg-user .msg-meta")).to_contain_text("התשובה נקטעה")
+        expect(page.get_by_role("button", name="לשלוח שוב")).to_be_visible()
+        expect(page.locator("#chat-live p")).to_have_count(2)
+        assert page.evaluate("window.__stream.accepts.length") == 1
+        assert watched.problems() == []
+
+
+def test_a_100_kb_answer_streams_in_a_thousand_items(open_page: Any) -> None:
+    """
+    A 100 KB Markdown answer arriving as 1000 items, ten to a chunk, a task
+    apart (the page draws at most once a frame), ends as the same DOM a whole
+    render gives, and says the answer once.
+    """
+    unit = "שורה עם **הדגשה**, `קוד` ו-[קישור](https://example.com).\n- פריט\n- פריט *שני*\n\n```\nx = 1\n```\n\n"
+    text = (unit * (102_400 // len(unit) + 1))[:102_400]
+    pieces = [text[i : i + 103] for i in range(0, len(text), 103)]
+    with start_inkflow() as server:
+        watched = open_page(server, scripts=(CONTROLLED_STREAM,))
+        page = watched.page
+        send(page, "הרבה")
+        page.wait_for_function("window.__stream.accepts.length === 1")
+        took = page.evaluate(
+            """async (pieces) => {
+              const started = performance.now();
+              const line = (o) => JSON.stringify(o) + "\\n";
+              const meta = {nodeId: "agent", runIndex: 0};
+              window.__stream.push(line({type: "begin", metadata: meta}));
+              for (let i = 0; i < pieces.length; i += 10) {
+                const chunk = pieces.slice(i, i + 10).map((content) => line({type: "item", content, metadata: meta}));
+                window.__stream.push(chunk.join(""));
+                await new Promise((r) => setTimeout(r));
+              }
+              window.__stream.push(line({type: "end", metadata: meta}));
+              window.__stream.close();
+              return performance.now() - started;
+            }""",
+            pieces,
+        )
+        expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
+        bubble = bot_bubbles(page).last
+        expect(bubble.locator(":scope > ul")).to_have_count(text.count("- פריט *שני*"))
+        same = page.evaluate(
+            """async (text) => {
+              const {render} = await import("./assets/markdown.js");
+              const whole = document.createElement("div");
+              render(whole, text);
+              const b = [...document.querySelectorAll('#chat-log .msg-bot .bubble.md')].pop();
+              return whole.innerHTML === b.innerHTML;
+            }""",
+            text,
+        )
+        assert same
+        expect(page.locator("#chat-live p")).to_have_count(1)
+        print(f"100 KB in {len(pieces)} items: {took:.0f} ms")
         assert watched.problems() == []
 
 
@@ -431,6 +509,8 @@ def test_hostile_answers_execute_nothing(open_page: Any, as_stream: bool) -> Non
             )
             == []
         )
+        page.locator("#chat-widget").scroll_into_view_if_needed()
+        page.locator("#chat-widget").screenshot(path=artifact(f"hostile-{'stream' if as_stream else 'json'}.png"))
         assert watched.problems() == []
 
 
@@ -514,7 +594,9 @@ def test_copy_button_copies_the_code_from_the_keyboard(open_page: Any, browser: 
         send(page, "קוד בבקשה")
         button = bot_bubbles(page).last.get_by_role("button", name="העתקת הקוד")
         expect(button).to_have_text("העתקה")
-        button.focus()
+        # Reached with Tab from the answer's link just before the code block.
+        bot_bubbles(page).last.get_by_role("link", name="הדף").focus()
+        page.keyboard.press("Tab")
         expect(button).to_be_focused()
         page.keyboard.press("Enter")
         expect(button).to_have_text("הועתק")
