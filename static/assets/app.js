@@ -165,7 +165,6 @@ function sayAnswer(text) {
   while (el.live.childElementCount > 3) el.live.firstElementChild.remove();
 }
 
-
 // The bubbles of one streamed answer: one per node run, re-rendered at most
 // once a frame while text arrives, and once more, final, when the run ends.
 class StreamView {
@@ -229,12 +228,23 @@ class StreamView {
   }
 }
 
-async function copyText(text) {
+// The clipboard API where the page is a secure context; else the old copy command
+// on a selection of the code (which also leaves it selected for Ctrl+C).
+async function copyCode(code) {
   try {
-    await navigator.clipboard.writeText(text);
+    await navigator.clipboard.writeText(code.textContent);
     return true;
   } catch {
-    return false;
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      return document.execCommand("copy");
+    } catch {
+      return false;
+    }
   }
 }
 
@@ -244,7 +254,8 @@ function wireCopy() {
     const button = event.target instanceof Element ? event.target.closest(".md-copy") : null;
     if (!button || !el.log.contains(button)) return;
     const code = button.closest(".md-code")?.querySelector("pre code");
-    const ok = await copyText(code?.textContent ?? "");
+    if (!code) return;
+    const ok = await copyCode(code);
     button.textContent = ok ? "הועתק" : "ההעתקה נכשלה";
     announce(ok ? "הועתק" : "ההעתקה נכשלה");
     setTimeout(() => {

@@ -154,6 +154,37 @@ describe("ChatClient", () => {
     assert.equal(result.partial.reply, "חצי");
   });
 
+  test("a stream silent for longer than the idle timeout is given up, not cut at the request timeout", async () => {
+    const first = line({ type: "item", content: "רגע", metadata: meta("n") });
+    let reason = null;
+    globalThis.fetch = async (url, init) => {
+      let sent = 0;
+      // Like fetch's own body: it errors when the request's signal aborts.
+      const silent = new ReadableStream({
+        pull(controller) {
+          sent += 1;
+          if (sent === 1) return controller.enqueue(encoder.encode(first));
+          return new Promise((resolve) => {
+            init.signal.addEventListener("abort", () => {
+              reason = init.signal.reason;
+              controller.error(reason);
+              resolve();
+            });
+          });
+        },
+      });
+      return new Response(silent, { headers: { "Content-Type": "application/x-ndjson" } });
+    };
+    // The request timeout (20 ms) is over before the idle timeout (80 ms) runs out.
+    const c = new ChatClient({ storage: memory(), requestTimeout: 0.02, streamIdleTimeout: 0.08 });
+    const started = Date.now();
+    const result = await c.send("hi");
+    assert.equal(result.code, "stream_interrupted");
+    assert.equal(result.partial.reply, "רגע");
+    assert.ok(Date.now() - started >= 75, "gave up before the idle timeout");
+    assert.equal(reason?.name, "TimeoutError");
+  });
+
   test("an error answer keeps its JSON code and Hebrew message", async () => {
     stubFetch(
       Response.json(
