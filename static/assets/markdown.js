@@ -380,7 +380,7 @@ class InlineParser {
         const link = this.link(i, end);
         if (link) {
           flush();
-          const href = safeHref(decodeEntities(link.url));
+          const href = safeHref(decodeEntities(link.url.replace(/\\([!-/:-@[-`{-~])/g, "$1")));
           if (href) out.push({ type: "link", href, children: this.run(link.labelStart, link.labelEnd, depth + 1, true) });
           else out.push({ type: "text", value: text.slice(i, link.end) });
           i = link.end;

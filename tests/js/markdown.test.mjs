@@ -138,6 +138,14 @@ describe("inlines", () => {
     ]);
   });
 
+  test("a backslash escape in a link's URL is taken out before the URL is checked", () => {
+    assert.deepEqual(inline("[a](https://example.com/snake\\_case) [b](java\\script:alert(1))"), [
+      { type: "link", href: "https://example.com/snake_case", children: [t("a")] },
+      t(" "),
+      t("[b](java\\script:alert(1))"),
+    ]);
+  });
+
   test("backslash escapes and a few entities become text", () => {
     assert.deepEqual(inline("\\*not\\* &lt;b&gt; &amp; &#x41;&#66; &copy;"), [t("*not* <b> & AB &copy;")]);
   });
