@@ -514,6 +514,24 @@ def test_hostile_answers_execute_nothing(open_page: Any, as_stream: bool) -> Non
         assert watched.problems() == []
 
 
+def test_the_csp_watch_would_see_an_injection(open_page: Any) -> None:
+    """
+    The checks above are not vacuous: markup injected the unsafe way (by the
+    test, with innerHTML) is stopped by the page's CSP, and the watch records it.
+    """
+    with start_inkflow() as server:
+        watched = open_page(server)
+        page = watched.page
+        page.evaluate(
+            """() => { const box = document.createElement("div");
+                 box.innerHTML = '<img src="data:," onerror="window.__pwned = 1">';
+                 document.body.append(box); }"""
+        )
+        page.wait_for_function("window.__csp.length > 0")
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        assert any("script-src" in v for v in page.evaluate("window.__csp"))
+
+
 # -- layout -----------------------------------------------------------------------------
 
 DIRECTIONS = """() => {
