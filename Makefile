@@ -40,6 +40,7 @@ lint:
 unit:
 	$(BIN)/python -m twisted.trial tests.unit
 	$(BIN)/python -m pytest -q tests/unit
+	node --test tests/js/
 
 # End-to-end tests start real processes on loopback ports: their own runner invocation.
 e2e:

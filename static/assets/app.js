@@ -10,6 +10,7 @@ const el = {
   status: $("chat-status"),
   statusText: $("chat-status-text"),
   announce: $("chat-announce"),
+  live: $("chat-live"),
   form: $("chat-form"),
   error: $("chat-error"),
   files: $("chat-files"),
@@ -54,10 +55,63 @@ function scrollToEnd() {
   el.log.scrollTop = el.log.scrollHeight;
 }
 
+// Whether the reader is at the end of the conversation (then new text keeps it there).
+function atEnd() {
+  return el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 48;
+}
+
+// The Markdown renderer (markdown.js) is fetched when the visitor first turns
+// to the chat, not with the page. Until it is here (or if it cannot be had) an
+// answer shows as plain text, and is drawn again once it arrives.
+let markdown = null;
+let markdownLoading = null;
+const waitingForMarkdown = new Map();
+
+function loadMarkdown() {
+  markdownLoading ??= import("./markdown.js").then(
+    (module) => {
+      markdown = module;
+      for (const [bubble, [text, streaming]] of waitingForMarkdown) renderMarkdown(bubble, text, { streaming });
+      waitingForMarkdown.clear();
+      return module;
+    },
+    () => null,
+  );
+  return markdownLoading;
+}
+
+function renderMarkdown(bubble, text, { streaming = false } = {}) {
+  if (markdown) {
+    bubble.classList.remove("md-plain");
+    markdown.render(bubble, text, { streaming });
+    return;
+  }
+  bubble.classList.add("md-plain");
+  bubble.textContent = text;
+  waitingForMarkdown.set(bubble, [text, streaming]);
+  loadMarkdown();
+}
+
+// What a screen reader is given: the answer's text without Markdown marks.
+const answerText = (text) => (markdown ? markdown.plainText(markdown.parse(text)) : text);
+
+// Bot answers are Markdown, built as DOM nodes (markdown.js); visitor messages
+// and errors stay plain text.
+function bubbleFor(kind, text) {
+  if (kind !== "bot") {
+    const bubble = make("p", "bubble", text);
+    bubble.dir = "auto";
+    return bubble;
+  }
+  // No dir of its own: each block inside has dir="auto" (markdown.js).
+  const bubble = make("div", "bubble md");
+  renderMarkdown(bubble, text);
+  return bubble;
+}
+
 function addMessage(kind, text, files = []) {
   const item = make("li", `msg msg-${kind}`);
-  const bubble = make("p", "bubble", text);
-  bubble.dir = "auto";
+  const bubble = bubbleFor(kind, text);
   item.append(bubble);
   if (files.length) {
     const list = make("ul", "msg-files");
@@ -99,6 +153,115 @@ function showError(html) {
 function setStatus(text) {
   el.statusText.textContent = text;
   el.status.hidden = !text;
+}
+
+// The conversation log itself is aria-live="off", so a streamed answer is not
+// read token by token: each finished answer (or error) is said here once.
+const SAY_MAX = 1200;
+function sayAnswer(text) {
+  const words = text.length > SAY_MAX ? `${text.slice(0, SAY_MAX)}…` : text;
+  if (!words.trim()) return;
+  el.live.append(make("p", null, words));
+  while (el.live.childElementCount > 3) el.live.firstElementChild.remove();
+}
+
+// The bubbles of one streamed answer: one per node run, re-rendered at most
+// once a frame while text arrives, and once more, final, when the run ends.
+class StreamView {
+  constructor(after) {
+    this.after = after;
+    this.bubbles = new Map();
+    this.dirty = new Set();
+    this.frame = 0;
+  }
+
+  get count() {
+    return this.bubbles.size;
+  }
+
+  update(key, text) {
+    let entry = this.bubbles.get(key);
+    if (!entry) {
+      const stick = atEnd();
+      const item = make("li", "msg msg-bot msg-streaming");
+      item.setAttribute("aria-busy", "true");
+      const bubble = make("div", "bubble md");
+      item.append(bubble);
+      const anchor = this.after();
+      if (anchor) anchor.before(item);
+      else el.log.append(item);
+      entry = { item, bubble, text: "", done: false };
+      this.bubbles.set(key, entry);
+      if (stick) scrollToEnd();
+    }
+    if (entry.done) entry.done = false;
+    entry.text = text;
+    this.dirty.add(entry);
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.frame = 0;
+    const stick = atEnd();
+    for (const entry of this.dirty) renderMarkdown(entry.bubble, entry.text, { streaming: !entry.done });
+    this.dirty.clear();
+    if (stick) scrollToEnd();
+  }
+
+  finish(key) {
+    const entry = this.bubbles.get(key);
+    if (!entry || entry.done) return;
+    entry.done = true;
+    this.dirty.delete(entry);
+    const stick = atEnd();
+    renderMarkdown(entry.bubble, entry.text);
+    entry.item.classList.remove("msg-streaming");
+    entry.item.removeAttribute("aria-busy");
+    if (stick) scrollToEnd();
+    sayAnswer(answerText(entry.text));
+  }
+
+  finishAll() {
+    if (this.frame) cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    for (const key of this.bubbles.keys()) this.finish(key);
+  }
+}
+
+// The clipboard API where the page is a secure context; else the old copy command
+// on a selection of the code (which also leaves it selected for Ctrl+C).
+async function copyCode(code) {
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    return true;
+  } catch {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try {
+      return document.execCommand("copy");
+    } catch {
+      return false;
+    }
+  }
+}
+
+// The copy button of a code block (markdown.js draws it; one listener for all).
+function wireCopy() {
+  el.log.addEventListener("click", async (event) => {
+    const button = event.target instanceof Element ? event.target.closest(".md-copy") : null;
+    if (!button || !el.log.contains(button)) return;
+    const code = button.closest(".md-code")?.querySelector("pre code");
+    if (!code) return;
+    const ok = await copyCode(code);
+    button.textContent = ok ? "הועתק" : "ההעתקה נכשלה";
+    announce(ok ? "הועתק" : "ההעתקה נכשלה");
+    setTimeout(() => {
+      button.textContent = "העתקה";
+    }, 2000);
+  });
 }
 
 function announce(text) {
@@ -192,6 +355,7 @@ function goUnavailable() {
 
 function submit() {
   if (disabled) return;
+  loadMarkdown();
   const text = el.input.value.trim();
   const files = attached.slice();
   if (!text && !files.length) {
@@ -219,11 +383,25 @@ function submit() {
 function deliver(text, files, item = addMessage("user", text, files)) {
   const meta = setMeta(item, client.pending ? "ממתינה בתור…" : "נשלחת…");
   let typing = null;
+  // Streamed bubbles go before the typing dots, which stay until the answer ends.
+  const stream = new StreamView(() => typing);
   client
     .send(text, files, {
       onStart() {
         meta.textContent = "נשלחת…";
         typing = showTyping();
+      },
+      onStream(event) {
+        meta.textContent = "נשלחה";
+        if (event.type === "item") stream.update(event.key, event.text);
+        else if (event.type === "end") stream.finish(event.key);
+        else if (event.type === "error") {
+          const stick = atEnd();
+          const shown = addMessage("error", event.message);
+          if (typing) typing.before(shown);
+          if (stick) scrollToEnd();
+          sayAnswer(event.message);
+        }
       },
       onWait(seconds, reason) {
         const text =
@@ -240,11 +418,15 @@ function deliver(text, files, item = addMessage("user", text, files)) {
       },
     })
     .then((result) => {
+      stream.finishAll();
       typing?.remove();
       setStatus("");
       if (result.ok) {
         meta.textContent = "נשלחה";
-        addMessage("bot", result.reply || "(התקבלה תשובה ריקה)");
+        if (result.streamed && (stream.count || result.errors.length)) return;
+        const reply = result.reply || "(התקבלה תשובה ריקה)";
+        addMessage("bot", reply);
+        sayAnswer(answerText(reply));
         return;
       }
       if (result.code === "chat_disabled") {
@@ -252,8 +434,9 @@ function deliver(text, files, item = addMessage("user", text, files)) {
         goUnavailable();
         return;
       }
-      meta.textContent = "לא נשלחה. ";
-      if (["network", "busy", "rate_limited", "upstream_error", "upstream_timeout", "client_timeout"].includes(result.code)) {
+      meta.textContent = result.code === "stream_interrupted" ? "נשלחה, התשובה נקטעה. " : "לא נשלחה. ";
+      const retryable = ["network", "busy", "rate_limited", "upstream_error", "upstream_timeout", "client_timeout"];
+      if (retryable.includes(result.code) || result.code === "stream_interrupted") {
         const again = make("button", "msg-retry", "לשלוח שוב");
         again.type = "button";
         again.addEventListener("click", () => {
@@ -263,10 +446,12 @@ function deliver(text, files, item = addMessage("user", text, files)) {
         meta.append(again);
       }
       addMessage("error", result.message);
+      sayAnswer(result.message);
     });
 }
 
 function wire() {
+  wireCopy();
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
     submit();
@@ -278,6 +463,7 @@ function wire() {
     }
   });
   el.input.addEventListener("input", updateCount);
+  el.input.addEventListener("focus", loadMarkdown, { once: true });
   el.attach.addEventListener("click", () => el.fileInput.click());
   el.fileInput.addEventListener("change", () => {
     addFiles(el.fileInput.files);

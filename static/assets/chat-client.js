@@ -26,6 +26,7 @@ export const ERROR_MESSAGES = Object.freeze({
   upstream_timeout: "שירות הצ'אט לא הגיב בזמן.",
   network: "אין חיבור לשרת. בדקו את החיבור ונסו שוב.",
   client_timeout: "התשובה מתעכבת יותר מדי. נסו שוב מאוחר יותר.",
+  stream_interrupted: "החיבור נקטע באמצע התשובה.",
   unknown: "משהו השתבש. נסו שוב.",
 });
 
@@ -87,6 +88,93 @@ export function replyText(body) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// What the page asks for: a stream when the workflow streams, JSON otherwise.
+export const CHAT_ACCEPT = "application/x-ndjson, application/json";
+
+export function isStream(response) {
+  return /^\s*application\/x-ndjson\b/i.test(response.headers.get("Content-Type") ?? "");
+}
+
+// Bytes in, complete lines out. The decoder keeps a UTF-8 character split
+// across chunks, and the unfinished last line waits for more.
+export class LineSplitter {
+  constructor() {
+    this._decoder = new TextDecoder("utf-8");
+    this._rest = "";
+  }
+
+  push(bytes) {
+    return this._split(this._rest + this._decoder.decode(bytes, { stream: true }));
+  }
+
+  // The end of the body: whatever is left is the last line.
+  end() {
+    const rest = this._rest + this._decoder.decode();
+    this._rest = "";
+    return rest.trim() ? [rest] : [];
+  }
+
+  _split(text) {
+    const lines = text.split("\n");
+    this._rest = lines.pop();
+    return lines.filter((line) => line.trim());
+  }
+}
+
+// One streamed answer, line by line: begin / item / end drive one bubble per
+// node run (nodeId-runIndex); error lines are shown; keepalive and anything
+// else are ignored. hooks.onStream receives {type: "begin" | "item" | "end",
+// key, text} and {type: "error", message}.
+export class StreamReply {
+  constructor(hooks = {}) {
+    this.hooks = hooks;
+    this.runs = new Map();
+    this.errors = [];
+    this.lines = 0;
+  }
+
+  line(raw) {
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!message || typeof message !== "object" || Array.isArray(message)) return;
+    const { type } = message;
+    if (type === "begin" || type === "item" || type === "end") {
+      this.lines += 1;
+      const meta = message.metadata && typeof message.metadata === "object" ? message.metadata : {};
+      const key = `${meta.nodeId ?? "node"}-${meta.runIndex ?? 0}`;
+      if (!this.runs.has(key)) {
+        this.runs.set(key, "");
+        this.hooks.onStream?.({ type: "begin", key, text: "" });
+      }
+      if (type === "item" && typeof message.content === "string" && message.content) {
+        const text = this.runs.get(key) + message.content;
+        this.runs.set(key, text);
+        this.hooks.onStream?.({ type: "item", key, text, content: message.content });
+      }
+      if (type === "end") this.hooks.onStream?.({ type: "end", key, text: this.runs.get(key) });
+    } else if (type === "error") {
+      this.lines += 1;
+      const text = typeof message.content === "string" && message.content.trim() ? message.content : ERROR_MESSAGES.upstream_error;
+      this.errors.push(text);
+      this.hooks.onStream?.({ type: "error", message: text });
+    }
+  }
+
+  get reply() {
+    return Array.from(this.runs.values())
+      .filter((text) => text)
+      .join("\n\n");
+  }
+
+  result() {
+    return { ok: true, streamed: true, reply: this.reply, runs: Object.fromEntries(this.runs), errors: this.errors };
+  }
+}
+
 export class ChatClient {
   constructor({
     chatUrl = "api/chat",
@@ -98,6 +186,7 @@ export class ChatClient {
     backoffCap = 30,
     maxWait = 120,
     requestTimeout = 90,
+    streamIdleTimeout = 90,
   } = {}) {
     this.chatUrl = chatUrl;
     this.healthUrl = healthUrl;
@@ -108,6 +197,7 @@ export class ChatClient {
     this.backoffCap = backoffCap;
     this.maxWait = maxWait;
     this.requestTimeout = requestTimeout;
+    this.streamIdleTimeout = streamIdleTimeout;
     this.limits = { ...DEFAULT_LIMITS };
     this.mode = null;
     this._tail = Promise.resolve();
@@ -174,8 +264,10 @@ export class ChatClient {
     return problems;
   }
 
-  // Queue a message; resolves to {ok: true, reply} or {ok: false, code, message}.
-  // hooks: onStart(), onWait(seconds, reason) with a countdown, onRetry().
+  // Queue a message; resolves to {ok: true, reply} or {ok: false, code, message}
+  // ({ok: true, streamed: true, reply, runs, errors} for a streamed answer).
+  // hooks: onStart(), onWait(seconds, reason) with a countdown, onRetry(),
+  // onStream(event) for each line of a streamed answer (see StreamReply).
   send(text, files = [], hooks = {}) {
     this._pending += 1;
     const run = () => this._deliver(text, files, hooks);
@@ -208,9 +300,11 @@ export class ChatClient {
     let network = 0;
     for (;;) {
       let response;
+      const deadline = new Deadline(this.requestTimeout);
       try {
-        response = await this._post(text, files);
+        response = await this._post(text, files, deadline.signal);
       } catch (error) {
+        deadline.clear();
         if (error?.name === "TimeoutError" || error?.name === "AbortError") {
           return failure("client_timeout");
         }
@@ -219,7 +313,21 @@ export class ChatClient {
         network += 1;
         continue;
       }
-      const body = await readJson(response);
+      if (response.ok && isStream(response)) {
+        // From the first byte on, no retry: the workflow is already running.
+        // The request's deadline gives way to an idle timeout between chunks.
+        deadline.restart(this.streamIdleTimeout);
+        return this._readStream(response, hooks, deadline);
+      }
+      const raw = await readText(response);
+      deadline.clear();
+      const body = parseJson(raw);
+      if (response.ok && body === undefined && raw) {
+        // NDJSON under another content type (n8n's own streaming webhook says application/json).
+        const stream = new StreamReply(hooks);
+        for (const line of raw.split("\n")) if (line.trim()) stream.line(line);
+        if (stream.lines) return stream.result();
+      }
       if (response.ok) {
         if (body && typeof body === "object" && !Array.isArray(body) && SESSION_RE.test(body.sessionId ?? "")) {
           if (body.sessionId !== this._session) this._remember(body.sessionId);
@@ -240,8 +348,29 @@ export class ChatClient {
     }
   }
 
-  async _post(text, files) {
-    const init = { method: "POST", headers: { Accept: "application/json" }, credentials: "same-origin" };
+  async _readStream(response, hooks, deadline) {
+    const stream = new StreamReply(hooks);
+    const lines = new LineSplitter();
+    const reader = response.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        deadline.restart(this.streamIdleTimeout);
+        for (const line of lines.push(value)) stream.line(line);
+      }
+      for (const line of lines.end()) stream.line(line);
+    } catch {
+      reader.cancel().catch(() => undefined);
+      return { ...failure("stream_interrupted"), streamed: true, partial: stream.result() };
+    } finally {
+      deadline.clear();
+    }
+    return stream.result();
+  }
+
+  async _post(text, files, signal) {
+    const init = { method: "POST", headers: { Accept: CHAT_ACCEPT }, credentials: "same-origin" };
     if (files.length) {
       const form = new FormData();
       form.append("message", text);
@@ -252,8 +381,35 @@ export class ChatClient {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify({ message: text, sessionId: this.sessionId });
     }
-    if (this.requestTimeout && AbortSignal.timeout) init.signal = AbortSignal.timeout(this.requestTimeout * 1000);
+    if (signal) init.signal = signal;
     return fetch(this.chatUrl, init);
+  }
+}
+
+// An abort signal that fires after a number of seconds (none for 0), and can be
+// restarted with another number or cleared.
+class Deadline {
+  constructor(seconds) {
+    this._controller = new AbortController();
+    this._timer = null;
+    this.restart(seconds);
+  }
+
+  get signal() {
+    return this._controller.signal;
+  }
+
+  restart(seconds) {
+    this.clear();
+    if (!seconds) return;
+    this._timer = setTimeout(() => {
+      this._controller.abort(new DOMException("The answer took too long", "TimeoutError"));
+    }, seconds * 1000);
+  }
+
+  clear() {
+    if (this._timer !== null) clearTimeout(this._timer);
+    this._timer = null;
   }
 }
 
@@ -267,12 +423,21 @@ function failure(code, message, status = 0, requestId = null) {
   };
 }
 
-async function readJson(response) {
+async function readText(response) {
   try {
-    const text = await response.text();
-    return text ? JSON.parse(text) : null;
+    return await response.text();
   } catch {
-    return null;
+    return "";
+  }
+}
+
+// The JSON value of a body; null when empty, undefined when not JSON.
+function parseJson(text) {
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
   }
 }
 
