@@ -29,8 +29,9 @@ from inkflow.server.metrics import Metrics
 from inkflow.server.worker import WorkerSupervisor, adopted_port
 from inkflow.settings import Settings, describe
 from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.web.request import InkFlowRequest
 from inkflow.web.routes import InkFlowApp
-from inkflow.web.site import InkFlowRequest, InkFlowSite
+from inkflow.web.site import InkFlowSite
 
 __all__ = ["InkFlowService", "makeService"]
 

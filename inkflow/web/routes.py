@@ -18,14 +18,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from inkflow.chat import ChatMessage, parse_chat
+from inkflow.chat import ChatBody, ChatMessage, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
-from inkflow.web.site import InkFlowRequest
+from inkflow.web.request import received_body, release_body
+from inkflow.web.responses import bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
@@ -79,13 +80,6 @@ class _StaticFirst(Resource):
 
 def _is_api(path: bytes) -> bool:
     return path == b"/api" or path.startswith(b"/api/")
-
-
-def _inkflow(request: IRequest) -> InkFlowRequest:
-    """
-    Klein hands routes an C{IRequest}; InkFlow's site makes L{InkFlowRequest}s.
-    """
-    return cast(InkFlowRequest, request)
 
 
 class InkFlowApp:
@@ -168,7 +162,7 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
-    def _cors_headers(self, request: InkFlowRequest) -> bool:
+    def _cors_headers(self, request: IRequest) -> bool:
         """
         Add CORS headers when the request's origin is allowed.
         """
@@ -184,29 +178,28 @@ class InkFlowApp:
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return _inkflow(request).error_response(failure.value)  # type: ignore[arg-type]
+        return error_response(request, cast(ApiError, failure.value))
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         allowed = sorted(set(getattr(failure.value, "valid_methods", None) or []))
         error = ApiError("method_not_allowed", headers={"Allow": ", ".join(allowed)})
-        return _inkflow(request).error_response(error)
+        return error_response(request, error)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         # Static files never get here: the root resource answers them first.
-        req = _inkflow(request)
-        if not _is_api(req.path) and req.method not in (b"GET", b"HEAD"):
+        if not _is_api(request.path) and request.method not in (b"GET", b"HEAD"):
             error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
-            return req.error_response(error)
-        return req.error_response(ApiError("not_found"))
+            return error_response(request, error)
+        return error_response(request, ApiError("not_found"))
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(defer.CancelledError):
             return b""  # the client went away; nobody reads this
-        log.failure("Unhandled error", failure=failure, request_id=_inkflow(request).request_id)
-        return _inkflow(request).error_response(ApiError("internal_error"))
+        log.failure("Unhandled error", failure=failure, request_id=request_id(request))
+        return error_response(request, ApiError("internal_error"))
 
     # -- health ---------------------------------------------------------------
 
@@ -227,11 +220,11 @@ class InkFlowApp:
         )
 
     @app.route("/api/health", methods=["GET", "HEAD"])
-    def health(self, request: InkFlowRequest) -> bytes:
-        return request.json_response(self.health_snapshot())
+    def health(self, request: IRequest) -> bytes:
+        return json_response(request, self.health_snapshot())
 
     @app.route("/api/ready", methods=["GET", "HEAD"])
-    def ready(self, request: InkFlowRequest) -> bytes:
+    def ready(self, request: IRequest) -> bytes:
         _, _, draining = self.site_stats()
         ok, reason = readiness(
             draining=draining,
@@ -239,19 +232,19 @@ class InkFlowApp:
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
         if ok:
-            return request.json_response({"ready": True})
-        return request.json_response({"ready": False, "reason": reason}, 503)
+            return json_response(request, {"ready": True})
+        return json_response(request, {"ready": False, "reason": reason}, 503)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def prometheus(self, request: InkFlowRequest) -> bytes:
+    def prometheus(self, request: IRequest) -> bytes:
         if self.metrics is None:
             raise NotFound()
-        return request.bytes_response(self.metrics.render(), CONTENT_TYPE)
+        return bytes_response(request, self.metrics.render(), CONTENT_TYPE)
 
     # -- chat -----------------------------------------------------------------
 
     @app.route("/api/chat", methods=["OPTIONS"])
-    def chat_preflight(self, request: InkFlowRequest) -> bytes:
+    def chat_preflight(self, request: IRequest) -> bytes:
         if self._cors_headers(request):
             request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
             request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
@@ -261,28 +254,25 @@ class InkFlowApp:
         return b""
 
     @app.route("/api/chat", methods=["POST"])
-    def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes]:
+    def chat(self, request: IRequest) -> defer.Deferred[bytes]:
         self._cors_headers(request)
         d = defer.Deferred.fromCoroutine(self._chat(request))
         # A client that leaves stops its work: a queued request leaves the
         # queue, an attempt in flight is cancelled.
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
-    async def _chat(self, request: InkFlowRequest) -> bytes:
+    async def _chat(self, request: IRequest) -> bytes:
         started = self.clock.seconds()
         status = 500
+        body: ChatBody | None = None
         try:
             # (--static-only never gets here: sink_for refuses the request from its head.)
-            if request.body_error is not None:
-                raise request.body_error
-            body = request.chat_body
-            if body is None:
-                raise ApiError("bad_request", "the request has no body")
+            body = received_body(request, self.sink_for)
             self.rate_limiter.check(self._client(request))
             message = parse_chat(
                 body,
-                request_id=request.request_id,
+                request_id=request_id(request),
                 max_chars=self.settings.max_message_chars,
                 max_files=self.settings.max_files,
             )
@@ -309,22 +299,22 @@ class InkFlowApp:
                 mode=self.settings.mode,
             )
             status = 200
-            return request.json_response(answer)
+            return json_response(request, answer)
         except ApiError as e:
             status = e.status
             log.info(
                 "Chat {request_id} refused: {status} {code}",
                 status=e.status,
                 code=e.code,
-                request_id=request.request_id,
+                request_id=request_id(request),
             )
             raise
         finally:
-            request.release_body()
+            release_body(request, body)
             if self.metrics is not None:
                 self.metrics.observe_chat(self.clock.seconds() - started, status)
 
-    def _client(self, request: InkFlowRequest) -> str:
+    def _client(self, request: IRequest) -> str:
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or "unknown"
         return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)

@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.web.site}: deadlines, the connection limit, early refusals,
+Tests for L{inkflow.web.channel}, L{inkflow.web.request} and L{inkflow.web.site}: deadlines, the connection limit, early refusals,
 drain, all with C{StringTransport} and C{Clock} (no network, no real time).
 """
 
@@ -18,7 +18,9 @@ from twisted.web.resource import Resource
 from inkflow.errors import ApiError
 from inkflow.settings import Settings
 from inkflow.web.bodies import BodySink, JsonSink
-from inkflow.web.site import InkFlowChannel, InkFlowRequest, InkFlowSite
+from inkflow.web.channel import InkFlowChannel
+from inkflow.web.request import InkFlowRequest
+from inkflow.web.site import InkFlowSite
 
 
 class Echo(Resource):
