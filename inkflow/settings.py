@@ -106,6 +106,11 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _optional_listen(value: Any) -> str:
+    text = str(value).strip()
+    return _listen(text) if text else ""
+
+
 def _webhook(value: Any) -> str:
     text = str(value).strip()
     parts = urlsplit(text)
@@ -167,6 +172,8 @@ def _retry_on(value: Any) -> str:
 
 def _network(value: Any) -> str:
     text = str(value).strip()
+    if text.lower() == "unix":
+        return "unix"  # every peer of a unix: listener (a local proxy)
     try:
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
@@ -334,7 +341,7 @@ OPTIONS: tuple[Option, ...] = (
         "trusted-proxy",
         _network,
         (),
-        "address or CIDR whose X-Forwarded-For is believed (repeatable)",
+        "address, CIDR or unix (a unix: listener's peers) whose X-Forwarded-For is believed (repeatable)",
         repeatable=True,
         metavar="CIDR",
     ),
@@ -350,6 +357,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("header-timeout", _seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS"),
     Option(
         "idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
+    ),
+    Option(
+        "body-timeout",
+        _seconds(0.001, 3600),
+        10.0,
+        "seconds without a request-body byte before 408 and close",
+        metavar="SECONDS",
+    ),
+    Option(
+        "write-timeout",
+        _seconds(0.001, 3600),
+        30.0,
+        "seconds without the client reading its answer before the connection is aborted",
+        metavar="SECONDS",
+    ),
+    Option(
+        "admin-listen",
+        _optional_listen,
+        "",
+        "endpoint for /metrics and the full health; the public /api/health then says only its status",
+        metavar="ENDPOINT",
     ),
     Option(
         "shutdown-delay",
@@ -411,6 +439,9 @@ class Settings:
     cors_origin: tuple[str, ...]
     header_timeout: float
     idle_timeout: float
+    body_timeout: float
+    write_timeout: float
+    admin_listen: str
     shutdown_delay: float
     drain_timeout: float
     cleanup_interval: float
@@ -588,6 +619,8 @@ def options_table_markdown() -> str:
             shown = "packaged `static/`" if option.name == "static-dir" else "`$TMPDIR/inkflow-uploads-<uid>`"
         elif isinstance(default, tuple):
             shown = f"`{','.join(default)}`" if default else "none"
+        elif default == "":
+            shown = "none"
         elif isinstance(default, bool):
             shown = "on" if default else "off"
         else:

@@ -18,7 +18,7 @@ from inkflow.settings import (
     options_table_markdown,
     redact_url,
 )
-from tests.unit.helpers import temp_path
+from tests.unit.helpers import pinned, temp_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,3 +170,19 @@ class DocumentationTests(TestCase):
         for option in OPTIONS:
             self.assertEqual(option.env, "INKFLOW_" + option.name.upper().replace("-", "_"))
             self.assertIn(option.attr, names)
+
+
+class WebhookCredentialsTests(TestCase):
+    """
+    Issue 12, finding 9: user:password@ in a webhook URL.
+    """
+
+    @pinned("finding 9: a webhook with userinfo starts and every chat fails")
+    def test_userinfo_in_a_webhook_is_refused_at_start(self) -> None:
+        """A webhook URL with user:password@ stops start-up with one line that never shows the password."""
+        error = self.assertRaises(
+            ConfigError, load_settings, flags={"webhook": ["http://me:hunter2@n8n.local/webhook/x"]}
+        )
+        self.assertIn("--webhook", str(error))
+        self.assertIn("Authorization", str(error))
+        self.assertNotIn("hunter2", str(error))
