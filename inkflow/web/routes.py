@@ -17,6 +17,7 @@ from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from inkflow.chat import ChatBody, ChatMessage, parse_chat
 from inkflow.errors import ApiError
@@ -194,6 +195,12 @@ class InkFlowApp:
             return error_response(request, error)
         return error_response(request, ApiError("not_found"))
 
+    @app.handle_errors(RequestRedirect)
+    def no_redirects(self, request: IRequest, failure: Failure) -> bytes:
+        # werkzeug redirects /api//health to /api/health; InkFlow's paths
+        # have one spelling, anything else is not found.
+        return error_response(request, ApiError("not_found"))
+
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(defer.CancelledError):
@@ -298,8 +305,13 @@ class InkFlowApp:
                 files=len(message.files),
                 mode=self.settings.mode,
             )
+            try:
+                written = json_response(request, answer)
+            except ValueError:
+                # NaN, an infinity or nesting too deep: never sent as "JSON".
+                raise ApiError("upstream_error", "the answer is not valid JSON") from None
             status = 200
-            return json_response(request, answer)
+            return written
         except ApiError as e:
             status = e.status
             log.info(

@@ -177,8 +177,9 @@ def assert_contract_error(response: Response) -> None:
     if not response.complete:
         return  # headers only: a HEAD answer, or the body was cut by our read's idle limit
     value = json.loads(response.body)
-    assert set(value) == {"error"}, value
+    assert set(value) == {"message", "error"}, value
     error = value["error"]
+    assert value["message"] == error["message"], value
     assert set(error) == {"code", "message", "message_en", "requestId"}, error
     assert error["code"] in MESSAGES, error
     assert MESSAGES[error["code"]][0] == response.status, (response.status, error)

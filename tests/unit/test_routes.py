@@ -189,28 +189,24 @@ class HostileInputTests(TestCase):
         self.assertEqual(self.chat(stub, headers={"Origin": "https://shop.example"})[0], 200)
         self.assertEqual(self.chat(stub)[0], 200)
 
-    @pinned("finding 6: werkzeug's merge-slashes redirect is a 500")
     def test_doubled_slash_in_an_api_path_is_a_json_404(self) -> None:
         """/api//health is the contract's 404, not a redirect turned into a 500."""
         _, stub = make_app(self)
         code, _, body = self.request(stub, "GET", "/api//health")
         self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
 
-    @pinned("finding 6: metadata as a deeply nested JSON string raises RecursionError")
     def test_deeply_nested_metadata_string_is_400(self) -> None:
         """metadata given as a JSON string nested 2,000 deep is a 400."""
         _, stub = make_app(self, FakeForwarder())
         code, _, body = self.chat(stub, {"message": "hi", "metadata": "[" * 2000 + "]" * 2000})
         self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
 
-    @pinned("finding 6: a lone surrogate reaches the JSON writer")
     def test_lone_surrogate_in_the_message_is_400(self) -> None:
         """A lone surrogate (valid JSON escape, not text) in the message is a 400."""
         _, stub = make_app(self, FakeForwarder())
         code, _, body = self.chat(stub, raw=b'{"message": "a\\ud800b"}')
         self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
 
-    @pinned("finding 7: NaN, Infinity and 1e999 are accepted in metadata")
     def test_non_finite_numbers_in_metadata_are_400(self) -> None:
         """NaN, Infinity and 1e999 are not JSON: 400, in the body and in a metadata string."""
         forwarder = FakeForwarder()
@@ -220,7 +216,6 @@ class HostileInputTests(TestCase):
         self.assertEqual(self.chat(stub, {"message": "hi", "metadata": '{"a": Infinity}'})[0], 400)
         self.assertEqual(forwarder.messages, [])
 
-    @pinned("finding 7: the session id pattern uses match and $")
     def test_session_id_with_a_trailing_newline_is_400(self) -> None:
         """A sessionId with a trailing newline is refused."""
         forwarder = FakeForwarder()
@@ -228,14 +223,12 @@ class HostileInputTests(TestCase):
         self.assertEqual(self.chat(stub, {"message": "hi", "sessionId": "abc\n"})[0], 400)
         self.assertEqual(forwarder.messages, [])
 
-    @pinned("finding 7: an n8n answer of 1e400 reaches the browser as Infinity")
     def test_infinite_answer_is_502(self) -> None:
         """An n8n answer that is not finite JSON is a 502, never Infinity."""
         _, stub = make_app(self, FakeForwarder({"output": float("inf")}))
         code, _, body = self.chat(stub)
         self.assertEqual((code, body["error"]["code"]), (502, "upstream_error"))
 
-    @pinned("finding 6: an n8n answer nested too deeply to write is a 500")
     def test_deeply_nested_answer_is_502(self) -> None:
         """An n8n answer nested too deeply to write is a 502."""
         deep: Any = []
@@ -245,7 +238,6 @@ class HostileInputTests(TestCase):
         code, _, body = self.chat(stub)
         self.assertEqual((code, body["error"]["code"]), (502, "upstream_error"))
 
-    @pinned("contract 2026-12: every error body carries a top-level message")
     def test_error_bodies_carry_a_top_level_message(self) -> None:
         """Errors are {"message": <Hebrew>, "error": {...}}."""
         _, stub = make_app(self)
