@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 
 from inkflow.errors import ApiError
+from inkflow.web import twisted_hooks
 from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
 from inkflow.web.responses import raw_error_response
 
@@ -41,8 +42,16 @@ class InkFlowChannel(http.HTTPChannel):
 
     States: C{idle} (between requests: C{--idle-timeout}), C{head} (a request
     has started: its head must be in within C{--header-timeout}), C{body}
-    (the body must keep a minimum rate), C{busy} (the request is being
-    answered: no deadline here, the route has its own).
+    (every body byte must follow the last within C{--body-timeout}, and the
+    whole body arrive by a deadline from the chosen sink's limit at
+    L{MIN_BODY_RATE}), C{busy} (the request is being answered: no deadline
+    here, the route has its own).
+
+    In every state, a client that stops reading its answers (the transport
+    pauses the channel) is aborted after C{--write-timeout} without
+    progress, and pipelined requests wait, unread, until the answer before
+    them has left the send buffer.  Every close that may not complete is
+    followed by an abort.
     """
 
     site: InkFlowSite
@@ -54,7 +63,12 @@ class InkFlowChannel(http.HTTPChannel):
         super().__init__()
         self.state = "head"
         self._deadline: IDelayedCall | None = None
+        self._progress: IDelayedCall | None = None
+        self._write_timer: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
+        self._holding = False
+        self._in_head = False
+        self._hosts = 0
         self.clock: IReactorTime | None = None
 
     # -- lifetime -----------------------------------------------------------
@@ -77,15 +91,15 @@ class InkFlowChannel(http.HTTPChannel):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel(self._deadline)
-        self._cancel(self._abort_call)
-        self._deadline = self._abort_call = None
+        for call in (self._deadline, self._progress, self._write_timer, self._abort_call):
+            self._cancel(call)
+        self._deadline = self._progress = self._write_timer = self._abort_call = None
         try:
             super().connectionLost(reason)
         finally:
             self.site.channel_gone(self)
 
-    # -- deadlines ------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._dropping:
@@ -98,30 +112,92 @@ class InkFlowChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._dropping:
             return
+        if self._in_head:
+            if line[:1] in (b" ", b"\t"):
+                # obs-fold: a strict front proxy reads this head differently.
+                self._respondToBadRequestAndDisconnect()
+                return
+        elif line:
+            self._in_head = True  # the request line; headers follow
+            if self.state == "idle":
+                self.state = "head"
+                self._arm(self.site.settings.header_timeout)
         super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            # Twisted ignores "identity" and reads the body as the next request.
+            self._respondToBadRequestAndDisconnect()
+            return False
+        if name == b"host":
+            self._hosts += 1
+            if self._hosts > 1:
+                self._respondToBadRequestAndDisconnect()
+                return False
+        return bool(super().headerReceived(line))
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._dropping:
             return
+        if self.state == "body" and data:
+            self._arm_progress()
         super().rawDataReceived(data)
 
     def allHeadersReceived(self) -> None:
+        hosts, self._hosts, self._in_head = self._hosts, 0, False
+        if hosts == 0 and twisted_hooks.request_version(self) == b"HTTP/1.1":
+            self._respondToBadRequestAndDisconnect()
+            return
         super().allHeadersReceived()
         if self.refused:
             return
         self.state = "body"
-        length = self.length if self.length else self.site.settings.max_body_size
-        self._arm(self.site.settings.header_timeout + min(length, self.site.settings.max_body_size) / MIN_BODY_RATE)
+        settings = self.site.settings
+        limit = self._body_limit()
+        self._arm(settings.header_timeout + limit / MIN_BODY_RATE)
+        self._arm_progress()
+
+    def _body_limit(self) -> int:
+        """
+        The most body bytes the chosen sink takes (the C{Content-Length} when
+        smaller): what the overall body deadline is computed from.
+        """
+        request = self.requests[-1] if self.requests else None
+        limit = getattr(request, "body_limit", None)
+        if not isinstance(limit, int):
+            limit = self.site.settings.max_body_size
+        if self.length:
+            limit = min(limit, self.length)
+        return limit
+
+    def _arm_progress(self) -> None:
+        if self.clock is None:
+            return
+        if self._progress is not None and self._progress.active():
+            self._progress.reset(self.site.settings.body_timeout)
+        else:
+            self._progress = self.clock.callLater(self.site.settings.body_timeout, self._expired)
 
     def allContentReceived(self) -> None:
+        if self._dropping:
+            return  # refused from its head: never processed
         if not self.refused:
             self.state = "busy"
             self._cancel(self._deadline)
-            self._deadline = None
+            self._cancel(self._progress)
+            self._deadline = self._progress = None
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:
         closing = not self.persistent  # then twisted.web closes the connection itself
+        if not closing and twisted_hooks.waiting_for_transport(self) and self.transport is not None:
+            # The answer is still buffered: hold what the client pipelined
+            # (and stop reading) until the transport drains.
+            self._holding = True
+            twisted_hooks.hold_input(self, True)
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
         super().requestDone(request)
         if closing:
             return
@@ -132,6 +208,36 @@ class InkFlowChannel(http.HTTPChannel):
             self.state = "idle"
             self._arm(self.site.settings.idle_timeout)
 
+    # -- writing ------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's send buffer is full: the client has this long to read.
+        """
+        super().pauseProducing()
+        if self.clock is not None and (self._write_timer is None or not self._write_timer.active()):
+            self._write_timer = self.clock.callLater(self.site.settings.write_timeout, self._write_expired)
+
+    def resumeProducing(self) -> None:
+        """
+        The client read: progress.  Requests held behind the answer go on.
+        """
+        self._cancel(self._write_timer)
+        self._write_timer = None
+        super().resumeProducing()
+        if self._holding:
+            self._holding = False
+            twisted_hooks.hold_input(self, False)
+            self.dataReceived(b"")  # parse what waited
+
+    def _write_expired(self) -> None:
+        self._write_timer = None
+        self.site.timeouts_total += 1
+        log.info("Client did not read its answer in time; aborting the connection")
+        self._abort_now()
+
+    # -- deadlines ------------------------------------------------------------
+
     def _arm(self, seconds: float) -> None:
         if self.clock is None:
             return
@@ -141,7 +247,9 @@ class InkFlowChannel(http.HTTPChannel):
             self._deadline = self.clock.callLater(seconds, self._expired)
 
     def _expired(self) -> None:
-        self._deadline = None
+        self._cancel(self._deadline)
+        self._cancel(self._progress)
+        self._deadline = self._progress = None
         if self.state == "idle":
             log.debug("Closing idle keep-alive connection")
             self.loseConnection()
@@ -158,6 +266,21 @@ class InkFlowChannel(http.HTTPChannel):
                 log.info("Request {state} not received in time; answering 408", state=self.state)
                 error = ApiError("request_timeout")
             self.refuse(raw_error_response(error, request_id), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
+
+    def loseConnection(self) -> None:
+        """
+        Close after the send buffer drains; abort if it does not within
+        C{--write-timeout}.
+        """
+        super().loseConnection()
+        if self.clock is not None and (self._abort_call is None or not self._abort_call.active()):
+            self._abort_call = self.clock.callLater(self.site.settings.write_timeout, self._abort_now)
+
+    def _abort_now(self) -> None:
+        self._abort_call = None
+        if self.transport is not None:
+            log.debug("Aborting a connection that did not close")
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- refusing and closing -------------------------------------------------
 
@@ -179,7 +302,8 @@ class InkFlowChannel(http.HTTPChannel):
         self.state = "refused"
         self.persistent = False
         self._cancel(self._deadline)
-        self._deadline = None
+        self._cancel(self._progress)
+        self._deadline = self._progress = None
         self.transport.write(response)
         if self.clock is not None:
             self._abort_call = self.clock.callLater(linger, self._linger_over)
@@ -189,7 +313,7 @@ class InkFlowChannel(http.HTTPChannel):
         if self.transport is not None:
             self.transport.loseConnection()
             if self.clock is not None:
-                self._abort_call = self.clock.callLater(LINGER_SECONDS, self.forceAbortClient)
+                self._abort_call = self.clock.callLater(LINGER_SECONDS, self._abort_now)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """
@@ -214,8 +338,7 @@ class InkFlowChannel(http.HTTPChannel):
             self.loseConnection()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.forceAbortClient()
+        self._abort_now()
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

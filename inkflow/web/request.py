@@ -80,7 +80,9 @@ class InkFlowRequest(server.Request):
         self.content = _NullContent()
         channel = self.channel
         method, target = twisted_hooks.request_line(channel)
-        path = target.split(b"?", 1)[0]
+        # The path as routing sees it (percent-decoded), so /api/%63hat gets
+        # the same sink and limits as /api/chat.
+        path = unquote_to_bytes(target.split(b"?", 1)[0])
         try:
             if channel.over_limit and path not in ALWAYS_ANSWERED:
                 channel.site.connections_rejected += 1
@@ -88,6 +90,13 @@ class InkFlowRequest(server.Request):
             self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
         except ApiError as e:
             self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)
+
+    @property
+    def body_limit(self) -> int | None:
+        """
+        The most body bytes the chosen sink takes (C{None} without a sink).
+        """
+        return self._sink.limit if self._sink is not None else None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused or self._sink is None:

@@ -16,6 +16,9 @@ The hooks, and why InkFlow needs them:
  - L{waiting_for_transport}: whether the transport has asked the channel to
    stop producing (C{HTTPChannel._waitingForTransport}): the client is not
    reading its answers;
+ - L{hold_input}: C{LineReceiver.paused}, which stops the line parser
+   between two pipelined requests (their bytes stay in its buffer) until
+   the answer before them has left the send buffer;
  - L{BAD_REQUEST_METHOD}: the name of twisted.web's bare-400 answer
    (C{HTTPChannel._respondToBadRequestAndDisconnect}), which InkFlow's
    channel overrides to answer the contract's JSON instead;
@@ -37,6 +40,7 @@ from twisted.web import http
 __all__ = [
     "BAD_REQUEST_METHOD",
     "FINISH_BODY_METHOD",
+    "hold_input",
     "is_disconnected",
     "reason_phrase",
     "request_line",
@@ -77,6 +81,15 @@ def waiting_for_transport(channel: http.HTTPChannel) -> bool:
     Whether the transport's send buffer is full (it paused the channel).
     """
     return bool(getattr(channel, "_waitingForTransport", False))
+
+
+def hold_input(channel: http.HTTPChannel, hold: bool) -> None:
+    """
+    Stop (or let go on) the line parser between requests; what the client
+    already sent stays buffered, unparsed.  Resuming does not parse by
+    itself: feed C{dataReceived(b"")} after.
+    """
+    channel.paused = hold
 
 
 def reason_phrase(status: int) -> bytes:

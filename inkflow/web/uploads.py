@@ -174,6 +174,10 @@ class MultipartSink:
 
     # --- BodySink
 
+    @property
+    def limit(self) -> int:
+        return self._settings.max_body_size
+
     def write(self, data: bytes) -> None:
         """
         Parse the next chunk; file bytes go to disk as they come.

@@ -21,7 +21,6 @@ from inkflow.web.bodies import BodySink, JsonSink
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.request import InkFlowRequest
 from inkflow.web.site import InkFlowSite
-from tests.unit.helpers import pinned
 
 
 class Echo(Resource):
@@ -265,7 +264,6 @@ class HostileClientTests(TestCase):
         channel.makeConnection(transport)
         return channel, transport
 
-    @pinned("finding 1: the body deadline ignores progress")
     def test_stalled_chunked_body_gets_408_after_body_timeout(self) -> None:
         """A chunked head and then nothing: 408 after --body-timeout, then the connection is cut."""
         channel, transport = self.connect()
@@ -273,11 +271,10 @@ class HostileClientTests(TestCase):
         self.clock.advance(9.9)
         self.assertEqual(transport.value(), b"")
         self.clock.advance(0.2)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout"), transport.value())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Time-out\r\n"), transport.value())
         self.clock.advance(2)
         self.assertTrue(transport.disconnecting)
 
-    @pinned("finding 1: a chunk-size line and then nothing holds the slot")
     def test_stalled_after_chunk_size_line_gets_408(self) -> None:
         """A chunk-size line and then silence is cut after --body-timeout, not minutes later."""
         channel, transport = self.connect()
@@ -294,7 +291,6 @@ class HostileClientTests(TestCase):
             channel.dataReceived(byte)
         self.assertEqual(transport.value(), b"")
 
-    @pinned("finding 1: the overall body deadline comes from the largest possible body")
     def test_overall_body_deadline_comes_from_the_chosen_sink(self) -> None:
         """Trickling a small sink's body byte by byte is cut once the sink's own deadline passes."""
         channel, transport = self.connect()
@@ -304,7 +300,6 @@ class HostileClientTests(TestCase):
             channel.dataReceived(b"1\r\nx\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
 
-    @pinned("finding 2: a client that never reads holds its slot forever")
     def test_client_not_reading_is_aborted_after_write_timeout(self) -> None:
         """Once the transport is full, --write-timeout without the client reading aborts the connection."""
         channel, transport = self.connect()
@@ -318,7 +313,6 @@ class HostileClientTests(TestCase):
         self.clock.advance(2)
         self.assertTrue(transport.disconnected)
 
-    @pinned("finding 2: the idle close has no abort behind it")
     def test_idle_close_that_does_not_complete_is_aborted(self) -> None:
         """The idle timer's close is followed by an abort when the connection does not go away."""
         channel, transport = self.connect()
@@ -329,7 +323,6 @@ class HostileClientTests(TestCase):
         self.clock.advance(31)
         self.assertTrue(transport.disconnected)
 
-    @pinned("finding 2: pipelined requests are answered while the previous answer is still buffered")
     def test_pipelined_requests_wait_while_an_answer_is_buffered(self) -> None:
         """With the send buffer full, the next pipelined request waits (and reading stops) until it drains."""
         self.resource = _Pausing()
@@ -349,7 +342,6 @@ class HostileClientTests(TestCase):
         raw = raw_error_response(ApiError.retry_later("rate_limited", 3), "r")
         self.assertTrue(raw.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"))
 
-    @pinned("finding 9: framing a strict proxy reads differently is accepted")
     def test_transfer_encoding_identity_is_400(self) -> None:
         """Transfer-Encoding other than chunked is refused with the JSON 400."""
         channel, transport = self.connect()
@@ -357,7 +349,6 @@ class HostileClientTests(TestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
         self.assertEqual(self.resource.seen, [])
 
-    @pinned("finding 9: obs-fold is accepted")
     def test_folded_header_line_is_400(self) -> None:
         """A folded (obs-fold) header line is refused with the JSON 400."""
         channel, transport = self.connect()
@@ -365,14 +356,12 @@ class HostileClientTests(TestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
         self.assertIn(b'"bad_request"', transport.value())
 
-    @pinned("finding 9: HTTP/1.1 without Host is accepted")
     def test_http11_without_host_is_400(self) -> None:
         """HTTP/1.1 without a Host header is refused with the JSON 400."""
         channel, transport = self.connect()
         channel.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
 
-    @pinned("finding 9: a repeated Host is accepted")
     def test_duplicate_host_is_400(self) -> None:
         """Two Host headers are refused with the JSON 400."""
         channel, transport = self.connect()
@@ -385,7 +374,6 @@ class HostileClientTests(TestCase):
         channel.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 "), transport.value())
 
-    @pinned("finding 9: the body sink is chosen on the raw path, routing on the decoded one")
     def test_sink_is_chosen_from_the_decoded_path(self) -> None:
         """The sink chooser sees /api/chat for /api/%63hat, as routing does."""
         seen: list[bytes] = []

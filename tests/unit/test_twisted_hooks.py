@@ -111,3 +111,21 @@ class TwistedHooksTests(TestCase):
         self.assertEqual(twisted_hooks.reason_phrase(404), http.RESPONSES[404])
         self.assertEqual(twisted_hooks.reason_phrase(429), b"Too Many Requests")
         self.assertEqual(twisted_hooks.reason_phrase(599), b"Error")
+
+    def test_hold_input_stops_the_line_parser_between_requests(self) -> None:
+        """C{LineReceiver.paused} keeps pipelined requests unparsed until released and fed."""
+        seen: list[bytes] = []
+
+        class Recording(http.HTTPChannel):
+            def allHeadersReceived(self) -> None:
+                seen.append(twisted_hooks.request_line(self)[1])
+                twisted_hooks.hold_input(self, True)
+                super().allHeadersReceived()
+
+        channel = Recording()
+        _connect(channel)
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(seen, [b"/1"])
+        twisted_hooks.hold_input(channel, False)
+        channel.dataReceived(b"")
+        self.assertEqual(seen, [b"/1", b"/2"])
