@@ -69,7 +69,7 @@ class _StaticFirst(Resource):
         self.static = static
         self.routes = routes
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         if request.method in (b"GET", b"HEAD"):
             path = request.path
             if not _is_api(path) and path != b"/metrics":
