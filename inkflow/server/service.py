@@ -215,7 +215,9 @@ def makeService(
         cleanup=cleaner,
         metrics=metrics,
     )
-    site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics))
+    site = InkFlowSite(
+        app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics), admit_head=app.admit_head
+    )
 
     top = service.MultiService()
     core = InkFlowService(settings, reactor, site, app, queue, pool)

@@ -11,7 +11,11 @@ from collections.abc import Iterable, Sequence
 
 from twisted.logger import Logger
 
-__all__ = ["client_ip"]
+__all__ = ["UNIX", "client_ip"]
+
+#: The peer host of a unix: listener's connections, and the --trusted-proxy
+#: value that believes them.
+UNIX = "unix"
 
 log = Logger()
 
@@ -79,23 +83,30 @@ def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tupl
     peer itself), never a forgeable value.  If every entry is trusted, the
     leftmost one is the answer.
 
-    @param peer_host: the connection's peer address.
+    @param peer_host: the connection's peer address (L{UNIX} for a unix:
+        listener).
     @param forwarded_for: the raw C{X-Forwarded-For} header values in the
         order received (each may hold a comma-separated list), or L{None}.
     @param trusted: addresses / CIDRs, as in C{Settings.trusted_proxy}.
     @return: the address in canonical text form (IPv4-mapped IPv6 as IPv4);
         the peer host unchanged when it is not an IP address.
     """
-    peer = _parse_address(peer_host)
-    if peer is None:
-        return peer_host
-    if not trusted or not forwarded_for:
-        return str(peer)
-    networks = _networks(tuple(trusted))
-    if not _is_trusted(peer, networks):
-        return str(peer)
+    networks = _networks(tuple(t for t in trusted if t != UNIX))
+    nearest: _Address | str
+    if peer_host == UNIX:
+        # A unix: listener's peer is a local proxy, believed only with
+        # --trusted-proxy unix.
+        if UNIX not in trusted or not forwarded_for:
+            return peer_host
+        nearest = peer_host
+    else:
+        peer = _parse_address(peer_host)
+        if peer is None:
+            return peer_host
+        if not trusted or not forwarded_for or not _is_trusted(peer, networks):
+            return str(peer)
+        nearest = peer
     entries = [entry for value in forwarded_for for entry in str(value).split(",")]
-    nearest: _Address = peer
     for entry in reversed(entries):
         if not entry.strip():
             continue

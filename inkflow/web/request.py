@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from inkflow.web.channel import InkFlowChannel
     from inkflow.web.site import InkFlowSite
 
-__all__ = ["ALWAYS_ANSWERED", "LINGER_SECONDS", "OVER_LIMIT_TIMEOUT", "InkFlowRequest", "SinkChooser", "received_body"]
+__all__ = [
+    "ALWAYS_ANSWERED",
+    "LINGER_SECONDS",
+    "OVER_LIMIT_TIMEOUT",
+    "HeadCheck",
+    "InkFlowRequest",
+    "SinkChooser",
+    "received_body",
+]
 
 log = Logger()
 
@@ -48,6 +56,8 @@ OVER_LIMIT_TIMEOUT = 1.0
 
 #: Chooses a body sink from a request's head: (method, path, headers, length).
 SinkChooser = Callable[[bytes, bytes, http.Headers, "int | None"], "BodySink | None"]
+#: Admits a request from its head (request, method, decoded path), or raises ApiError.
+HeadCheck = Callable[[IRequest, bytes, bytes], None]
 
 
 class InkFlowRequest(server.Request):
@@ -69,6 +79,8 @@ class InkFlowRequest(server.Request):
         self.body_error: ApiError | None = None
         self._sink: BodySink | None = None
         self._refused = False
+        #: The site's head check (Origin, rate limit) passed.
+        self.head_admitted = False
 
     # -- body ---------------------------------------------------------------
 
@@ -87,6 +99,9 @@ class InkFlowRequest(server.Request):
             if channel.over_limit and path not in ALWAYS_ANSWERED:
                 channel.site.connections_rejected += 1
                 raise ApiError.retry_later("busy", 5, "too many connections")
+            if channel.site.admit_head is not None:
+                channel.site.admit_head(self, method, path)
+                self.head_admitted = True
             self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
         except ApiError as e:
             self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,8 +25,9 @@ from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
-from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
+from inkflow.web.admission import ChatQueue, RateLimiter, check_origin, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
+from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
@@ -131,7 +133,27 @@ class InkFlowApp:
         """
         return _StaticFirst(self.static, self.app.resource())
 
-    # -- bodies ---------------------------------------------------------------
+    # -- heads and bodies -------------------------------------------------------
+
+    def admit_head(self, request: IRequest, method: bytes, path: bytes) -> None:
+        """
+        Whether a request may send its body, decided from its head alone
+        (before any body byte, like a 413): for chat, the Origin check and
+        the rate limit.
+
+        @raise ApiError: 403 C{forbidden_origin}, 429 C{rate_limited}.
+        """
+        if path != b"/api/chat" or method != b"POST" or self.settings.static_only:
+            return
+        headers = request.requestHeaders
+        check_origin(
+            headers.getRawHeaders(b"Origin"),
+            headers.getRawHeaders(b"Sec-Fetch-Site"),
+            (headers.getRawHeaders(b"Host") or [None])[0],
+            request.isSecure(),
+            self._cors,
+        )
+        self.rate_limiter.check(rate_key(self._client(request)))
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -275,8 +297,10 @@ class InkFlowApp:
         body: ChatBody | None = None
         try:
             # (--static-only never gets here: sink_for refuses the request from its head.)
+            if not getattr(request, "head_admitted", False):
+                # A request from elsewhere than InkFlow's site (tests).
+                self.admit_head(request, request.method, request.path)
             body = received_body(request, self.sink_for)
-            self.rate_limiter.check(self._client(request))
             message = parse_chat(
                 body,
                 request_id=request_id(request),
@@ -328,5 +352,5 @@ class InkFlowApp:
 
     def _client(self, request: IRequest) -> str:
         peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or "unknown"
+        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
         return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)

@@ -15,7 +15,7 @@ from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from inkflow.web.channel import InkFlowChannel
-from inkflow.web.request import InkFlowRequest, SinkChooser
+from inkflow.web.request import HeadCheck, InkFlowRequest, SinkChooser
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -39,12 +39,14 @@ class InkFlowSite(server.Site):
         clock: IReactorTime,
         sink_for: SinkChooser,
         on_request: Callable[[InkFlowRequest], None] | None = None,
+        admit_head: HeadCheck | None = None,
     ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=None)
         self.displayTracebacks = False
         self.settings = settings
         self.clock = clock
         self.sink_for = sink_for
+        self.admit_head = admit_head
         self.on_request = on_request
         self.channels: set[InkFlowChannel] = set()
         #: Open connections within --max-connections (the others are being refused).
