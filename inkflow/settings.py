@@ -482,7 +482,8 @@ class Settings:
 
 def redact_url(url: str) -> str:
     """
-    A webhook URL fit to show: no credentials, no query string, no fragment.
+    A webhook URL fit to show: C{scheme://host:port} only.  No credentials,
+    and no path, query or fragment: in n8n the webhook path is the secret.
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -494,7 +495,7 @@ def redact_url(url: str) -> str:
         port = None
     if port is None:
         port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def _parse_raw(option: Option, raw: Any, source: str) -> Any:
@@ -540,6 +541,8 @@ def _validated(values: dict[str, Any]) -> Settings:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
     if not values["retry_on"]:
         values["retry_on"] = ()
+    if values["workers"] > 1 and values["admin_listen"]:
+        raise ConfigError("invalid value for --admin-listen: not with --workers > 1 (each worker would need its own)")
     if values["workers"] > 1 and _parseServer(values["listen"], None)[0] != "TCP":
         raise ConfigError("invalid value for --workers: more than one worker needs a tcp: --listen endpoint")
     return Settings(**values)

@@ -6,7 +6,8 @@ C{MultiService} of:
 
  - the core service (L{InkFlowService}): owns the site, the n8n client and the
    queue, and drains them on shutdown;
- - the HTTP server on the C{--listen} endpoint;
+ - the HTTP server on the C{--listen} endpoint (and the admin one on
+   C{--admin-listen}, when set);
  - the cleanup loop.
 """
 
@@ -20,6 +21,7 @@ from twisted.application import service, strports
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
+from twisted.web import server
 
 from inkflow import __version__
 from inkflow.server.cleanup import Cleaner
@@ -202,7 +204,8 @@ def makeService(
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
 
     def site_stats() -> tuple[int, int, bool]:
-        return len(site.channels), site.connections_rejected, site.draining
+        # Admitted connections: those over the limit are being refused.
+        return site.admitted, site.connections_rejected, site.draining
 
     app = InkFlowApp(
         settings,
@@ -230,6 +233,13 @@ def makeService(
         http_service = adopted_port(reactor, site, worker_fd)
     http_service.setName("http")
     http_service.setServiceParent(core)
+    if settings.admin_listen:
+        # /metrics and the full health, for operators only (--admin-listen).
+        admin_site = server.Site(app.admin_resource(), timeout=settings.idle_timeout)
+        admin_site.displayTracebacks = False
+        admin = strports.service(settings.admin_listen, admin_site, reactor=reactor)
+        admin.setName("admin")
+        admin.setServiceParent(core)
     if install_signals:
         reactor.callWhenRunning(install_rotation_signals, reactor)
     return top

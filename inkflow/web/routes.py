@@ -25,11 +25,12 @@ from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
+from inkflow.settings import redact_url
 from inkflow.web.admission import ChatQueue, RateLimiter, check_origin, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.request import received_body, release_body
-from inkflow.web.responses import bytes_response, error_response, json_response, request_id
+from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
@@ -79,6 +80,31 @@ class _StaticFirst(Resource):
                 if body is not None:
                     return body
         return cast(bytes, self.routes.render(request))
+
+
+class _Admin(Resource):
+    """
+    The admin endpoint: C{/api/health} (full), C{/api/ready}, C{/metrics}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: InkFlowApp) -> None:
+        super().__init__()
+        self._app = app
+
+    def render(self, request: IRequest) -> bytes:
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
+        if request.method not in (b"GET", b"HEAD"):
+            return error_response(request, ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"}))
+        if request.path == b"/api/health":
+            return json_response(request, self._app.health_snapshot())
+        if request.path == b"/api/ready":
+            return self._app._ready_response(request)
+        if request.path == b"/metrics" and self._app.metrics is not None:
+            return bytes_response(request, self._app.metrics.render(), CONTENT_TYPE)
+        return error_response(request, ApiError("not_found"))
 
 
 def _is_api(path: bytes) -> bool:
@@ -132,6 +158,13 @@ class InkFlowApp:
         file cache (the page is the hot path), everything else through Klein.
         """
         return _StaticFirst(self.static, self.app.resource())
+
+    def admin_resource(self) -> IResource:
+        """
+        The C{--admin-listen} endpoint's root: the full health, readiness and
+        C{/metrics}, for operators only.
+        """
+        return _Admin(self)
 
     # -- heads and bodies -------------------------------------------------------
 
@@ -232,9 +265,18 @@ class InkFlowApp:
 
     # -- health ---------------------------------------------------------------
 
+    def _connections_full(self, active: int) -> bool:
+        return active >= self.settings.max_connections
+
     def health_snapshot(self) -> dict[str, Any]:
+        """
+        The full health snapshot: upstreams shown by index and
+        C{scheme://host:port} only (in n8n the webhook path is the secret);
+        C{degraded} while every connection place is taken.
+        """
         active, rejected, draining = self.site_stats()
-        return build_health(
+        upstreams = self.forwarder.upstreams() if self.forwarder is not None else []
+        snapshot = build_health(
             HealthInputs(
                 settings=self.settings,
                 uptime_s=self.clock.seconds() - self.started,
@@ -242,31 +284,48 @@ class InkFlowApp:
                 connections_active=active,
                 connections_rejected=rejected,
                 queue=self.queue.snapshot(),
-                upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
+                upstreams=[
+                    {**u, "index": i, "url": redact_url(str(u.get("url", "")))} for i, u in enumerate(upstreams)
+                ],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},
             )
         )
+        if snapshot["status"] == "ok" and self._connections_full(active):
+            snapshot["status"] = "degraded"
+        return snapshot
 
-    @app.route("/api/health", methods=["GET", "HEAD"])
-    def health(self, request: IRequest) -> bytes:
-        return json_response(request, self.health_snapshot())
-
-    @app.route("/api/ready", methods=["GET", "HEAD"])
-    def ready(self, request: IRequest) -> bytes:
-        _, _, draining = self.site_stats()
+    def _readiness(self) -> tuple[bool, str | None]:
+        active, _, draining = self.site_stats()
         ok, reason = readiness(
             draining=draining,
             queue_full=self.queue.full,
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
+        if ok and self._connections_full(active):
+            return False, "connections_full"
+        return ok, reason
+
+    def _ready_response(self, request: IRequest) -> bytes:
+        ok, reason = self._readiness()
         if ok:
             return json_response(request, {"ready": True})
         return json_response(request, {"ready": False, "reason": reason}, 503)
 
+    @app.route("/api/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        if self.settings.admin_listen:
+            # The full snapshot is on the admin endpoint only.
+            return json_response(request, {"status": self.health_snapshot()["status"]})
+        return json_response(request, self.health_snapshot())
+
+    @app.route("/api/ready", methods=["GET", "HEAD"])
+    def ready(self, request: IRequest) -> bytes:
+        return self._ready_response(request)
+
     @app.route("/metrics", methods=["GET", "HEAD"])
     def prometheus(self, request: IRequest) -> bytes:
-        if self.metrics is None:
+        if self.metrics is None or self.settings.admin_listen:
             raise NotFound()
         return bytes_response(request, self.metrics.render(), CONTENT_TYPE)
 
