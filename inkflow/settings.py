@@ -120,6 +120,13 @@ def _webhook(value: Any) -> str:
         _ = parts.port
     except ValueError:
         raise ValueError(f"bad port in {redact_url(text)!r}") from None
+    if parts.username is not None or parts.password is not None:
+        # treq would not send them, every chat would fail; and a password in
+        # a URL ends up in logs.  Never echoed.
+        raise ValueError(
+            f"user:password@ in {redact_url(text)!r} is not supported; "
+            'send credentials with --webhook-header "Authorization: Basic <base64>"'
+        )
     return text
 
 
@@ -482,8 +489,8 @@ class Settings:
 
 def redact_url(url: str) -> str:
     """
-    A webhook URL fit to show: C{scheme://host:port} only.  No credentials,
-    and no path, query or fragment: in n8n the webhook path is the secret.
+    A webhook URL fit to log: no credentials, no query string, no fragment.
+    (Health shows less: L{origin_url}.)
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -495,7 +502,16 @@ def redact_url(url: str) -> str:
         port = None
     if port is None:
         port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}:{port}"
+    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
+
+
+def origin_url(url: str) -> str:
+    """
+    A webhook URL fit to show anyone: C{scheme://host:port} only.  In n8n the
+    webhook path is the secret: whoever has it can post to n8n directly.
+    """
+    scheme, sep, rest = redact_url(url).partition("://")
+    return scheme + sep + rest.split("/", 1)[0]
 
 
 def _parse_raw(option: Option, raw: Any, source: str) -> Any:

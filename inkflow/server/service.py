@@ -31,9 +31,10 @@ from inkflow.server.metrics import Metrics
 from inkflow.server.worker import WorkerSupervisor, adopted_port
 from inkflow.settings import Settings, describe
 from inkflow.web.admission import ChatQueue, RateLimiter
-from inkflow.web.request import InkFlowRequest
+from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
+from inkflow.web.uploads import upload_dir_problem
 
 __all__ = ["InkFlowService", "makeService"]
 
@@ -76,13 +77,17 @@ class InkFlowService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
-        info = os.stat(self.settings.upload_dir)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        problem = upload_dir_problem(self.settings.upload_dir)
+        if problem is not None and problem[0] == "refuse":
             log.error(
-                "The upload folder {upload_dir} is not private to this user (mode {mode}): "
-                "uploads are refused until it is (chmod 700, or choose another --upload-dir)",
+                "The upload folder {upload_dir} is not safe: {problem}; uploads are refused until it is "
+                "(chmod 700, or choose another --upload-dir)",
                 upload_dir=self.settings.upload_dir,
-                mode=oct(info.st_mode & 0o777),
+                problem=problem[1],
+            )
+        elif problem is not None:
+            log.warn(
+                "The upload folder {upload_dir}: {problem}", upload_dir=self.settings.upload_dir, problem=problem[1]
             )
         if self.settings.mode == "demo":
             log.warn(
@@ -145,7 +150,7 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
             return
         method = request.method.decode("latin-1")
         uri = request.uri[:300].decode("latin-1")
-        line = f"{method} {uri} {request.code} {request.sentLength}"
+        line = log_safe(f"{method} {uri} {request.code} {request.sentLength}")
         if write_access_line(line):
             return
         access.info(

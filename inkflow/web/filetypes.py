@@ -11,7 +11,7 @@ import unicodedata
 
 import filetype
 
-__all__ = ["MAX_FILENAME_BYTES", "SNIFF_BYTES", "sanitize_filename", "sniff_type"]
+__all__ = ["MAX_FILENAME_BYTES", "SNIFF_BYTES", "TextCheck", "sanitize_filename", "sniff_type"]
 
 #: How many head bytes of a file decide its type (what C{filetype} reads).
 SNIFF_BYTES = 8192
@@ -53,6 +53,30 @@ def _looks_like_text(head: bytes, complete: bool) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+class TextCheck:
+    """
+    Checks a file detected as C{text/plain} all the way, as it streams: every
+    byte must keep it UTF-8 (or UTF-16 after a byte order mark) text without
+    binary control characters, so 8 KiB of text cannot carry a binary.
+    """
+
+    def __init__(self, head: bytes) -> None:
+        self._utf16 = head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        self._decoder = codecs.getincrementaldecoder("utf-16" if self._utf16 else "utf-8")("strict")
+
+    def feed(self, data: bytes, final: bool = False) -> bool:
+        """
+        Whether the text is still text after C{data} (C{final}: the file ends).
+        """
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError:
+            return False
+        if self._utf16:
+            return not any(ch in _BINARY_CONTROL_CHARS for ch in text)
+        return len(data.translate(None, _BINARY_CONTROLS)) == len(data)
 
 
 def sniff_type(head: bytes, *, complete: bool = False) -> str | None:

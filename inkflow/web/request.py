@@ -11,6 +11,7 @@ the limits is refused from C{Content-Length} before any body byte is read
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -274,6 +275,22 @@ class _NullContent:
 
     def close(self) -> None:
         pass
+
+
+def log_safe(text: str) -> str:
+    """
+    C{text} fit for one log line: control characters (C0, DEL, C1) and line
+    or paragraph separators escaped, so a client cannot forge log lines or
+    send escape sequences to a terminal.  Other text, Hebrew included, kept.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _UNSAFE else ch for ch in text
+    )
+
+
+_UNSAFE = frozenset({"Cc", "Zl", "Zp"})
 
 
 def received_body(request: IRequest, choose_sink: SinkChooser) -> ChatBody:

@@ -25,7 +25,7 @@ from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
-from inkflow.settings import redact_url
+from inkflow.settings import origin_url
 from inkflow.web.admission import ChatQueue, RateLimiter, check_origin, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
@@ -285,7 +285,7 @@ class InkFlowApp:
                 connections_rejected=rejected,
                 queue=self.queue.snapshot(),
                 upstreams=[
-                    {**u, "index": i, "url": redact_url(str(u.get("url", "")))} for i, u in enumerate(upstreams)
+                    {**u, "index": i, "url": origin_url(str(u.get("url", "")))} for i, u in enumerate(upstreams)
                 ],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},

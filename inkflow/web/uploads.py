@@ -64,7 +64,7 @@ from twisted.logger import Logger
 from inkflow.chat import MAX_METADATA_BYTES, ChatBody, UploadedFile
 from inkflow.errors import ApiError
 from inkflow.settings import Settings
-from inkflow.web.filetypes import MAX_FILENAME_BYTES, SNIFF_BYTES, sanitize_filename, sniff_type
+from inkflow.web.filetypes import MAX_FILENAME_BYTES, SNIFF_BYTES, TextCheck, sanitize_filename, sniff_type
 from inkflow.web.part_headers import decode_header, ext_value, header_params, parse_boundary
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "parse_boundary",
     "sanitize_filename",
     "sniff_type",
+    "upload_dir_problem",
 ]
 
 log = Logger()
@@ -108,6 +109,31 @@ _PARSER_LOG.addHandler(logging.NullHandler())
 _PARSER_LOG.propagate = False
 
 
+# --- the upload folder
+
+
+def upload_dir_problem(folder: str) -> tuple[str, str] | None:
+    """
+    The one rule for the upload folder (checked at start and before the
+    first file of each request): C{("refuse", why)} when another user owns it
+    or its group or others may write to it (they could swap or read files
+    mid-request); C{("warn", why)} when they may only read or list it;
+    C{None} when it is private.  A missing folder is C{("refuse", why)}.
+    """
+    try:
+        info = os.stat(folder)
+    except OSError as e:
+        return "refuse", f"it cannot be read ({e.strerror})"
+    mode = info.st_mode & 0o777
+    if info.st_uid != os.geteuid():
+        return "refuse", f"it belongs to uid {info.st_uid}"
+    if mode & 0o022:
+        return "refuse", f"its group or others may write to it (mode {mode:o})"
+    if mode & 0o055:
+        return "warn", f"its group or others may read it (mode {mode:o}); chmod 700 keeps uploads private"
+    return None
+
+
 # --- the sink ----------------------------------------------------------------------
 
 
@@ -132,6 +158,7 @@ class _Part:
         self.size = 0
         self.head = bytearray()
         self.detected: str | None = None
+        self.text: TextCheck | None = None
 
 
 class MultipartSink:
@@ -366,14 +393,9 @@ class MultipartSink:
     def _check_upload_dir(self) -> None:
         folder = self._settings.upload_dir
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.stat(folder)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
-            log.error(
-                "Refusing to spool uploads to {upload_dir}: it belongs to uid {owner} or is world-writable",
-                upload_dir=folder,
-                owner=info.st_uid,
-                mode=oct(info.st_mode & 0o7777),
-            )
+        problem = upload_dir_problem(folder)
+        if problem is not None and problem[0] == "refuse":
+            log.error("Refusing to spool uploads to {upload_dir}: {problem}", upload_dir=folder, problem=problem[1])
             raise ApiError("internal_error", "the upload could not be stored")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -394,17 +416,30 @@ class MultipartSink:
         part.stream.write(chunk)
         part.size += end - start
         if part.detected is None:
-            part.head += chunk[: SNIFF_BYTES - len(part.head)]
+            room = SNIFF_BYTES - len(part.head)
+            part.head += chunk[:room]
             if len(part.head) >= SNIFF_BYTES:
                 self._decide_type(part, complete=False)
+                self._check_text(part, bytes(chunk[room:]))
+        else:
+            self._check_text(part, bytes(chunk))
 
     def _decide_type(self, part: _Part, complete: bool) -> None:
-        detected = sniff_type(bytes(part.head), complete=complete)
+        head = bytes(part.head)
+        detected = sniff_type(head, complete=complete)
         part.head = bytearray()
         if detected is None or detected not in self._allowed:
             shown = detected or "unknown"
             raise ApiError("unsupported_type", f"a file's content is {shown}, which is not allowed")
         part.detected = detected
+        if detected == "text/plain":
+            part.text = TextCheck(head)
+            self._check_text(part, head, final=complete)
+
+    @staticmethod
+    def _check_text(part: _Part, data: bytes, final: bool = False) -> None:
+        if part.text is not None and (data or final) and not part.text.feed(data, final):
+            raise ApiError("unsupported_type", "a file that began as text is not text all the way")
 
     def _on_part_end(self) -> None:
         part = self._current()
@@ -420,6 +455,8 @@ class MultipartSink:
                 raise ApiError("bad_request", "an attached file is empty")
             if part.detected is None:
                 self._decide_type(part, complete=True)
+            else:
+                self._check_text(part, b"", final=True)
             assert part.detected is not None
             part.stream.close()
             part.stream = None

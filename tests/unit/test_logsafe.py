@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from tests.unit.helpers import pinned
-
 
 class LogSafeTests(TestCase):
-    @pinned("finding 9: control characters reach the text log raw")
     def test_control_characters_are_escaped(self) -> None:
         """DEL, C1 (U+0085), line breaks and ESC are escaped; Hebrew is kept."""
-        from inkflow.web.request import log_safe  # type: ignore[attr-defined]
+        from inkflow.web.request import log_safe
 
         self.assertEqual(log_safe("GET /a\x7f\u0085\n\x1b[31m/שלום\u2028"), "GET /a\\x7f\\x85\\n\\x1b[31m/שלום\\u2028")
