@@ -69,6 +69,8 @@ class InkFlowChannel(http.HTTPChannel):
         self._holding = False
         self._in_head = False
         self._hosts = 0
+        self._body_started = 0.0
+        self._body_received = 0
         self.clock: IReactorTime | None = None
 
     # -- lifetime -----------------------------------------------------------
@@ -142,8 +144,24 @@ class InkFlowChannel(http.HTTPChannel):
         if self._dropping:
             return
         if self.state == "body" and data:
+            self._body_received += len(data)
+            if self._too_slow():
+                self._expired()
+                return
             self._arm_progress()
         super().rawDataReceived(data)
+
+    def _too_slow(self) -> bool:
+        """
+        Whether the body is behind L{MIN_BODY_RATE} (after a grace of
+        C{--header-timeout}): the overall deadline's rule applied as the bytes
+        come, so a trickle of one byte every few seconds is cut in seconds,
+        not at the end of a deadline sized for the largest body.
+        """
+        if self.clock is None:
+            return False
+        late = self.clock.seconds() - self._body_started - self.site.settings.header_timeout
+        return late > 0 and self._body_received < late * MIN_BODY_RATE
 
     def allHeadersReceived(self) -> None:
         hosts, self._hosts, self._in_head = self._hosts, 0, False
@@ -155,6 +173,8 @@ class InkFlowChannel(http.HTTPChannel):
             return
         self.state = "body"
         settings = self.site.settings
+        self._body_started = self.clock.seconds() if self.clock is not None else 0.0
+        self._body_received = 0
         limit = self._body_limit()
         self._arm(settings.header_timeout + limit / MIN_BODY_RATE)
         self._arm_progress()

@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 
 from inkflow.errors import ApiError
 from inkflow.settings import Settings
-from inkflow.web.bodies import BodySink, JsonSink
+from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.request import InkFlowRequest
 from inkflow.web.site import InkFlowSite
@@ -386,3 +386,39 @@ class HostileClientTests(TestCase):
         channel, _ = self.connect()
         channel.dataReceived(b"POST /api/%63hat?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         self.assertEqual(seen, [b"/api/chat"])
+
+
+class BodyRateTests(TestCase):
+    """
+    The minimum body rate is checked as the bytes come.
+    """
+
+    def test_trickle_into_a_large_sink_is_cut_after_the_grace(self) -> None:
+        """One byte every 5 s into a sink that takes megabytes is cut soon after --header-timeout, not minutes later."""
+        clock = Clock()
+        settings = Settings.defaults(header_timeout=10.0, body_timeout=10.0)
+        site = InkFlowSite(Echo(), settings, clock, lambda *a: JsonSink(50_000_000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 40000000\r\n\r\n")
+        for _ in range(3):
+            clock.advance(5)
+            channel.dataReceived(b"x")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+
+    def test_fast_body_is_not_cut(self) -> None:
+        """A body that keeps up with the minimum rate is received."""
+        clock = Clock()
+        settings = Settings.defaults(header_timeout=10.0, body_timeout=10.0)
+        resource = Echo()
+        site = InkFlowSite(resource, settings, clock, lambda *a: DiscardSink(50_000_000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        size = 64 * 1024 * 30
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(30):
+            clock.advance(1)
+            channel.dataReceived(b"x" * 64 * 1024)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])
