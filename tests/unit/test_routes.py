@@ -298,3 +298,28 @@ class RateLimitFromTheHeadTests(TestCase):
         self.assertTrue(heads[0].startswith(b"HTTP/1.1 200 "), heads[0])
         self.assertTrue(heads[1].startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), heads[1])
         self.assertIn(b"Retry-After: ", heads[1])
+
+
+class UnexpectedErrorTests(TestCase):
+    """
+    Anything unexpected is a generic JSON 500, logged once.
+    """
+
+    def test_unexpected_error_is_a_generic_500_logged_once(self) -> None:
+        """A forwarder bug is answered 500 internal_error without details, and logged exactly once."""
+
+        class Broken(FakeForwarder):
+            def forward(self, message: ChatMessage, deadline: float) -> defer.Deferred[ForwardResult]:
+                raise RuntimeError("secret detail")
+
+        _, stub = make_app(self, Broken())
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat", data=b'{"message":"hi"}', headers={"Content-Type": "application/json"}
+            )
+        )
+        body = self.successResultOf(response.content())
+        self.assertEqual(response.code, 500)
+        self.assertEqual(json.loads(body)["error"]["code"], "internal_error")
+        self.assertNotIn(b"secret detail", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
