@@ -1,6 +1,8 @@
 """
 InkFlow's routes: a Klein app bound to an instance, its collaborators passed
-in.  Errors become the contract's JSON in one place (L{InkFlowApp._error}).
+in.  Errors become the contract's JSON through Klein's error handlers and
+the free functions of L{inkflow.web.responses}, so every route works with any
+C{IRequest} (and is unit-tested through C{treq.testing.StubTreq}).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.settings import origin_url
-from inkflow.web.admission import ChatQueue, RateLimiter, check_origin, rate_key
+from inkflow.web.admission import ChatQueue, RateLimiter, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.origin import check_origin
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
