@@ -6,14 +6,13 @@ responder.  No reactor, no twisted.web.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from inkflow.errors import ApiError
+from inkflow.errors import ApiError, json_bytes, json_loads
 
 __all__ = [
     "ChatBody",
@@ -24,7 +23,7 @@ __all__ = [
     "parse_json_body",
 ]
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 ACTIONS = ("sendMessage", "loadPreviousSession")
 #: Largest accepted C{metadata}, as JSON text.
 MAX_METADATA_BYTES = 8 * 1024
@@ -115,11 +114,9 @@ def parse_json_body(raw: bytes) -> ChatBody:
     @raise ApiError: 400 C{bad_request} for anything but a UTF-8 JSON object.
     """
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError("bad_request", "the body is not valid UTF-8 JSON") from None
-    except RecursionError:
-        raise ApiError("bad_request", "the JSON is nested too deeply") from None
+        value = json_loads(raw)
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ApiError("bad_request", f"the body is not valid UTF-8 JSON ({str(e)[:80]})") from None
     if not isinstance(value, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
     return ChatBody(fields=value)
@@ -160,7 +157,7 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
             raise ApiError("bad_request", "sessionId is required to load a session")
         session = uuid.uuid4().hex
         generated = True
-    elif not SESSION_ID.match(session):
+    elif not SESSION_ID.fullmatch(session):
         raise ApiError("bad_request", "sessionId must be 1-128 of A-Z a-z 0-9 _ -")
 
     text = _text_field(fields, "chatInput", "message")
@@ -185,15 +182,19 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
         if len(metadata.encode("utf-8")) > MAX_METADATA_BYTES:
             raise ApiError("bad_request", "metadata is too large")
         try:
-            metadata = json.loads(metadata)
+            metadata = json_loads(metadata)
         except ValueError:
             raise ApiError("bad_request", "metadata is not valid JSON") from None
     if not isinstance(metadata, dict):
         raise ApiError("bad_request", "metadata must be a JSON object")
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        metadata_size = len(json_bytes(metadata))
+    except ValueError:
+        raise ApiError("bad_request", "metadata is not valid JSON") from None
+    if metadata_size > MAX_METADATA_BYTES:
         raise ApiError("bad_request", "metadata is too large")
 
-    return ChatMessage(
+    message = ChatMessage(
         request_id=request_id,
         session_id=session,
         action=action,
@@ -202,3 +203,9 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
         files=tuple(body.files),
         session_generated=generated,
     )
+    try:
+        # What n8n will receive must be writable: no lone surrogate anywhere.
+        json_bytes(message.upstream_json())
+    except ValueError:
+        raise ApiError("bad_request", "the message is not valid Unicode text") from None
+    return message

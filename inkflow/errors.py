@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-__all__ = ["MESSAGES", "ApiError", "error_body", "json_bytes"]
+__all__ = ["MESSAGES", "ApiError", "error_body", "json_bytes", "json_loads"]
 
 #: code -> (status, Hebrew message, English message)
 MESSAGES: dict[str, tuple[int, str, str]] = {
@@ -18,6 +18,11 @@ MESSAGES: dict[str, tuple[int, str, str]] = {
     "too_many_files": (400, "צורפו יותר מדי קבצים.", "Too many files were attached."),
     "not_found": (404, "הכתובת לא נמצאה.", "Not found."),
     "chat_disabled": (404, "הצ'אט אינו זמין באתר זה.", "Chat is not available on this site."),
+    "forbidden_origin": (
+        403,
+        "הבקשה נשלחה מאתר אחר ולכן נדחתה.",
+        "The request came from another site and was refused.",
+    ),
     "method_not_allowed": (405, "השיטה אינה נתמכת בכתובת זו.", "Method not allowed."),
     "request_timeout": (408, "הבקשה נשלחה לאט מדי.", "The request was sent too slowly."),
     "too_large": (413, "הקובץ או ההודעה גדולים מדי.", "The file or message is too large."),
@@ -76,26 +81,61 @@ def error_body(
     message_en: str | None = None,
 ) -> dict[str, object]:
     """
-    The contract's error shape::
+    The contract's error shape, with the Hebrew text also at the top level
+    (what @n8n/chat displays)::
 
-        {"error": {"code", "message", "message_en", "requestId"}}
+        {"message", "error": {"code", "message", "message_en", "requestId"}}
     """
     _, default_he, default_en = MESSAGES.get(code, MESSAGES["internal_error"])
     english = message_en or default_en
     if detail:
         english = f"{english} ({detail})"
+    hebrew = message_he or default_he
     return {
+        "message": hebrew,
         "error": {
             "code": code,
-            "message": message_he or default_he,
+            "message": hebrew,
             "message_en": english,
             "requestId": request_id,
-        }
+        },
     }
 
 
 def json_bytes(value: object) -> bytes:
     """
-    Compact UTF-8 JSON, Hebrew kept readable.
+    Compact, strict UTF-8 JSON, Hebrew kept readable.
+
+    @raise ValueError: C{value} is not JSON: NaN or an infinity, a lone
+        surrogate (not text), nesting too deep to write, or a type JSON lacks.
     """
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:20]} is out of range")
+    return number
+
+
+def json_loads(raw: bytes | str) -> object:
+    """
+    Strict JSON: UTF-8, no NaN, Infinity or numbers beyond a float's range.
+
+    @raise ValueError: anything else, nesting too deep to read included.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -66,7 +66,9 @@ from inkflow.settings_parsers import (
     listen,
     mime,
     network,
+    optional_listen,
     origin,
+    origin_url,
     redact_url,
     retry_on,
     seconds,
@@ -85,6 +87,7 @@ __all__ = [
     "opt",
     "options_of",
     "options_table_markdown",
+    "origin_url",
     "redact_url",
 ]
 
@@ -276,7 +279,7 @@ class Settings:
     trusted_proxy: tuple[str, ...] = opt(
         network,
         (),
-        "address or CIDR whose X-Forwarded-For is believed (repeatable)",
+        "address, CIDR or unix (a unix: listener's peers) whose X-Forwarded-For is believed (repeatable)",
         repeatable=True,
         metavar="CIDR",
     )
@@ -297,6 +300,21 @@ class Settings:
     header_timeout: float = opt(seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS")
     idle_timeout: float = opt(
         seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
+    )
+    body_timeout: float = opt(
+        seconds(0.001, 3600), 10.0, "seconds without a request-body byte before 408 and close", metavar="SECONDS"
+    )
+    write_timeout: float = opt(
+        seconds(0.001, 3600),
+        30.0,
+        "seconds without the client reading its answer before the connection is aborted",
+        metavar="SECONDS",
+    )
+    admin_listen: str = opt(
+        optional_listen,
+        "",
+        "endpoint for /metrics and the full health; the public /api/health then says only its status",
+        metavar="ENDPOINT",
     )
     shutdown_delay: float = opt(
         seconds(0, 3600),
@@ -393,6 +411,8 @@ def _validated(values: dict[str, Any]) -> Settings:
         values["attempt_timeout"] = values["request_timeout"]
     if values["max_files"] and not values["allowed_types"]:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
+    if values["workers"] > 1 and values["admin_listen"]:
+        raise ConfigError("invalid value for --admin-listen: not with --workers > 1 (each worker would need its own)")
     if values["workers"] > 1 and not is_tcp_endpoint(values["listen"]):
         raise ConfigError("invalid value for --workers: more than one worker needs a tcp: --listen endpoint")
     return Settings(**values)
@@ -469,6 +489,8 @@ def _doc_default(option: Option) -> str:
         return f"`{','.join(default)}`" if default else "none"
     if isinstance(default, bool):
         return "on" if default else "off"
+    if default == "":
+        return "none"
     return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
 
 

@@ -31,7 +31,9 @@ __all__ = [
     "listen",
     "mime",
     "network",
+    "optional_listen",
     "origin",
+    "origin_url",
     "redact_url",
     "retry_on",
     "seconds",
@@ -113,6 +115,14 @@ def listen(value: Any) -> str:
     return description
 
 
+def optional_listen(value: Any) -> str:
+    """
+    An endpoint description, or empty for none.
+    """
+    text = str(value).strip()
+    return listen(text) if text else ""
+
+
 def is_tcp_endpoint(description: str) -> bool:
     """
     Whether a valid endpoint description listens on TCP (what C{--workers}
@@ -150,6 +160,13 @@ def webhook(value: Any) -> str:
         _ = parts.port
     except ValueError:
         raise ValueError(f"bad port in {redact_url(url)!r}") from None
+    if parts.username is not None or parts.password is not None:
+        # treq would not send them, every chat would fail; and a password in
+        # a URL ends up in logs.  Never echoed.
+        raise ValueError(
+            f"user:password@ in {redact_url(url)!r} is not supported; "
+            'send credentials with --webhook-header "Authorization: Basic <base64>"'
+        )
     return url
 
 
@@ -221,10 +238,21 @@ def network(value: Any) -> str:
     An address or CIDR, normalised (C{10.0.0.1} is C{10.0.0.1/32}).
     """
     address = str(value).strip()
+    if address.lower() == "unix":
+        return "unix"  # every peer of a unix: listener (a local proxy)
     try:
         return str(ipaddress.ip_network(address, strict=False))
     except ValueError:
         raise ValueError(f"not an address or CIDR: {address!r}") from None
+
+
+def origin_url(url: str) -> str:
+    """
+    A webhook URL fit to show anyone: C{scheme://host:port} only.  In n8n the
+    webhook path is the secret: whoever has it can post to n8n directly.
+    """
+    scheme, sep, rest = redact_url(url).partition("://")
+    return scheme + sep + rest.split("/", 1)[0]
 
 
 def origin(value: Any) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from typing import Any, TypedDict, TypeVar, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
+from typing import Any, NotRequired, TypedDict, TypeVar, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
 
 __all__ = [
     "BreakerSnapshot",
@@ -71,8 +71,10 @@ class BreakerSnapshot(TypedDict):
 
 
 class UpstreamSnapshot(BreakerSnapshot):
-    #: The webhook URL, redacted.
+    #: The webhook URL, redacted (health shows only its scheme://host:port).
     url: str
+    #: Its place in the failover order (in health).
+    index: NotRequired[int]
 
 
 class CleanupSnapshot(TypedDict):

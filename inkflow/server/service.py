@@ -6,7 +6,8 @@ C{MultiService} of:
 
  - the core service (L{InkFlowService}): owns the site, the n8n client and the
    queue, and drains them on shutdown;
- - the HTTP server on the C{--listen} endpoint;
+ - the HTTP server on the C{--listen} endpoint (and the admin one on
+   C{--admin-listen}, when set);
  - the cleanup loop.
 """
 
@@ -21,6 +22,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.logger import Logger
+from twisted.web import server
 
 from inkflow import __version__
 from inkflow.server.cleanup import Cleaner
@@ -30,8 +32,10 @@ from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
 from inkflow.settings import Settings, describe
 from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
-from inkflow.web.site import InkFlowRequest, InkFlowSite
+from inkflow.web.site import InkFlowSite
+from inkflow.web.uploads import upload_dir_problem
 
 __all__ = ["InkFlowService", "makeService"]
 
@@ -74,22 +78,17 @@ class InkFlowService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
-        info = os.stat(self.settings.upload_dir)
-        # The rule the uploads enforce (inkflow.web.uploads): another owner or
-        # world-writable refuses every upload; readable by others is only a warning.
-        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
+        problem = upload_dir_problem(self.settings.upload_dir)
+        if problem is not None and problem[0] == "refuse":
             log.error(
-                "The upload folder {upload_dir} belongs to uid {owner} or is world-writable (mode {mode}): "
-                "uploads are refused until it is fixed (chmod 700, or choose another --upload-dir)",
+                "The upload folder {upload_dir} is not safe: {problem}; uploads are refused until it is "
+                "(chmod 700, or choose another --upload-dir)",
                 upload_dir=self.settings.upload_dir,
-                owner=info.st_uid,
-                mode=oct(info.st_mode & 0o777),
+                problem=problem[1],
             )
-        elif info.st_mode & 0o077:
+        elif problem is not None:
             log.warn(
-                "The upload folder {upload_dir} is open to other users (mode {mode}): chmod 700 keeps uploads private",
-                upload_dir=self.settings.upload_dir,
-                mode=oct(info.st_mode & 0o777),
+                "The upload folder {upload_dir}: {problem}", upload_dir=self.settings.upload_dir, problem=problem[1]
             )
         if self.settings.mode == "demo":
             log.warn(
@@ -152,7 +151,7 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
             return
         method = request.method.decode("latin-1")
         uri = request.uri[:300].decode("latin-1")
-        line = f"{method} {uri} {request.code} {request.sentLength}"
+        line = log_safe(f"{method} {uri} {request.code} {request.sentLength}")
         if write_access_line(line):
             return
         access.info(
@@ -211,7 +210,8 @@ def makeService(
         forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
 
     def site_stats() -> SiteStats:
-        return SiteStats(len(site.channels), site.connections_rejected, site.timeouts_total, site.draining)
+        # Admitted connections: those over the limit are being refused.
+        return SiteStats(site.admitted, site.connections_rejected, site.timeouts_total, site.draining)
 
     app = InkFlowApp(
         settings,
@@ -224,7 +224,9 @@ def makeService(
         cleanup=cleaner,
         metrics=metrics,
     )
-    site = InkFlowSite(app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics))
+    site = InkFlowSite(
+        app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics), admit_head=app.admit_head
+    )
 
     top = service.MultiService()
     core = InkFlowService(settings, reactor, site, app, queue, pool)
@@ -237,6 +239,13 @@ def makeService(
         http_service = StreamServerEndpointService(adopted_endpoint(IReactorSocket(reactor), worker_fd), site)
     http_service.setName("http")
     http_service.setServiceParent(core)
+    if settings.admin_listen:
+        # /metrics and the full health, for operators only (--admin-listen).
+        admin_site = server.Site(app.admin_resource(), timeout=settings.idle_timeout)
+        admin_site.displayTracebacks = False
+        admin = strports.service(settings.admin_listen, admin_site, reactor=reactor)
+        admin.setName("admin")
+        admin.setServiceParent(core)
     if install_signals:
         reactor.callWhenRunning(install_rotation_signals, reactor)
     return top

@@ -15,11 +15,10 @@ so the tests drive everything with L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,6 +26,7 @@ from twisted.logger import Logger
 
 from inkflow.errors import ApiError
 from inkflow.snapshot import QueueSnapshot
+from inkflow.web.client_address import client_ip
 
 __all__ = [
     "DEFAULT_RETRY_AFTER",
@@ -37,6 +37,7 @@ __all__ = [
     "Slot",
     "TimeSource",
     "client_ip",
+    "rate_key",
 ]
 
 log = Logger()
@@ -454,94 +455,17 @@ class RateLimiter:
             raise ApiError.retry_later("rate_limited", (1.0 - tokens) / self.rate)
 
 
-# --- client address
-
-
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _parse_address(text: str) -> _Address | None:
+def rate_key(client: str) -> str:
     """
-    One address as found in C{X-Forwarded-For} or as a peer host: plain IPv4
-    or IPv6, optionally quoted, bracketed, or with a port.  IPv4-mapped IPv6
-    becomes IPv4.  Anything else (C{unknown}, host names, junk) is L{None}.
+    The rate-limit bucket of a client address: an IPv4 address is its own
+    bucket, an IPv6 address shares one with its /64 (one subscriber's
+    network: a /64 holds 2^64 addresses, each would otherwise get a fresh
+    bucket and could evict everyone else's).
     """
-    text = text.strip().strip('"').strip()
-    if not text or len(text) > 64:
-        return None
-    if text.startswith("["):
-        end = text.find("]")
-        if end == -1:
-            return None
-        text = text[1:end]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]  # IPv4 with a port
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(client)
     except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-@functools.lru_cache(maxsize=64)
-def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
-    networks: list[_Network] = []
-    for text in trusted:
-        try:
-            networks.append(ipaddress.ip_network(text.strip(), strict=False))
-        except ValueError:
-            log.warn("ignoring trusted proxy {entry!r}: not an address or CIDR", entry=text)
-    return tuple(networks)
-
-
-def _is_trusted(address: _Address, networks: Iterable[_Network]) -> bool:
-    # An IPv4 address is never "in" an IPv6 network and vice versa (False, no error).
-    return any(address in network for network in networks)
-
-
-def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tuple[str, ...]) -> str:
-    """
-    The address a request really came from.
-
-    C{X-Forwarded-For} is believed only when the peer (the TCP connection's
-    far end) is in one of the C{trusted} networks.  The chain is then walked
-    from the right (the hop nearest to us), skipping trusted proxies, and the
-    first untrusted address is the client.  Every entry left of that one was
-    written by the client and may be forged, so it is never looked at.
-
-    Empty entries are skipped.  An entry that is not an address (C{unknown},
-    a host name, junk) ends the walk: what lies left of it cannot be
-    vouched for, so the answer is the last trusted hop reached (at worst the
-    peer itself), never a forgeable value.  If every entry is trusted, the
-    leftmost one is the answer.
-
-    @param peer_host: the connection's peer address.
-    @param forwarded_for: the raw C{X-Forwarded-For} header values in the
-        order received (each may hold a comma-separated list), or L{None}.
-    @param trusted: addresses / CIDRs, as in C{Settings.trusted_proxy}.
-    @return: the address in canonical text form (IPv4-mapped IPv6 as IPv4);
-        the peer host unchanged when it is not an IP address.
-    """
-    peer = _parse_address(peer_host)
-    if peer is None:
-        return peer_host
-    if not trusted or not forwarded_for:
-        return str(peer)
-    networks = _networks(tuple(trusted))
-    if not _is_trusted(peer, networks):
-        return str(peer)
-    entries = [entry for value in forwarded_for for entry in str(value).split(",")]
-    nearest: _Address = peer
-    for entry in reversed(entries):
-        if not entry.strip():
-            continue
-        address = _parse_address(entry)
-        if address is None:
-            break
-        if not _is_trusted(address, networks):
-            return str(address)
-        nearest = address
-    return str(nearest)
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return client

@@ -39,6 +39,14 @@ class BodySink(Protocol):
             already released what it held.
         """
 
+    @property
+    def limit(self) -> int:
+        """
+        The most body bytes this sink takes (the body deadline is computed
+        from it).
+        """
+        ...
+
     def discard(self) -> None:
         """
         The request was abandoned (client gone, request rejected, server
@@ -55,6 +63,10 @@ class JsonSink:
         self._limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
 
     def write(self, data: bytes) -> None:
         self._size += len(data)
@@ -80,6 +92,10 @@ class DiscardSink:
     def __init__(self, limit: int = 64 * 1024) -> None:
         self._limit = limit
         self._size = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
 
     def write(self, data: bytes) -> None:
         self._size += len(data)

@@ -1,6 +1,8 @@
 """
 InkFlow's routes: a Klein app bound to an instance, its collaborators passed
-in.  Errors become the contract's JSON in one place (L{InkFlowApp._error}).
+in.  Errors become the contract's JSON through Klein's error handlers and
+the free functions of L{inkflow.web.responses}, so every route works with any
+C{IRequest} (and is unit-tested through C{treq.testing.StubTreq}).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,16 +20,21 @@ from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
-from inkflow.chat import ChatMessage, parse_chat
+from inkflow.chat import ChatBody, ChatMessage, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
+from inkflow.settings import origin_url
 from inkflow.snapshot import CleanupSnapshot, Health, UpstreamSnapshot
-from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
+from inkflow.web.admission import ChatQueue, RateLimiter, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
-from inkflow.web.site import InkFlowRequest
+from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.origin import check_origin
+from inkflow.web.request import received_body, release_body
+from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
@@ -68,7 +76,7 @@ class _StaticFirst(Resource):
         self.static = static
         self.routes = routes
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         if request.method in (b"GET", b"HEAD"):
             path = request.path
             if not _is_api(path) and path != b"/metrics":
@@ -78,15 +86,33 @@ class _StaticFirst(Resource):
         return cast(bytes, self.routes.render(request))
 
 
+class _Admin(Resource):
+    """
+    The admin endpoint: C{/api/health} (full), C{/api/ready}, C{/metrics}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, app: InkFlowApp) -> None:
+        super().__init__()
+        self._app = app
+
+    def render(self, request: IRequest) -> bytes:
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
+        if request.method not in (b"GET", b"HEAD"):
+            return error_response(request, ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"}))
+        if request.path == b"/api/health":
+            return json_response(request, self._app.health_snapshot())
+        if request.path == b"/api/ready":
+            return self._app._ready_response(request)
+        if request.path == b"/metrics" and self._app.metrics is not None:
+            return bytes_response(request, self._app.metrics.render(), CONTENT_TYPE)
+        return error_response(request, ApiError("not_found"))
+
+
 def _is_api(path: bytes) -> bool:
     return path == b"/api" or path.startswith(b"/api/")
-
-
-def _inkflow(request: IRequest) -> InkFlowRequest:
-    """
-    Klein hands routes an C{IRequest}; InkFlow's site makes L{InkFlowRequest}s.
-    """
-    return cast(InkFlowRequest, request)
 
 
 class InkFlowApp:
@@ -137,7 +163,34 @@ class InkFlowApp:
         """
         return _StaticFirst(self.static, self.app.resource())
 
-    # -- bodies ---------------------------------------------------------------
+    def admin_resource(self) -> IResource:
+        """
+        The C{--admin-listen} endpoint's root: the full health, readiness and
+        C{/metrics}, for operators only.
+        """
+        return _Admin(self)
+
+    # -- heads and bodies -------------------------------------------------------
+
+    def admit_head(self, request: IRequest, method: bytes, path: bytes) -> None:
+        """
+        Whether a request may send its body, decided from its head alone
+        (before any body byte, like a 413): for chat, the Origin check and
+        the rate limit.
+
+        @raise ApiError: 403 C{forbidden_origin}, 429 C{rate_limited}.
+        """
+        if path != b"/api/chat" or method != b"POST" or self.settings.static_only:
+            return
+        headers = request.requestHeaders
+        check_origin(
+            headers.getRawHeaders(b"Origin"),
+            headers.getRawHeaders(b"Sec-Fetch-Site"),
+            (headers.getRawHeaders(b"Host") or [None])[0],
+            request.isSecure(),
+            self._cors,
+        )
+        self.rate_limiter.check(rate_key(self._client(request)))
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -169,7 +222,7 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
-    def _cors_headers(self, request: InkFlowRequest) -> bool:
+    def _cors_headers(self, request: IRequest) -> bool:
         """
         Add CORS headers when the request's origin is allowed.
         """
@@ -185,70 +238,101 @@ class InkFlowApp:
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return _inkflow(request).error_response(failure.value)  # type: ignore[arg-type]
+        return error_response(request, cast(ApiError, failure.value))
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         allowed = sorted(set(getattr(failure.value, "valid_methods", None) or []))
         error = ApiError("method_not_allowed", headers={"Allow": ", ".join(allowed)})
-        return _inkflow(request).error_response(error)
+        return error_response(request, error)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         # Static files never get here: the root resource answers them first.
-        req = _inkflow(request)
-        if not _is_api(req.path) and req.method not in (b"GET", b"HEAD"):
+        if not _is_api(request.path) and request.method not in (b"GET", b"HEAD"):
             error = ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"})
-            return req.error_response(error)
-        return req.error_response(ApiError("not_found"))
+            return error_response(request, error)
+        return error_response(request, ApiError("not_found"))
+
+    @app.handle_errors(RequestRedirect)
+    def no_redirects(self, request: IRequest, failure: Failure) -> bytes:
+        # werkzeug redirects /api//health to /api/health; InkFlow's paths
+        # have one spelling, anything else is not found.
+        return error_response(request, ApiError("not_found"))
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(defer.CancelledError):
             return b""  # the client went away; nobody reads this
-        log.failure("Unhandled error", failure=failure, request_id=_inkflow(request).request_id)
-        return _inkflow(request).error_response(ApiError("internal_error"))
+        log.failure("Unhandled error", failure=failure, request_id=request_id(request))
+        return error_response(request, ApiError("internal_error"))
 
     # -- health ---------------------------------------------------------------
 
+    def _connections_full(self, active: int) -> bool:
+        return active >= self.settings.max_connections
+
     def health_snapshot(self) -> Health:
-        return build_health(
+        """
+        The full health snapshot: upstreams shown by index and
+        C{scheme://host:port} only (in n8n the webhook path is the secret);
+        C{degraded} while every connection place is taken.
+        """
+        site = self.site_stats()
+        upstreams = self.forwarder.upstreams() if self.forwarder is not None else []
+        snapshot = build_health(
             HealthInputs(
                 settings=self.settings,
                 uptime_s=self.clock.seconds() - self.started,
                 site=self.site_stats(),
                 queue=self.queue.snapshot(),
-                upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
+                upstreams=[{**u, "index": i, "url": origin_url(u["url"])} for i, u in enumerate(upstreams)],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else None,
             )
         )
+        if snapshot["status"] == "ok" and self._connections_full(site.connections_active):
+            snapshot["status"] = "degraded"
+        return snapshot
 
-    @app.route("/api/health", methods=["GET", "HEAD"])
-    def health(self, request: InkFlowRequest) -> bytes:
-        return request.json_response(self.health_snapshot())
-
-    @app.route("/api/ready", methods=["GET", "HEAD"])
-    def ready(self, request: InkFlowRequest) -> bytes:
+    def _readiness(self) -> tuple[bool, str | None]:
+        site = self.site_stats()
         ok, reason = readiness(
-            draining=self.site_stats().draining,
+            draining=site.draining,
             queue_full=self.queue.full,
             upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
         )
+        if ok and self._connections_full(site.connections_active):
+            return False, "connections_full"
+        return ok, reason
+
+    def _ready_response(self, request: IRequest) -> bytes:
+        ok, reason = self._readiness()
         if ok:
-            return request.json_response({"ready": True})
-        return request.json_response({"ready": False, "reason": reason}, 503)
+            return json_response(request, {"ready": True})
+        return json_response(request, {"ready": False, "reason": reason}, 503)
+
+    @app.route("/api/health", methods=["GET", "HEAD"])
+    def health(self, request: IRequest) -> bytes:
+        if self.settings.admin_listen:
+            # The full snapshot is on the admin endpoint only.
+            return json_response(request, {"status": self.health_snapshot()["status"]})
+        return json_response(request, self.health_snapshot())
+
+    @app.route("/api/ready", methods=["GET", "HEAD"])
+    def ready(self, request: IRequest) -> bytes:
+        return self._ready_response(request)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def prometheus(self, request: InkFlowRequest) -> bytes:
-        if self.metrics is None:
+    def prometheus(self, request: IRequest) -> bytes:
+        if self.metrics is None or self.settings.admin_listen:
             raise NotFound()
-        return request.bytes_response(self.metrics.render(), CONTENT_TYPE)
+        return bytes_response(request, self.metrics.render(), CONTENT_TYPE)
 
     # -- chat -----------------------------------------------------------------
 
     @app.route("/api/chat", methods=["OPTIONS"])
-    def chat_preflight(self, request: InkFlowRequest) -> bytes:
+    def chat_preflight(self, request: IRequest) -> bytes:
         if self._cors_headers(request):
             request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
             request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
@@ -258,28 +342,27 @@ class InkFlowApp:
         return b""
 
     @app.route("/api/chat", methods=["POST"])
-    def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes]:
+    def chat(self, request: IRequest) -> defer.Deferred[bytes]:
         self._cors_headers(request)
         d = defer.Deferred.fromCoroutine(self._chat(request))
         # A client that leaves stops its work: a queued request leaves the
         # queue, an attempt in flight is cancelled.
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
-    async def _chat(self, request: InkFlowRequest) -> bytes:
+    async def _chat(self, request: IRequest) -> bytes:
         started = self.clock.seconds()
         status = 500
+        body: ChatBody | None = None
         try:
             # (--static-only never gets here: sink_for refuses the request from its head.)
-            if request.body_error is not None:
-                raise request.body_error
-            body = request.chat_body
-            if body is None:
-                raise ApiError("bad_request", "the request has no body")
-            self.rate_limiter.check(self._client(request))
+            if not getattr(request, "head_admitted", False):
+                # A request from elsewhere than InkFlow's site (tests).
+                self.admit_head(request, request.method, request.path)
+            body = received_body(request, self.sink_for)
             message = parse_chat(
                 body,
-                request_id=request.request_id,
+                request_id=request_id(request),
                 max_chars=self.settings.max_message_chars,
                 max_files=self.settings.max_files,
             )
@@ -305,23 +388,28 @@ class InkFlowApp:
                 files=len(message.files),
                 mode=self.settings.mode,
             )
+            try:
+                written = json_response(request, answer)
+            except ValueError:
+                # NaN, an infinity or nesting too deep: never sent as "JSON".
+                raise ApiError("upstream_error", "the answer is not valid JSON") from None
             status = 200
-            return request.json_response(answer)
+            return written
         except ApiError as e:
             status = e.status
             log.info(
                 "Chat {request_id} refused: {status} {code}",
                 status=e.status,
                 code=e.code,
-                request_id=request.request_id,
+                request_id=request_id(request),
             )
             raise
         finally:
-            request.release_body()
+            release_body(request, body)
             if self.metrics is not None:
                 self.metrics.observe_chat(self.clock.seconds() - started, status)
 
-    def _client(self, request: InkFlowRequest) -> str:
+    def _client(self, request: IRequest) -> str:
         peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or "unknown"
+        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
         return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)

@@ -1,9 +1,13 @@
 """
 The page and its assets, served from memory.
 
-Files under the static folder are read once (and again when their size or
-modification time changes), with a strong ETag, Last-Modified and, for text,
-a gzip form made once.  Lookups refuse anything that could leave the folder:
+Files under the static folder up to C{max_cached_size} are read once (and
+again when their size or modification time changes), with a strong ETag,
+Last-Modified and, for text, a gzip form made once.  Larger files are never
+held in memory: their entry keeps only the validators (an ETag from size,
+modification time and inode), and each GET streams them from disk with
+twisted.web's static producers, C{Range} included.  Entries are keyed by the
+resolved file, so every spelling of a URL shares one.  Lookups refuse anything that could leave the folder:
 empty, C{.} or C{..} segments, dot-files, encoded slashes or backslashes, NUL,
 symlinks pointing outside.  Folders are never listed.
 
@@ -17,6 +21,7 @@ import gzip
 import hashlib
 import mimetypes
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,12 +29,15 @@ from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_to_bytes
 
+from twisted.web import server, static
 from twisted.web.iweb import IRequest
 
 __all__ = ["StaticEntry", "StaticFiles"]
 
-#: Files larger than this are not cached (they are still served, read per request).
+#: Files larger than this are not cached (they are streamed from disk).
 MAX_CACHED_SIZE = 4 * 1024 * 1024
+#: A C{Range} header twisted.web's producers are given (else it is ignored).
+_RANGE = re.compile(rb"bytes=[0-9, -]{1,200}")
 #: How often a cached URL's file is checked for changes on disk, in seconds.
 REVALIDATE_SECONDS = 1.0
 #: URLs remembered by L{StaticFiles.lookup}.
@@ -69,7 +77,8 @@ class StaticEntry:
     content_type: str
     etag: str
     last_modified: str
-    body: bytes
+    #: C{None} for a file over the cache limit: streamed from disk.
+    body: bytes | None
     gzipped: bytes | None
 
 
@@ -116,8 +125,10 @@ class StaticFiles:
         root: str,
         cache_control: str = "public, max-age=3600",
         monotonic: Callable[[], float] = time.monotonic,
+        max_cached_size: int = MAX_CACHED_SIZE,
     ) -> None:
         self.root = os.path.realpath(root)
+        self.max_cached_size = max_cached_size
         self.cache_control = cache_control
         self._cache: dict[str, StaticEntry] = {}
         self._monotonic = monotonic
@@ -185,12 +196,27 @@ class StaticFiles:
         cached = self._cache.get(path)
         if cached is not None and cached.size == st.st_size and cached.mtime_ns == st.st_mtime_ns:
             return cached
+        content_type = _content_type(path)
+        if st.st_size > self.max_cached_size:
+            # Validators only: the bytes stay on disk.
+            tag = hashlib.sha256(b"%d:%d:%d" % (st.st_size, st.st_mtime_ns, st.st_ino)).hexdigest()[:32]
+            entry = StaticEntry(
+                path=path,
+                size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                content_type=content_type,
+                etag=f'"{tag}"',
+                last_modified=formatdate(st.st_mtime, usegmt=True),
+                body=None,
+                gzipped=None,
+            )
+            self._cache[path] = entry
+            return entry
         try:
             with open(path, "rb") as f:
                 body = f.read()
         except OSError:
             return None
-        content_type = _content_type(path)
         gzipped = None
         if _is_text(content_type) and len(body) > 256:
             packed = gzip.compress(body, compresslevel=9, mtime=0)
@@ -206,11 +232,10 @@ class StaticFiles:
             body=body,
             gzipped=gzipped,
         )
-        if len(body) <= MAX_CACHED_SIZE:
-            self._cache[path] = entry
+        self._cache[path] = entry
         return entry
 
-    def render(self, request: IRequest, url_path: bytes) -> bytes | None:
+    def render(self, request: IRequest, url_path: bytes) -> bytes | int | None:
         """
         Answer C{request} with the file C{url_path} (as sent, percent-encoded)
         names: sets status and headers, returns the body (empty for HEAD and
@@ -221,7 +246,7 @@ class StaticFiles:
             return None
         return self.respond(request, entry)
 
-    def respond(self, request: IRequest, entry: StaticEntry) -> bytes:
+    def respond(self, request: IRequest, entry: StaticEntry) -> bytes | int:
         is_html = entry.content_type.startswith("text/html")
         request.setHeader(b"Content-Type", entry.content_type.encode())
         request.setHeader(b"ETag", entry.etag.encode())
@@ -234,6 +259,8 @@ class StaticFiles:
             request.setResponseCode(304)
             return b""
 
+        if entry.body is None:
+            return self._stream(request, entry)
         body = entry.body
         if entry.gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
             body = entry.gzipped
@@ -242,6 +269,29 @@ class StaticFiles:
         if request.method == b"HEAD":
             return b""
         return body
+
+    @staticmethod
+    def _stream(request: IRequest, entry: StaticEntry) -> bytes | int:
+        """
+        Send a large file from disk with twisted.web's producers (which also
+        answer C{Range} with 206 or 416).
+        """
+        request.setHeader(b"Accept-Ranges", b"bytes")
+        byte_range = request.getHeader(b"Range")
+        if byte_range is not None and not _RANGE.fullmatch(byte_range):
+            request.requestHeaders.removeHeader(b"Range")  # malformed: the whole file
+        resource = static.File(entry.path)
+        resource.type, resource.encoding = entry.content_type, None
+        try:
+            handle = open(entry.path, "rb")  # noqa: SIM115 - the producer closes it
+        except OSError:
+            return b""
+        producer = resource.makeProducer(request, handle)
+        if request.method == b"HEAD":
+            handle.close()
+            return b""
+        producer.start()
+        return server.NOT_DONE_YET
 
     @staticmethod
     def _not_modified(request: IRequest, entry: StaticEntry) -> bool:

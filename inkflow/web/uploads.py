@@ -52,17 +52,12 @@ Decisions (see also the contract's C{POST /api/chat}):
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import os
-import re
 import tempfile
-import unicodedata
 from typing import BinaryIO
-from urllib.parse import unquote_to_bytes
 
-import filetype
 from python_multipart.multipart import MultipartParser
 from twisted.logger import Logger
 
@@ -70,6 +65,8 @@ from inkflow.chat import MAX_METADATA_BYTES, ChatBody, UploadedFile
 from inkflow.errors import ApiError
 from inkflow.paths import TEMP_PREFIX, TEMP_SUFFIX
 from inkflow.settings import Settings
+from inkflow.web.filetypes import MAX_FILENAME_BYTES, SNIFF_BYTES, TextCheck, sanitize_filename, sniff_type
+from inkflow.web.part_headers import decode_header, ext_value, header_params, parse_boundary
 
 __all__ = [
     "MAX_FIELDS",
@@ -83,31 +80,22 @@ __all__ = [
     "parse_boundary",
     "sanitize_filename",
     "sniff_type",
+    "upload_dir_problem",
 ]
 
 log = Logger()
 
-#: How many head bytes of a file decide its type (what C{filetype} reads).
-SNIFF_BYTES = 8192
 #: Text fields per body.
 MAX_FIELDS = 50
 #: Bytes of a text field other than message/chatInput/metadata.
 MAX_OTHER_FIELD_BYTES = 4096
 #: Bytes of all header lines of one part together.
 MAX_PART_HEADER_BYTES = 8192
-#: Bytes of a file name, UTF-8, after sanitising.
-MAX_FILENAME_BYTES = 150
 
 _FILE_FIELD = "files"
 _MESSAGE_FIELDS = ("message", "chatInput")
 _UNIQUE_FIELDS = ("message", "chatInput", "sessionId", "action", "metadata")
 _IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
-#: RFC 2046 bchars, plus a generous length (python-multipart allows 256).
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
-#: Types that are one of the allowed ones under another name.
-_TYPE_ALIASES = {"image/apng": "image/png"}
-#: Recognised formats that may be all printable text and still be that format.
-_TEXT_LIKE_FORMATS = frozenset({"application/pdf"})
 
 #: python-multipart reports every malformed body on the stdlib logger, which
 #: without a handler prints to stderr: a client could fill the logs.  The
@@ -117,222 +105,29 @@ _PARSER_LOG.addHandler(logging.NullHandler())
 _PARSER_LOG.propagate = False
 
 
-# --- type detection ---------------------------------------------------------
-
-#: C0 controls that do not occur in text (tab, LF, VT, FF, CR and ESC do).
-_BINARY_CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 11, 12, 13, 27)) + b"\x7f"
-_BINARY_CONTROL_CHARS = frozenset(chr(c) for c in _BINARY_CONTROLS)
+# --- the upload folder
 
 
-def _looks_like_text(head: bytes, complete: bool) -> bool:
+def upload_dir_problem(folder: str) -> tuple[str, str] | None:
     """
-    Whether C{head} is UTF-8 text, or UTF-16 text after a byte order mark,
-    without NUL or other binary control characters.  When not C{complete}, a
-    character cut at the end of C{head} is allowed.
-    """
-    if not head:
-        return False
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        decoder = codecs.getincrementaldecoder("utf-16")("strict")
-        try:
-            text = decoder.decode(head, final=complete)
-        except UnicodeDecodeError:
-            return False
-        return not any(ch in _BINARY_CONTROL_CHARS for ch in text)
-    if len(head.translate(None, _BINARY_CONTROLS)) != len(head):
-        return False
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    try:
-        decoder.decode(head, final=complete)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def sniff_type(head: bytes, *, complete: bool = False) -> str | None:
-    """
-    The type of a file from its first bytes: C{text/plain} when they are text
-    (see L{_looks_like_text}) even if they begin like another format's short
-    signature (C{"BMW..."} is not a bitmap), except that a PDF stays a PDF;
-    else what C{filetype} recognises (APNG reported as C{image/png}); else
-    C{None}.
-
-    @param head: the first bytes (L{SNIFF_BYTES} are enough).
-    @param complete: C{head} is the whole file, so a character cut at its end
-        is an error rather than the edge of the sample.
-    """
-    head = bytes(head[:SNIFF_BYTES])
-    if not head:
-        return None
-    try:
-        kind = filetype.guess(head)
-    except Exception:  # a matcher tripping over odd bytes is "unknown"
-        kind = None
-    mime = None if kind is None else _TYPE_ALIASES.get(str(kind.mime), str(kind.mime))
-    if mime in _TEXT_LIKE_FORMATS:
-        return mime
-    if _looks_like_text(head, complete):
-        # Several signatures are a few printable letters ("BM", "ID3",
-        # "MZ"...): text that merely starts with them is still text.
-        return "text/plain"
-    return mime
-
-
-# --- file names ---------------------------------------------------------------
-
-_RESERVED = str.maketrans({c: "_" for c in '<>:"/\\|?*'})
-_KEEP_FORMAT = frozenset("\u200c\u200d")  # ZWNJ, ZWJ: needed by some scripts and emoji
-_WINDOWS_DEVICES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
-)
-
-
-def _truncate_utf8(text: str, limit: int) -> str:
-    encoded = text.encode("utf-8")
-    if len(encoded) <= limit:
-        return text
-    return encoded[:limit].decode("utf-8", "ignore")
-
-
-def sanitize_filename(name: str) -> str:
-    """
-    A file name safe to show, store and send in a multipart header.
-
-    Keeps letters of every script (Hebrew included), NFC-normalised; drops
-    any path (C{/} and C{\\}), control, format and bidi-override characters;
-    turns C{<>:"|?*} into C{_}; drops leading dots and spaces and trailing
-    dots and spaces; prefixes Windows device names with C{_}; caps the result
-    at L{MAX_FILENAME_BYTES} bytes of UTF-8, keeping a short extension.  An
-    empty result is C{"file"}.
-    """
-    name = unicodedata.normalize("NFC", name)
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    kept = []
-    for ch in name:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Cs", "Zl", "Zp") or (category == "Cf" and ch not in _KEEP_FORMAT):
-            continue
-        kept.append(" " if category == "Zs" else ch)
-    name = "".join(kept).translate(_RESERVED)
-    name = re.sub(r" {2,}", " ", name).lstrip(". ").rstrip(". ")
-    if name.split(".", 1)[0].upper() in _WINDOWS_DEVICES:
-        name = "_" + name
-    if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
-        stem, dot, ext = name.rpartition(".")
-        if dot and stem and 0 < len(ext.encode("utf-8")) <= 16:
-            ext = "." + ext
-            name = _truncate_utf8(stem, MAX_FILENAME_BYTES - len(ext.encode("utf-8"))).rstrip(". ") + ext
-        else:
-            name = _truncate_utf8(name, MAX_FILENAME_BYTES).rstrip(". ")
-    name = unicodedata.normalize("NFC", name)
-    return name or "file"
-
-
-# --- header parsing -------------------------------------------------------------
-
-
-def _header_params(value: str) -> tuple[str, dict[str, str]]:
-    """
-    Split C{type; key=value; key="quoted"} into the lowercased first item and
-    its parameters (keys lowercased).  Inside quotes only C{\\"} and C{\\\\}
-    are escapes, so a Windows path sent by an old browser survives.
-
-    @raise ValueError: an unterminated quote, a repeated parameter or a
-        parameter without a name.
-    """
-    main, _, rest = value.partition(";")
-    params: dict[str, str] = {}
-    i, n = 0, len(rest)
-    while i < n:
-        while i < n and rest[i] in " \t;":
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and rest[i] not in "=;":
-            i += 1
-        key = rest[start:i].strip().lower()
-        val = ""
-        if i < n and rest[i] == "=":
-            i += 1
-            while i < n and rest[i] in " \t":
-                i += 1
-            if i < n and rest[i] == '"':
-                i += 1
-                chars = []
-                while True:
-                    if i >= n:
-                        raise ValueError("unterminated quoted string")
-                    ch = rest[i]
-                    if ch == "\\" and i + 1 < n and rest[i + 1] in '"\\':
-                        chars.append(rest[i + 1])
-                        i += 2
-                    elif ch == '"':
-                        i += 1
-                        break
-                    else:
-                        chars.append(ch)
-                        i += 1
-                val = "".join(chars)
-                while i < n and rest[i] != ";":
-                    i += 1
-            else:
-                start = i
-                while i < n and rest[i] != ";":
-                    i += 1
-                val = rest[start:i].strip()
-        if not key:
-            raise ValueError("parameter without a name")
-        if key in params:
-            raise ValueError(f"repeated parameter {key!r}")
-        params[key] = val
-    return main.strip().lower(), params
-
-
-def _decode_header(raw: bytes) -> str:
-    """
-    Browsers send UTF-8 in part headers; anything else is read as Latin-1.
+    The one rule for the upload folder (checked at start and before the
+    first file of each request): C{("refuse", why)} when another user owns it
+    or its group or others may write to it (they could swap or read files
+    mid-request); C{("warn", why)} when they may only read or list it;
+    C{None} when it is private.  A missing folder is C{("refuse", why)}.
     """
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _ext_value(value: str) -> str | None:
-    """
-    An RFC 5987 / 2231 extended value C{charset'lang'pct-encoded}, decoded;
-    C{None} when it cannot be.
-    """
-    parts = value.split("'", 2)
-    if len(parts) != 3:
-        return None
-    charset = parts[0].strip().lower()
-    if charset not in ("utf-8", "iso-8859-1", "us-ascii"):
-        return None
-    try:
-        return unquote_to_bytes(parts[2]).decode(charset)
-    except (UnicodeDecodeError, LookupError):
-        return None
-
-
-def parse_boundary(content_type: bytes) -> bytes:
-    """
-    The boundary of a C{multipart/form-data} request Content-Type.
-
-    @raise ApiError: C{unsupported_type} when it is not multipart/form-data,
-        C{bad_request} when the boundary is missing or invalid.
-    """
-    try:
-        main, params = _header_params(content_type.decode("latin-1"))
-    except ValueError:
-        raise ApiError("bad_request", "the Content-Type header is malformed") from None
-    if main != "multipart/form-data":
-        raise ApiError("unsupported_type", "expected multipart/form-data")
-    boundary = params.get("boundary", "")
-    if not _BOUNDARY.fullmatch(boundary):
-        raise ApiError("bad_request", "the multipart boundary is missing or invalid")
-    return boundary.encode("ascii")
+        info = os.stat(folder)
+    except OSError as e:
+        return "refuse", f"it cannot be read ({e.strerror})"
+    mode = info.st_mode & 0o777
+    if info.st_uid != os.geteuid():
+        return "refuse", f"it belongs to uid {info.st_uid}"
+    if mode & 0o022:
+        return "refuse", f"its group or others may write to it (mode {mode:o})"
+    if mode & 0o055:
+        return "warn", f"its group or others may read it (mode {mode:o}); chmod 700 keeps uploads private"
+    return None
 
 
 # --- the sink ----------------------------------------------------------------------
@@ -359,6 +154,7 @@ class _Part:
         self.size = 0
         self.head = bytearray()
         self.detected: str | None = None
+        self.text: TextCheck | None = None
 
 
 class MultipartSink:
@@ -400,6 +196,10 @@ class MultipartSink:
         self._body: ChatBody | None = None
 
     # --- BodySink
+
+    @property
+    def limit(self) -> int:
+        return self._settings.max_body_size
 
     def write(self, data: bytes) -> None:
         """
@@ -542,7 +342,7 @@ class MultipartSink:
         if disposition is None:
             raise ApiError("bad_request", "a part has no Content-Disposition")
         try:
-            kind, params = _header_params(_decode_header(disposition))
+            kind, params = header_params(decode_header(disposition))
         except ValueError:
             raise ApiError("bad_request", "a part's Content-Disposition is malformed") from None
         if kind != "form-data" or "name" not in params:
@@ -551,7 +351,7 @@ class MultipartSink:
         part.headers = []
         filename: str | None = None
         if "filename*" in params:
-            filename = _ext_value(params["filename*"])
+            filename = ext_value(params["filename*"])
         if filename is None and "filename" in params:
             filename = params["filename"]
         if filename is not None or part.name == _FILE_FIELD:
@@ -589,14 +389,9 @@ class MultipartSink:
     def _check_upload_dir(self) -> None:
         folder = self._settings.upload_dir
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.stat(folder)
-        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
-            log.error(
-                "Refusing to spool uploads to {upload_dir}: it belongs to uid {owner} or is world-writable",
-                upload_dir=folder,
-                owner=info.st_uid,
-                mode=oct(info.st_mode & 0o7777),
-            )
+        problem = upload_dir_problem(folder)
+        if problem is not None and problem[0] == "refuse":
+            log.error("Refusing to spool uploads to {upload_dir}: {problem}", upload_dir=folder, problem=problem[1])
             raise ApiError("internal_error", "the upload could not be stored")
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -617,17 +412,30 @@ class MultipartSink:
         part.stream.write(chunk)
         part.size += end - start
         if part.detected is None:
-            part.head += chunk[: SNIFF_BYTES - len(part.head)]
+            room = SNIFF_BYTES - len(part.head)
+            part.head += chunk[:room]
             if len(part.head) >= SNIFF_BYTES:
                 self._decide_type(part, complete=False)
+                self._check_text(part, bytes(chunk[room:]))
+        else:
+            self._check_text(part, bytes(chunk))
 
     def _decide_type(self, part: _Part, complete: bool) -> None:
-        detected = sniff_type(bytes(part.head), complete=complete)
+        head = bytes(part.head)
+        detected = sniff_type(head, complete=complete)
         part.head = bytearray()
         if detected is None or detected not in self._allowed:
             shown = detected or "unknown"
             raise ApiError("unsupported_type", f"a file's content is {shown}, which is not allowed")
         part.detected = detected
+        if detected == "text/plain":
+            part.text = TextCheck(head)
+            self._check_text(part, head, final=complete)
+
+    @staticmethod
+    def _check_text(part: _Part, data: bytes, final: bool = False) -> None:
+        if part.text is not None and (data or final) and not part.text.feed(data, final):
+            raise ApiError("unsupported_type", "a file that began as text is not text all the way")
 
     def _on_part_end(self) -> None:
         part = self._current()
@@ -643,6 +451,8 @@ class MultipartSink:
                 raise ApiError("bad_request", "an attached file is empty")
             if part.detected is None:
                 self._decide_type(part, complete=True)
+            else:
+                self._check_text(part, b"", final=True)
             assert part.detected is not None
             part.stream.close()
             part.stream = None

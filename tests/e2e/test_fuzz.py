@@ -69,6 +69,8 @@ def server(uploads: Path) -> Iterator[ServerProcess]:
         str(MAX_FILE_SIZE),
         "--header-timeout",
         "2",
+        "--body-timeout",
+        "2",
     ).start()
     yield s
     s.stop()
@@ -177,8 +179,9 @@ def assert_contract_error(response: Response) -> None:
     if not response.complete:
         return  # headers only: a HEAD answer, or the body was cut by our read's idle limit
     value = json.loads(response.body)
-    assert set(value) == {"error"}, value
+    assert set(value) == {"message", "error"}, value
     error = value["error"]
+    assert value["message"] == error["message"], value
     assert set(error) == {"code", "message", "message_en", "requestId"}, error
     assert error["code"] in MESSAGES, error
     assert MESSAGES[error["code"]][0] == response.status, (response.status, error)
@@ -250,6 +253,8 @@ MESSAGES_TEXT = st.one_of(
     st.text(HEBREW, min_size=1, max_size=50),
     st.integers(MAX_CHARS - 3, MAX_CHARS + 3).map(lambda n: "א" * n),
     st.just("x" * 200_000),
+    # issue 12: a lone surrogate (a valid JSON escape, not text)
+    st.sampled_from(["a\ud800b", "\udfff", "ok\ud83d"]),
 )
 CHAT_FIELD_VALUES = st.one_of(MESSAGES_TEXT, JSON_VALUES)
 METADATA = st.one_of(
@@ -258,6 +263,9 @@ METADATA = st.one_of(
     st.just({"big": "x" * 9000}),
     JSON_VALUES,
     TEXT.map(json.dumps),
+    # issue 12: metadata as a string nested deeply, and numbers JSON does not have
+    st.integers(900, 3000).map(lambda d: "[" * d + "]" * d),
+    st.sampled_from(['{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": -1e400}']),
 )
 
 
@@ -297,8 +305,8 @@ VALID_CHATS = st.fixed_dictionaries(
 )
 
 JSON_BODIES = st.one_of(
-    VALID_CHATS.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8")),
-    chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8")),
+    VALID_CHATS.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
     chat_objects().map(lambda v: json.dumps(v).encode("ascii")),
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     # Nesting below and far beyond the JSON parser's recursion limit.
@@ -306,7 +314,7 @@ JSON_BODIES = st.one_of(
     st.builds(nested, st.integers(1_000, 20_000), st.sampled_from(["list", "object"])),
     st.binary(max_size=300),
     chat_objects().map(lambda v: json.dumps(v).encode()[:-1]),  # cut short
-    chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-16")),
+    chat_objects().map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-16", "surrogatepass")),
     st.just(b""),
 )
 JSON_TYPES = st.sampled_from(
@@ -498,6 +506,8 @@ METHODS = st.one_of(
 PATHS = st.one_of(
     st.sampled_from([b"/api/chat", b"/api/health", b"/api/ready", b"/api/", b"/api/nope", b"/", b"/metrics"]),
     st.sampled_from([b"/api/chat?x=1", b"/api/../etc/passwd", b"/api/chat%00", b"*", b"http://x/api/chat", b"//api"]),
+    # issue 12: werkzeug's redirects (merged slashes) and encoded spellings of the chat route
+    st.sampled_from([b"/api//health", b"//api//chat", b"/api/chat/", b"/api/%63hat", b"/%61pi/chat", b"/api/./health"]),
     # UTF-8 paths, raw or percent-encoded, and bytes that are not UTF-8.
     st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20).map(
         lambda t: b"/api/" + t.encode("utf-8")
@@ -537,6 +547,14 @@ HEADERS = st.one_of(
             b" Leading-Space: x",
             b"No-Colon",
             b"Folded: a\r\n b",
+            # issue 12: framing a strict proxy reads differently, cross-site heads
+            b"Transfer-Encoding: identity",
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+            b"Host: a\r\nHost: b",
+            b"Folded: a\r\n\tb",
+            b"Sec-Fetch-Site: cross-site",
+            b"Origin: null",
+            b"Range: bytes=\xff-",
         ]
     ),
     st.integers(1000, 20_000).map(lambda n: b"X-Huge: " + b"h" * n),
@@ -561,6 +579,9 @@ LEGAL_HEADERS = st.sampled_from(
         b"Expect: 100-continue",
         b"X-Forwarded-For: 1.2.3.4, ::1, garbage",
         b"Origin: https://evil.example",
+        b"Origin: http://fuzz",
+        b"Sec-Fetch-Site: cross-site",
+        b"Sec-Fetch-Site: same-origin",
         b"Accept-Encoding: gzip, br",
         b"Cookie: sid=abc",
         b"Authorization: Bearer x",

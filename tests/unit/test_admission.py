@@ -622,3 +622,22 @@ class ClientIpTests(TestCase):
         A peer that is not an IP address (a UNIX socket) is returned as is.
         """
         self.assertEqual(client_ip("", ["198.51.100.7"], self.trusted), "")
+
+
+class HostileAddressTests(TestCase):
+    """
+    Issue 12, finding 5: rate-limit keys.
+    """
+
+    def test_ipv6_is_keyed_by_its_64(self) -> None:
+        """Two addresses of one IPv6 /64 share a bucket; IPv4 stays per address."""
+        from inkflow.web.admission import rate_key
+
+        self.assertEqual(rate_key("2001:db8:1:2::1"), rate_key("2001:db8:1:2:ffff::9"))
+        self.assertNotEqual(rate_key("2001:db8:1:2::1"), rate_key("2001:db8:1:3::1"))
+        self.assertEqual(rate_key("192.0.2.1"), "192.0.2.1")
+
+    def test_trusted_unix_proxy_is_believed(self) -> None:
+        """With --trusted-proxy unix, X-Forwarded-For from a unix: listener's peer is believed."""
+        self.assertEqual(client_ip("unix", ["203.0.113.5"], ("unix",)), "203.0.113.5")
+        self.assertEqual(client_ip("unix", ["203.0.113.5"], ()), "unix")

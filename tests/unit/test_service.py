@@ -70,14 +70,25 @@ class MakeServiceTests(TestCase):
     def test_proxy_mode_reports_upstreams(self) -> None:
         """With webhooks, health lists each upstream (redacted) and mode is proxy."""
         reactor = MemoryReactorClock()
-        top = makeService(
-            self.settings(webhook=("http://u:p@127.0.0.1:9/webhook/a?t=1",)), reactor, install_signals=False
-        )
+        top = makeService(self.settings(webhook=("http://127.0.0.1:9/webhook/a?t=1",)), reactor, install_signals=False)
         core = IServiceCollection(top).getServiceNamed("inkflow")
         health = core.app.health_snapshot()
         self.assertEqual(health["mode"], "proxy")
-        self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9/webhook/a")
+        self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9")
+        self.assertEqual(health["upstreams"][0]["index"], 0)
         self.assertEqual(health["upstreams"][0]["state"], "closed")
+
+    def test_admin_listener_is_its_own_port(self) -> None:
+        """With --admin-listen, a second port serves the admin resource."""
+        reactor = MemoryReactorClock()
+        top = makeService(
+            self.settings(listen="tcp:8123:interface=127.0.0.1", admin_listen="tcp:9123:interface=127.0.0.1"),
+            reactor,
+            install_signals=False,
+        )
+        top.startService()
+        self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8123, 9123])
+        self.successResultOf(top.stopService())
 
 
 class UploadFolderCheckTests(TestCase):

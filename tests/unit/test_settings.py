@@ -201,3 +201,46 @@ class DocumentationTests(TestCase):
         self.assertEqual((One().size, size.parse("7"), size.help, size.env), (3, 7, "a size", "INKFLOW_SIZE"))
         self.assertNotIn("s3cret", repr(One()))
         self.assertTrue(token.secret)
+
+
+class WebhookCredentialsTests(TestCase):
+    """
+    Issue 12, finding 9: user:password@ in a webhook URL.
+    """
+
+    def test_userinfo_in_a_webhook_is_refused_at_start(self) -> None:
+        """A webhook URL with user:password@ stops start-up with one line that never shows the password."""
+        error = self.assertRaises(
+            ConfigError, load_settings, flags={"webhook": ["http://me:hunter2@n8n.local/webhook/x"]}
+        )
+        self.assertIn("--webhook", str(error))
+        self.assertIn("Authorization", str(error))
+        self.assertNotIn("hunter2", str(error))
+
+
+class HostileClientOptionsTests(TestCase):
+    """
+    Issue 12's options.
+    """
+
+    def test_defaults(self) -> None:
+        """--body-timeout 10, --write-timeout 30, no admin listener."""
+        s = load_settings()
+        self.assertEqual((s.body_timeout, s.write_timeout, s.admin_listen), (10.0, 30.0, ""))
+
+    def test_admin_listen_must_be_an_endpoint(self) -> None:
+        """A bad --admin-listen stops start-up naming the option."""
+        error = self.assertRaises(ConfigError, load_settings, flags={"admin-listen": "nonsense:1"})
+        self.assertIn("--admin-listen", str(error))
+
+    def test_admin_listen_is_not_for_several_workers(self) -> None:
+        """--admin-listen with --workers 2 is refused: each worker would need its own port."""
+        error = self.assertRaises(
+            ConfigError, load_settings, flags={"admin-listen": "tcp:9100", "workers": "2", "listen": "tcp:8000"}
+        )
+        self.assertIn("--admin-listen", str(error))
+
+    def test_trusted_proxy_unix(self) -> None:
+        """--trusted-proxy takes unix next to addresses and CIDRs."""
+        s = load_settings(flags={"trusted-proxy": ["unix", "10.0.0.0/8"]})
+        self.assertEqual(s.trusted_proxy, ("unix", "10.0.0.0/8"))

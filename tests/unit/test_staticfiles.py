@@ -75,7 +75,7 @@ class StaticFilesTests(TestCase):
         plain = self.files.render(self.request(), b"/assets/app.js")
         r = self.request({b"Accept-Encoding": b"br, gzip;q=0.8"})
         packed = self.files.render(r, b"/assets/app.js")
-        assert packed is not None
+        assert isinstance(packed, bytes)
         self.assertEqual(r.responseHeaders.getRawHeaders(b"Content-Encoding"), [b"gzip"])
         self.assertEqual(gzip.decompress(packed), plain)
 
@@ -153,3 +153,56 @@ class LookupTests(TestCase):
         (self.root / "assets" / "a.js").unlink()
         self.now += 2
         self.assertIsNone(self.files.lookup(b"/assets/a.js"))
+
+
+class LargeStaticFileTests(TestCase):
+    """
+    Issue 12, finding 3: files over the cache limit are streamed from disk.
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(temp_path(self)).resolve()
+        self.root.mkdir()
+        self.content = bytes(range(256)) * 40  # 10,240 bytes
+        (self.root / "big.bin").write_bytes(self.content)
+        (self.root / "index.html").write_text("<html></html>")
+        self.files = StaticFiles(str(self.root), max_cached_size=1000)
+
+    def request(self, headers: dict[bytes, bytes] | None = None) -> Any:
+        r = DummyRequest([b""])
+        r.method = b"GET"
+        for k, v in (headers or {}).items():
+            r.requestHeaders.setRawHeaders(k, [v])
+        return r
+
+    def test_spellings_share_one_entry_without_a_body(self) -> None:
+        """Every spelling of a large file's URL finds one entry, which keeps no body."""
+        spellings = [b"/big.bin", b"/%62ig.bin", b"/b%69g.bin", b"/bi%67.bin", b"/%62%69%67.bin"]
+        entries = {id(self.files.lookup(s)) for s in spellings}
+        self.assertEqual(len(entries), 1)
+        entry = self.files.lookup(b"/big.bin")
+        assert entry is not None
+        self.assertIsNone(entry.body)
+
+    def test_large_file_is_streamed(self) -> None:
+        """A large file is sent from disk by a producer, whole."""
+        from twisted.web.server import NOT_DONE_YET
+
+        r = self.request()
+        self.assertEqual(self.files.render(r, b"/big.bin"), NOT_DONE_YET)
+        self.assertEqual(b"".join(r.written), self.content)
+
+    def test_large_file_range(self) -> None:
+        """A Range request for a large file gets 206 and those bytes."""
+        r = self.request({b"Range": b"bytes=10-19"})
+        self.files.render(r, b"/big.bin")
+        self.assertEqual((r.responseCode, b"".join(r.written)), (206, self.content[10:20]))
+
+    def test_large_file_revalidates_with_304(self) -> None:
+        """A large file has an ETag; sending it back gets 304 without reading the file."""
+        r = self.request()
+        self.files.render(r, b"/big.bin")
+        etag = r.responseHeaders.getRawHeaders(b"ETag")[0]
+        r2 = self.request({b"If-None-Match": etag})
+        self.assertEqual(self.files.render(r2, b"/big.bin"), b"")
+        self.assertEqual(r2.responseCode, 304)

@@ -1116,3 +1116,42 @@ class PropertyTests(SinkTestCase):
         self.assertEqual([f.size for f in result.files], [len(c) for c in files])
         result.cleanup()
         self.assertEqual(self.leftovers(), [])
+
+
+class HostileUploadTests(SinkTestCase):
+    """
+    Issue 12, finding 9: the type check and the folder check.
+    """
+
+    def test_text_then_binary_is_refused(self) -> None:
+        """8 KiB of text and then an ELF binary is not text/plain."""
+        content = b"a" * SNIFF_BYTES + b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 64
+        error = self.feed_error(self.sink(), [body(file_part(content, "notes.txt", content_type=b"text/plain"))])
+        self.assertEqual(error.code, "unsupported_type")
+
+    def test_long_utf8_text_cut_at_chunk_edges_is_text(self) -> None:
+        """Long UTF-8 text, cut mid-character by the chunking, is still text/plain."""
+        content = ("שלום עולם " * 3000).encode("utf-8")
+        data = body(file_part(content, "notes.txt", content_type=b"text/plain"))
+        chunks = [data[i : i + 777] for i in range(0, len(data), 777)]
+        got = self.feed(self.sink(), chunks)
+        self.assertEqual(got.files[0].content_type, "text/plain")
+        got.cleanup()
+
+    def test_group_writable_upload_folder_is_refused(self) -> None:
+        """An upload folder writable by its group is refused, by the one rule."""
+        settings = self.make_settings()
+        os.makedirs(self.upload_dir, mode=0o700)
+        os.chmod(self.upload_dir, 0o770)
+        error = self.feed_error(self.sink(settings), [body(file_part(b"hello", "a.txt", content_type=b"text/plain"))])
+        self.assertEqual(error.code, "internal_error")
+
+    def test_one_rule_for_the_upload_folder(self) -> None:
+        """Group/other-writable is refused, readable is a warning, private is fine."""
+        from inkflow.web.uploads import upload_dir_problem
+
+        folder = self.tempdir()
+        for mode, verdict in ((0o700, None), (0o755, "warn"), (0o775, "refuse"), (0o777, "refuse")):
+            os.chmod(folder, mode)
+            problem = upload_dir_problem(folder)
+            self.assertEqual(problem and problem[0], verdict, oct(mode))

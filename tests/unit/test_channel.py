@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.web.site}: deadlines, the connection limit, early refusals,
+Tests for L{inkflow.web.channel}, L{inkflow.web.request} and L{inkflow.web.site}: deadlines, the connection limit, early refusals,
 drain, all with C{StringTransport} and C{Clock} (no network, no real time).
 """
 
@@ -17,8 +17,10 @@ from twisted.web.resource import Resource
 
 from inkflow.errors import ApiError
 from inkflow.settings import Settings
-from inkflow.web.bodies import BodySink, JsonSink
-from inkflow.web.site import InkFlowChannel, InkFlowRequest, InkFlowSite
+from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
+from inkflow.web.channel import InkFlowChannel
+from inkflow.web.request import InkFlowRequest
+from inkflow.web.site import InkFlowSite
 
 
 class Echo(Resource):
@@ -232,3 +234,191 @@ class ActiveUploadsTests(TestCase):
         self.assertEqual(site.active_upload_paths(), {"/uploads/inkflow-x.part"})
         channel.connectionLost(Failure(Exception("gone")))
         self.assertEqual(site.active_upload_paths(), set())
+
+
+class _Pausing(Echo):
+    """
+    Stands for a transport whose send buffer fills on the first answer.
+    """
+
+    def render(self, request: Any) -> bytes:
+        if not self.seen:
+            request.channel.pauseProducing()
+        return super().render(request)
+
+
+class HostileClientTests(TestCase):
+    """
+    Issue 12: progress-based deadlines in both directions, strict framing.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.settings = Settings.defaults(header_timeout=10.0, idle_timeout=60.0, body_timeout=10.0, write_timeout=30.0)
+        self.resource = Echo()
+        self.site = InkFlowSite(self.resource, self.settings, self.clock, sink_for)
+
+    def connect(self) -> tuple[InkFlowChannel, StringTransport]:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def test_stalled_chunked_body_gets_408_after_body_timeout(self) -> None:
+        """A chunked head and then nothing: 408 after --body-timeout, then the connection is cut."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.clock.advance(9.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.2)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Time-out\r\n"), transport.value())
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stalled_after_chunk_size_line_gets_408(self) -> None:
+        """A chunk-size line and then silence is cut after --body-timeout, not minutes later."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\nab")
+        self.clock.advance(10.1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+
+    def test_body_bytes_keep_the_body_timeout_away(self) -> None:
+        """A body byte every few seconds resets the progress deadline (within the overall one)."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+        for byte in (b"{", b"}"):
+            self.clock.advance(4)
+            channel.dataReceived(byte)
+        self.assertEqual(transport.value(), b"")
+
+    def test_overall_body_deadline_comes_from_the_chosen_sink(self) -> None:
+        """Trickling a small sink's body byte by byte is cut once the sink's own deadline passes."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(5):
+            self.clock.advance(5)
+            channel.dataReceived(b"1\r\nx\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+
+    def test_client_not_reading_is_aborted_after_write_timeout(self) -> None:
+        """Once the transport is full, --write-timeout without the client reading aborts the connection."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel.pauseProducing()  # the transport's send buffer is full
+        self.clock.advance(29)
+        channel.resumeProducing()  # the client read some: progress
+        channel.pauseProducing()
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnected)
+
+    def test_idle_close_that_does_not_complete_is_aborted(self) -> None:
+        """The idle timer's close is followed by an abort when the connection does not go away."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(61)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(31)
+        self.assertTrue(transport.disconnected)
+
+    def test_pipelined_requests_wait_while_an_answer_is_buffered(self) -> None:
+        """With the send buffer full, the next pipelined request waits (and reading stops) until it drains."""
+        self.resource = _Pausing()
+        self.site = InkFlowSite(self.resource, self.settings, self.clock, sink_for)
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        self.assertEqual(len(self.resource.seen), 1)
+        self.assertEqual(transport.producerState, "paused")
+        channel.resumeProducing()
+        self.assertEqual(len(self.resource.seen), 3)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+
+    def test_429_has_its_reason_phrase(self) -> None:
+        """A raw 429 says Too Many Requests, not Unknown Status."""
+        from inkflow.web.responses import raw_error_response
+
+        raw = raw_error_response(ApiError.retry_later("rate_limited", 3), "r")
+        self.assertTrue(raw.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"))
+
+    def test_transfer_encoding_identity_is_400(self) -> None:
+        """Transfer-Encoding other than chunked is refused with the JSON 400."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.assertEqual(self.resource.seen, [])
+
+    def test_folded_header_line_is_400(self) -> None:
+        """A folded (obs-fold) header line is refused with the JSON 400."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.assertIn(b'"bad_request"', transport.value())
+
+    def test_http11_without_host_is_400(self) -> None:
+        """HTTP/1.1 without a Host header is refused with the JSON 400."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+
+    def test_duplicate_host_is_400(self) -> None:
+        """Two Host headers are refused with the JSON 400."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+
+    def test_http10_without_host_is_answered(self) -> None:
+        """HTTP/1.0 needs no Host."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 "), transport.value())
+
+    def test_sink_is_chosen_from_the_decoded_path(self) -> None:
+        """The sink chooser sees /api/chat for /api/%63hat, as routing does."""
+        seen: list[bytes] = []
+
+        def recording(method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
+            seen.append(path)
+            return JsonSink(1000)
+
+        self.site = InkFlowSite(self.resource, self.settings, self.clock, recording)
+        channel, _ = self.connect()
+        channel.dataReceived(b"POST /api/%63hat?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(seen, [b"/api/chat"])
+
+
+class BodyRateTests(TestCase):
+    """
+    The minimum body rate is checked as the bytes come.
+    """
+
+    def test_trickle_into_a_large_sink_is_cut_after_the_grace(self) -> None:
+        """One byte every 5 s into a sink that takes megabytes is cut soon after --header-timeout, not minutes later."""
+        clock = Clock()
+        settings = Settings.defaults(header_timeout=10.0, body_timeout=10.0)
+        site = InkFlowSite(Echo(), settings, clock, lambda *a: JsonSink(50_000_000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 40000000\r\n\r\n")
+        for _ in range(3):
+            clock.advance(5)
+            channel.dataReceived(b"x")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+
+    def test_fast_body_is_not_cut(self) -> None:
+        """A body that keeps up with the minimum rate is received."""
+        clock = Clock()
+        settings = Settings.defaults(header_timeout=10.0, body_timeout=10.0)
+        resource = Echo()
+        site = InkFlowSite(resource, settings, clock, lambda *a: DiscardSink(50_000_000))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        size = 64 * 1024 * 30
+        channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(30):
+            clock.advance(1)
+            channel.dataReceived(b"x" * 64 * 1024)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])

@@ -1,0 +1,422 @@
+"""
+Issue 12, "hostile clients": each attack class, with a handful of sockets,
+against the default configuration (a real C{twistd -n inkflow} on loopback,
+demo mode; only C{--upload-dir} and C{--static-dir} point at private copies,
+the static copy holding a 2 MB and a 6 MB file).
+
+For each class: what the server pays (the connection places it held, for
+how long, peak RSS above the class's start, peak bytes in the upload folder),
+read from the server's own C{/api/health} every 0.25 s; and a probe client
+that sends C{GET /} on a new connection ten times, once a second, during the
+attack (answered = HTTP 200 within 3 s).
+
+    python -m bench.attack [--cap 45]
+
+Bounded: every class ends when the server has let every attack socket go,
+or after C{--cap} seconds; everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, say
+
+MB = 1024 * 1024
+BIG = "big.bin"  # 2 MB: cached in memory
+HUGE = "huge.bin"  # 6 MB: over the cache limit, streamed from disk
+
+
+def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(5)
+    s.connect((HOST, port))
+    return s
+
+
+def head(port: int, method: str, path: str, *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def health(port: int) -> dict[str, object]:
+    s = connect(port)
+    try:
+        s.sendall(head(port, "GET", "/api/health", "Connection: close"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    finally:
+        s.close()
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])  # type: ignore[no-any-return]
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for entry in os.scandir(path):
+        with contextlib.suppress(OSError):
+            total += entry.stat().st_size
+    return total
+
+
+@dataclass
+class Outcome:
+    name: str
+    sockets: int
+    held_max: int = 0
+    seconds: float = 0.0
+    still_open: bool = False
+    rss_mb: float = 0.0
+    upload_mb: float = 0.0
+    probes_ok: int = 0
+    probes_answered: int = 0
+    probes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Probe(threading.Thread):
+    """Ten C{GET /}, one a second, each on a new connection."""
+
+    def __init__(self, port: int, count: int = 10) -> None:
+        super().__init__(daemon=True)
+        self.port, self.count, self.ok, self.answered = port, count, 0, 0
+
+    def run(self) -> None:
+        for _ in range(self.count):
+            started = time.monotonic()
+            try:
+                s = connect(self.port)
+                s.settimeout(3)
+                s.sendall(head(self.port, "GET", "/", "Connection: close"))
+                status = s.recv(12)
+                self.answered += status.startswith(b"HTTP/1.1 ")
+                self.ok += status.startswith(b"HTTP/1.1 200")
+                s.close()
+            except OSError:
+                pass
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
+# --- the attacks: each opens its sockets and returns them (threads may keep feeding) ----------
+
+
+def stalled_chunked(port: int, n: int) -> list[socket.socket]:
+    """A chunked chat head, then silence."""
+    socks = [connect(port) for _ in range(n)]
+    for s in socks:
+        s.sendall(head(port, "POST", "/api/chat", "Content-Type: application/json", "Transfer-Encoding: chunked"))
+    return socks
+
+
+def stalled_chunk_line(port: int, n: int) -> list[socket.socket]:
+    """A chunked head and a chunk-size line, then silence."""
+    socks = stalled_chunked(port, n)
+    for s in socks:
+        s.sendall(b"3e8\r\nab")
+    return socks
+
+
+def stalled_multipart(port: int, n: int) -> list[socket.socket]:
+    """A multipart head announcing 40 MB, then silence."""
+    socks = [connect(port) for _ in range(n)]
+    for s in socks:
+        s.sendall(
+            head(
+                port, "POST", "/api/chat", "Content-Type: multipart/form-data; boundary=zz", "Content-Length: 40000000"
+            )
+        )
+    return socks
+
+
+def trickle(port: int, n: int) -> list[socket.socket]:
+    """A multipart head announcing 40 MB, then one byte every 4 s."""
+    socks = stalled_multipart(port, n)
+
+    def feed() -> None:
+        alive = list(socks)
+        while alive:
+            time.sleep(4)
+            for s in list(alive):
+                try:
+                    s.sendall(b"-")
+                except OSError:
+                    alive.remove(s)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return socks
+
+
+def header_slowloris(port: int, n: int) -> list[socket.socket]:
+    """A request line, then a header byte every 4 s."""
+    socks = [connect(port) for _ in range(n)]
+    for s in socks:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+
+    def feed() -> None:
+        alive = list(socks)
+        while alive:
+            time.sleep(4)
+            for s in list(alive):
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    alive.remove(s)
+
+    threading.Thread(target=feed, daemon=True).start()
+    return socks
+
+
+def never_reads(port: int, n: int) -> list[socket.socket]:
+    """50 pipelined GETs of a 2 MB file on a 4 KiB receive buffer, never read."""
+    socks = [connect(port, rcvbuf=4096) for _ in range(n)]
+    for s in socks:
+        s.sendall(head(port, "GET", f"/{BIG}") * 50)
+    return socks
+
+
+def idle_flood(port: int, n: int) -> list[socket.socket]:
+    """More connections than --max-connections, each silent."""
+    return [connect(port) for _ in range(n)]
+
+
+def spellings(port: int, n: int) -> list[socket.socket]:
+    """Twelve percent-encoded spellings of a 6 MB file, each fetched in full."""
+    names = [
+        "huge.bin", "%68uge.bin", "h%75ge.bin", "hu%67e.bin", "hug%65.bin", "huge%2ebin",
+        "huge%2Ebin", "huge.%62in", "huge.b%69n", "huge.bi%6e", "huge.bi%6E", "%68%75%67%65.bin",
+    ]  # fmt: skip
+    for name in names[:12]:
+        s = connect(port)
+        s.sendall(head(port, "GET", "/" + name, "Connection: close"))
+        while s.recv(1 << 20):
+            pass
+        s.close()
+    return []
+
+
+def rate_limited_uploads(port: int, n: int) -> list[socket.socket]:
+    """
+    40 multipart chats of 5 MB from one address (the limit is 30 a minute),
+    each head with C{Expect: 100-continue}: the body is sent only after
+    C{100 Continue}, so a 429 that comes first was decided from the head.
+    """
+    boundary = "zz"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\nhi\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.txt"\r\n\r\n'
+        ).encode()
+        + b"a" * (5 * MB)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    statuses: list[str] = []
+    for _ in range(40):
+        s = connect(port)
+        s.sendall(
+            head(
+                port,
+                "POST",
+                "/api/chat",
+                f"Content-Type: multipart/form-data; boundary={boundary}",
+                f"Content-Length: {len(body)}",
+                "Expect: 100-continue",
+                "Connection: close",
+            )
+        )
+        first = s.recv(65536)
+        if first.startswith(b"HTTP/1.1 100"):
+            s.sendall(body)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            statuses.append(answer[9:12].decode())
+        else:
+            statuses.append(first[9:12].decode() + " before the body")
+        s.close()
+    counts = {k: statuses.count(k) for k in sorted(set(statuses))}
+    RATE_NOTES.append("answers: " + ", ".join(f"{v} x {k}" for k, v in counts.items()))
+    return []
+
+
+RATE_NOTES: list[str] = []
+
+
+def cross_site(port: int, n: int) -> list[socket.socket]:
+    """Cross-site multipart chats (a foreign Origin, a browser's Sec-Fetch-Site)."""
+    codes = []
+    for i in range(n):
+        s = connect(port)
+        origin = "Origin: https://evil.example" if i % 2 else "Sec-Fetch-Site: cross-site"
+        s.sendall(
+            head(
+                port,
+                "POST",
+                "/api/chat",
+                "Content-Type: multipart/form-data; boundary=zz",
+                "Content-Length: 5000000",
+                origin,
+            )
+        )
+        codes.append(s.recv(12)[9:12].decode())
+        s.close()
+    CROSS_NOTES.append(f"answers: {', '.join(sorted(set(codes)))} (before any body byte)")
+    return []
+
+
+CROSS_NOTES: list[str] = []
+
+
+def hostile_json(port: int, n: int) -> list[socket.socket]:
+    """Deep nesting, NaN, 1e999, lone surrogates, a 2,000-deep metadata string, /api//health."""
+    bodies = [
+        b"[" * 50_000,
+        b'{"message":"hi","metadata":{"a":NaN}}',
+        b'{"message":"hi","metadata":{"a":1e999}}',
+        b'{"message":"a\\ud800"}',
+        json.dumps({"message": "hi", "metadata": "[" * 2000 + "]" * 2000}).encode(),
+        b'{"message":"hi","sessionId":"abc\\n"}',
+    ]
+    statuses = []
+    for raw in bodies:
+        s = connect(port)
+        s.sendall(
+            head(port, "POST", "/api/chat", "Content-Type: application/json", f"Content-Length: {len(raw)}") + raw
+        )
+        statuses.append(s.recv(12)[9:12].decode())
+        s.close()
+    s = connect(port)
+    s.sendall(head(port, "GET", "/api//health"))
+    statuses.append(s.recv(12)[9:12].decode())
+    s.close()
+    JSON_NOTES.append(f"answers: {', '.join(statuses)}")
+    return []
+
+
+JSON_NOTES: list[str] = []
+
+#: name, attack, sockets, what a client can do now
+CLASSES: list[tuple[str, Callable[[int, int], list[socket.socket]], int, str]] = [
+    ("stalled chunked body", stalled_chunked, 6, "hold a place for --body-timeout (10 s), then 408"),
+    ("chunk-size line, then nothing", stalled_chunk_line, 6, "hold a place for --body-timeout (10 s), then 408"),
+    ("multipart head, 40 MB announced, nothing", stalled_multipart, 6, "10 s, then 408"),
+    ("body trickle, 1 byte / 4 s", trickle, 6, "cut once behind 64 KiB/s after the 10 s grace"),
+    ("header slowloris, 1 byte / 4 s", header_slowloris, 6, "--header-timeout (10 s), then 408"),
+    ("never reads, 50 pipelined GETs of 2 MB", never_reads, 2, "one answer buffered; aborted after --write-timeout"),
+    ("idle flood, 60 sockets (limit 50)", idle_flood, 60, "over the limit: 503 busy after 1 s; the rest 10 s"),
+    ("12 spellings of a 6 MB file", spellings, 1, "streamed from disk, nothing kept"),
+    ("40 uploads of 5 MB over the rate limit", rate_limited_uploads, 1, "429 from the head, no body byte read"),
+    ("cross-site multipart chats", cross_site, 6, "403 forbidden_origin from the head"),
+    ("hostile JSON and paths", hostile_json, 1, "400 / 404, never a 500"),
+]
+
+
+def run_class(
+    server: Proc, uploads: Path, name: str, attack: Callable[[int, int], list[socket.socket]], n: int, cap: float
+) -> Outcome:
+    port = server.port
+    base = health(port)
+    rss0 = base["memory"]["rss_bytes"]  # type: ignore[index]
+    out = Outcome(name, n)
+    probe = Probe(port)
+    started = time.monotonic()
+    probe.start()
+    socks: list[socket.socket] = []
+    worker = threading.Thread(target=lambda: socks.extend(attack(port, n)), daemon=True)
+    worker.start()
+    peak_rss, peak_upload, last_busy = rss0, 0, started
+    while True:
+        now = time.monotonic()
+        snap = health(port)
+        held = int(snap["connections"]["active"]) - 1  # type: ignore[index]  # minus this health request
+        out.held_max = max(out.held_max, held)
+        peak_rss = max(peak_rss, snap["memory"]["rss_bytes"])  # type: ignore[index]
+        peak_upload = max(peak_upload, dir_bytes(uploads))
+        if held > 0:
+            last_busy = now
+        if held <= 0 and not probe.is_alive() and not worker.is_alive():
+            break
+        if now - started > cap:
+            out.still_open = held > 0
+            break
+        time.sleep(0.25)
+    worker.join(15)
+    probe.join(15)
+    for s in socks:
+        s.close()
+    out.seconds = last_busy - started
+    out.rss_mb = (peak_rss - rss0) / MB
+    out.upload_mb = peak_upload / MB
+    out.probes_ok, out.probes_answered, out.probes = probe.ok, probe.answered, probe.count
+    out.notes = RATE_NOTES + CROSS_NOTES + JSON_NOTES
+    RATE_NOTES.clear()
+    CROSS_NOTES.clear()
+    JSON_NOTES.clear()
+    time.sleep(1)
+    return out
+
+
+def run(cap: float = 45.0) -> list[Row]:
+    say(f"attack: {len(CLASSES)} classes against the default configuration, each capped at {cap:g} s")
+    rows = []
+    with logdir() as logs:
+        static = logs / "static"
+        shutil.copytree(STATIC, static)
+        (static / BIG).write_bytes(os.urandom(2 * MB))
+        (static / HUGE).write_bytes(os.urandom(6 * MB))
+        uploads = logs / "uploads"
+        uploads.mkdir(mode=0o700)
+        with inkflow(logs, "--upload-dir", str(uploads), "--static-dir", str(static)) as server:
+            for name, attack, n, can in CLASSES:
+                say(f" {name}")
+                o = run_class(server, uploads, name, attack, n, cap)
+                held = f"{o.held_max} held, {'still open after' if o.still_open else 'all let go within'} {o.seconds:.1f} s"
+                cost = f"{held}; RSS +{o.rss_mb:.1f} MB; uploads peak {o.upload_mb:.1f} MB"
+                rows.append(
+                    Row(
+                        "attack",
+                        f"{name} ({o.sockets} sockets)",
+                        cost,
+                        can,
+                        "—",
+                        "probe 10/10, seconds and KB",
+                        o.probes_answered == o.probes and not o.still_open,
+                        note=f"probe answered {o.probes_answered}/{o.probes} (200: {o.probes_ok})"
+                        + (f"; {'; '.join(o.notes)}" if o.notes else ""),
+                    )
+                )
+            log = server.output()
+            rows.append(
+                Row(
+                    "attack",
+                    "tracebacks in the server log",
+                    str(log.count("Traceback")),
+                    "—",
+                    "—",
+                    "0",
+                    "Traceback" not in log,
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    def extra(p: object) -> None:
+        p.add_argument("--cap", type=float, default=45.0, help="seconds per class at most")  # type: ignore[attr-defined]
+
+    args = arguments(__doc__ or "", extra)
+    print_rows("attack", run(args.cap))
+
+
+if __name__ == "__main__":
+    main()

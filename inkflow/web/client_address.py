@@ -1,0 +1,119 @@
+"""
+The address a request really came from: the peer, or what a trusted proxy
+says in C{X-Forwarded-For}.  Pure: no reactor, no twisted.web.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+from twisted.logger import Logger
+
+__all__ = ["UNIX", "client_ip"]
+
+#: The peer host of a unix: listener's connections, and the --trusted-proxy
+#: value that believes them.
+UNIX = "unix"
+
+log = Logger()
+
+# --- client address
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_address(text: str) -> _Address | None:
+    """
+    One address as found in C{X-Forwarded-For} or as a peer host: plain IPv4
+    or IPv6, optionally quoted, bracketed, or with a port.  IPv4-mapped IPv6
+    becomes IPv4.  Anything else (C{unknown}, host names, junk) is L{None}.
+    """
+    text = text.strip().strip('"').strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
+    networks: list[_Network] = []
+    for text in trusted:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            log.warn("ignoring trusted proxy {entry!r}: not an address or CIDR", entry=text)
+    return tuple(networks)
+
+
+def _is_trusted(address: _Address, networks: Iterable[_Network]) -> bool:
+    # An IPv4 address is never "in" an IPv6 network and vice versa (False, no error).
+    return any(address in network for network in networks)
+
+
+def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tuple[str, ...]) -> str:
+    """
+    The address a request really came from.
+
+    C{X-Forwarded-For} is believed only when the peer (the TCP connection's
+    far end) is in one of the C{trusted} networks.  The chain is then walked
+    from the right (the hop nearest to us), skipping trusted proxies, and the
+    first untrusted address is the client.  Every entry left of that one was
+    written by the client and may be forged, so it is never looked at.
+
+    Empty entries are skipped.  An entry that is not an address (C{unknown},
+    a host name, junk) ends the walk: what lies left of it cannot be
+    vouched for, so the answer is the last trusted hop reached (at worst the
+    peer itself), never a forgeable value.  If every entry is trusted, the
+    leftmost one is the answer.
+
+    @param peer_host: the connection's peer address (L{UNIX} for a unix:
+        listener).
+    @param forwarded_for: the raw C{X-Forwarded-For} header values in the
+        order received (each may hold a comma-separated list), or L{None}.
+    @param trusted: addresses / CIDRs, as in C{Settings.trusted_proxy}.
+    @return: the address in canonical text form (IPv4-mapped IPv6 as IPv4);
+        the peer host unchanged when it is not an IP address.
+    """
+    networks = _networks(tuple(t for t in trusted if t != UNIX))
+    nearest: _Address | str
+    if peer_host == UNIX:
+        # A unix: listener's peer is a local proxy, believed only with
+        # --trusted-proxy unix.
+        if UNIX not in trusted or not forwarded_for:
+            return peer_host
+        nearest = peer_host
+    else:
+        peer = _parse_address(peer_host)
+        if peer is None:
+            return peer_host
+        if not trusted or not forwarded_for or not _is_trusted(peer, networks):
+            return str(peer)
+        nearest = peer
+    entries = [entry for value in forwarded_for for entry in str(value).split(",")]
+    for entry in reversed(entries):
+        if not entry.strip():
+            continue
+        address = _parse_address(entry)
+        if address is None:
+            break
+        if not _is_trusted(address, networks):
+            return str(address)
+        nearest = address
+    return str(nearest)

@@ -1,0 +1,334 @@
+"""
+InkFlow's request: bodies streamed into sinks, early refusals, security
+headers, the request id; and L{received_body}, the one way routes get a
+parsed body, from InkFlow's request or from any other C{IRequest}.
+
+What Twisted does not do by itself, and InkFlow needs (see TWISTED_NOTES.md):
+each body goes to a L{BodySink} chosen when the headers are in; a body over
+the limits is refused from C{Content-Length} before any body byte is read
+(and no C{100 Continue} is sent), or while streaming otherwise.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+
+from inkflow.chat import ChatBody
+from inkflow.errors import ApiError
+from inkflow.web import twisted_hooks
+from inkflow.web.bodies import BodySink
+from inkflow.web.responses import SECURITY_HEADERS, error_response, raw_error_response
+
+if TYPE_CHECKING:
+    from inkflow.web.channel import InkFlowChannel
+    from inkflow.web.site import InkFlowSite
+
+__all__ = [
+    "ALWAYS_ANSWERED",
+    "LINGER_SECONDS",
+    "OVER_LIMIT_TIMEOUT",
+    "HeadCheck",
+    "InkFlowRequest",
+    "SinkChooser",
+    "received_body",
+]
+
+log = Logger()
+
+#: Routes answered even on a connection over the limit (operators must see an
+#: overloaded server).
+ALWAYS_ANSWERED = (b"/api/health", b"/api/ready")
+
+#: How long a refused upload may keep sending (its bytes are discarded) before
+#: the connection is cut.  Reading them lets the client see the answer instead
+#: of a reset.
+LINGER_SECONDS = 5.0
+#: The head deadline, and the linger, of a connection over the limit.
+OVER_LIMIT_TIMEOUT = 1.0
+
+#: Chooses a body sink from a request's head: (method, path, headers, length).
+SinkChooser = Callable[[bytes, bytes, http.Headers, "int | None"], "BodySink | None"]
+#: Admits a request from its head (request, method, decoded path), or raises ApiError.
+HeadCheck = Callable[[IRequest, bytes, bytes], None]
+
+
+class InkFlowRequest(server.Request):
+    """
+    A request whose body goes to a L{BodySink} as it streams in.
+
+    After the body is complete, exactly one of C{chat_body} (the parsed body,
+    whose files the route must clean up) and C{body_error} is set, unless the
+    route takes no body.
+    """
+
+    channel: InkFlowChannel
+    site: InkFlowSite
+
+    def __init__(self, channel: InkFlowChannel, *args: Any, **kw: Any) -> None:
+        super().__init__(channel, *args, **kw)
+        self.request_id = uuid.uuid4().hex
+        self.chat_body: ChatBody | None = None
+        self.body_error: ApiError | None = None
+        self._sink: BodySink | None = None
+        self._refused = False
+        #: The site's head check (Origin, rate limit) passed.
+        self.head_admitted = False
+
+    # -- body ---------------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        The head is in.  Decide where the body goes, or refuse it now.
+        """
+        # The body never goes into self.content: sinks take it.
+        self.content = _NullContent()
+        channel = self.channel
+        method, target = twisted_hooks.request_line(channel)
+        # The path as routing sees it (percent-decoded), so /api/%63hat gets
+        # the same sink and limits as /api/chat.
+        path = unquote_to_bytes(target.split(b"?", 1)[0])
+        try:
+            if channel.over_limit and path not in ALWAYS_ANSWERED:
+                channel.site.connections_rejected += 1
+                raise ApiError.retry_later("busy", 5, "too many connections")
+            if channel.site.admit_head is not None:
+                channel.site.admit_head(self, method, path)
+                self.head_admitted = True
+            self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
+        except ApiError as e:
+            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)
+
+    @property
+    def body_limit(self) -> int | None:
+        """
+        The most body bytes the chosen sink takes (C{None} without a sink).
+        """
+        return self._sink.limit if self._sink is not None else None
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused or self._sink is None:
+            return
+        try:
+            self._sink.write(data)
+        except ApiError as e:
+            self._sink = None
+            self._refuse(e)
+        except Exception:
+            log.failure("Body sink failed", request_id=self.request_id)
+            sink, self._sink = self._sink, None
+            sink.discard()
+            self._refuse(ApiError("bad_request", "the body could not be read"))
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            # The answer is out; the body was read to let the client see it.
+            self.channel.loseConnection()
+            return
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            try:
+                self.chat_body = sink.close()
+            except ApiError as e:
+                self.body_error = e
+            except Exception:
+                log.failure("Body sink failed at close", request_id=self.request_id)
+                sink.discard()
+                self.body_error = ApiError("bad_request", "the body could not be read")
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, error: ApiError, linger: float = LINGER_SECONDS) -> None:
+        """
+        Answer C{error} at once, before the body, and close the connection
+        once the client stops sending (or after a short linger).
+        """
+        self._refused = True
+        # No "100 Continue" for a refused body.
+        self.requestHeaders.removeHeader(b"Expect")
+        self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
+        # Debug: under a flood there is one per connection (counted in health
+        # and /metrics as connections rejected).
+        log.debug(
+            "Refused request before its body: {status} {code}",
+            status=error.status,
+            code=error.code,
+            request_id=self.request_id,
+        )
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.release_body()
+        super().connectionLost(reason)
+
+    def upload_paths(self) -> list[str]:
+        """
+        The temp files this request holds: those its sink is writing, and
+        those of its parsed body until the route releases them.
+        """
+        paths: list[str] = []
+        temp_paths = getattr(self._sink, "temp_paths", None)
+        if temp_paths is not None:
+            paths.extend(temp_paths())
+        if self.chat_body is not None:
+            paths.extend(f.path for f in self.chat_body.files)
+        return paths
+
+    def release_body(self) -> None:
+        """
+        Drop the sink and any spooled files (idempotent).
+        """
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.discard()
+        if self.chat_body is not None:
+            body, self.chat_body = self.chat_body, None
+            body.cleanup()
+
+    # -- response -------------------------------------------------------------
+
+    def process(self) -> None:
+        for name, value in SECURITY_HEADERS:
+            self.responseHeaders.setRawHeaders(name, [value])
+        self.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id.encode()])
+        if self.channel.over_limit:
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            self.channel.persistent = False
+        self.site = self.channel.site
+        if not self._utf8_target():
+            # Klein would answer an HTML 400 and log a traceback.
+            self._answer(ApiError("bad_request", "the URL or Host is not valid UTF-8"))
+            return
+        if self.path == b"*":
+            # "OPTIONS *" asks about the server; twisted.web answers anything
+            # else with a bare 405.
+            if self.method == b"OPTIONS":
+                self.setHeader(b"Allow", b"GET, HEAD, POST, OPTIONS")
+                self.setHeader(b"Content-Length", b"0")
+                self.finish()
+            else:
+                self._answer(ApiError("method_not_allowed", "only OPTIONS applies to *", headers={"Allow": "OPTIONS"}))
+            return
+        super().process()
+
+    def _utf8_target(self) -> bool:
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+            (self.requestHeaders.getRawHeaders(b"Host") or [b""])[0].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, message if message is not None else twisted_hooks.reason_phrase(code))
+
+    def _answer(self, error: ApiError) -> None:
+        """
+        Answer C{error} outside Klein.
+        """
+        self.write(error_response(self, error))
+        self.finish()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # twisted.web's own "Server: TwistedWeb/<version>" tells too much.
+            self.responseHeaders.setRawHeaders(b"Server", [b"InkFlow"])
+            if self.channel.site.draining or not self.channel.persistent:
+                # Say so when the connection ends after this response: a proxy
+                # must not send another request on it.
+                self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                self.channel.persistent = False
+        super().write(data)
+
+    def processingFailed(self, reason: Failure) -> None:
+        """
+        Anything unexpected: log it, answer a generic JSON 500, never a traceback.
+        """
+        log.failure("Unhandled error", failure=reason, request_id=self.request_id)
+        if self.finished or twisted_hooks.is_disconnected(self):
+            return
+        self._answer(ApiError("internal_error"))
+
+
+class _NullContent:
+    """
+    Stands in for C{Request.content}: bodies go to sinks, never here.
+    """
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def log_safe(text: str) -> str:
+    """
+    C{text} fit for one log line: control characters (C0, DEL, C1) and line
+    or paragraph separators escaped, so a client cannot forge log lines or
+    send escape sequences to a terminal.  Other text, Hebrew included, kept.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _UNSAFE else ch for ch in text
+    )
+
+
+_UNSAFE = frozenset({"Cc", "Zl", "Zp"})
+
+
+def received_body(request: IRequest, choose_sink: SinkChooser) -> ChatBody:
+    """
+    The request's parsed body.
+
+    From an L{InkFlowRequest}, the body its sink parsed while it streamed in.
+    From any other request (Klein's tests, C{StubTreq}), the body Twisted
+    kept in C{request.content}, run through the sink C{choose_sink} picks,
+    so both see the same limits and errors.
+
+    @raise ApiError: the body was refused or is malformed; or there is none.
+    """
+    if isinstance(request, InkFlowRequest):
+        if request.body_error is not None:
+            raise request.body_error
+        if request.chat_body is None:
+            raise ApiError("bad_request", "the request has no body")
+        return request.chat_body
+    content = getattr(request, "content", None)
+    raw = b""
+    if content is not None:
+        content.seek(0)
+        raw = content.read()
+    method = request.method
+    path = request.path.split(b"?", 1)[0]
+    sink = choose_sink(method, path, request.requestHeaders, len(raw))
+    if sink is None:
+        raise ApiError("bad_request", "the request has no body")
+    sink.write(raw)
+    return sink.close()
+
+
+def release_body(request: IRequest, body: ChatBody | None) -> None:
+    """
+    Remove the body's spooled files, whichever request carried it.
+    """
+    if isinstance(request, InkFlowRequest):
+        request.release_body()
+    if body is not None:
+        body.cleanup()

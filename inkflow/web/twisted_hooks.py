@@ -1,0 +1,103 @@
+"""
+Every private part of twisted.web that InkFlow touches, in one place.
+
+Twisted is pinned exactly, but an upgrade may rename or drop any of these.
+Each hook has its own test in C{tests/unit/test_twisted_hooks.py}, so an
+upgrade breaks a named test instead of InkFlow, silently.
+
+The hooks, and why InkFlow needs them:
+
+ - L{request_line}: the method and target of the request whose head is
+   being read (C{HTTPChannel._command}, C{_path}), to choose a body sink in
+   C{Request.gotLength}, before C{Request.method}/C{uri} are set;
+ - L{request_version}: its HTTP version (C{HTTPChannel._version}), for the
+   strict framing checks (C{Host} on HTTP/1.1);
+ - L{is_disconnected}: whether the client has gone (C{Request._disconnected});
+ - L{waiting_for_transport}: whether the transport has asked the channel to
+   stop producing (C{HTTPChannel._waitingForTransport}): the client is not
+   reading its answers;
+ - L{hold_input}: C{LineReceiver.paused}, which stops the line parser
+   between two pipelined requests (their bytes stay in its buffer) until
+   the answer before them has left the send buffer;
+ - L{BAD_REQUEST_METHOD}: the name of twisted.web's bare-400 answer
+   (C{HTTPChannel._respondToBadRequestAndDisconnect}), which InkFlow's
+   channel overrides to answer the contract's JSON instead;
+ - L{FINISH_BODY_METHOD}: C{HTTPChannel._finishRequestBody}, where a body's
+   last byte arrives (checked only by the test: the channel's body deadline
+   is cleared in the public C{allContentReceived} it calls).
+
+Reason phrases come from the public C{twisted.web.http.RESPONSES}, with the
+standard library's list for the codes Twisted lacks (429, 431).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from twisted.web import http
+
+__all__ = [
+    "BAD_REQUEST_METHOD",
+    "FINISH_BODY_METHOD",
+    "hold_input",
+    "is_disconnected",
+    "reason_phrase",
+    "request_line",
+    "request_version",
+    "waiting_for_transport",
+]
+
+BAD_REQUEST_METHOD = "_respondToBadRequestAndDisconnect"
+FINISH_BODY_METHOD = "_finishRequestBody"
+
+_STDLIB_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes]:
+    """
+    The method and raw target of the request whose head the channel is
+    reading (valid from the request line until C{allContentReceived}).
+    """
+    return getattr(channel, "_command", b"GET"), getattr(channel, "_path", b"/")
+
+
+def request_version(channel: http.HTTPChannel) -> bytes:
+    """
+    The HTTP version of the request whose head the channel is reading.
+    """
+    return getattr(channel, "_version", b"HTTP/1.1")
+
+
+def is_disconnected(request: Any) -> bool:
+    """
+    Whether the request's connection has been lost.
+    """
+    return bool(getattr(request, "_disconnected", False))
+
+
+def waiting_for_transport(channel: http.HTTPChannel) -> bool:
+    """
+    Whether the transport's send buffer is full (it paused the channel).
+    """
+    return bool(getattr(channel, "_waitingForTransport", False))
+
+
+def hold_input(channel: http.HTTPChannel, hold: bool) -> None:
+    """
+    Stop (or let go on) the line parser between requests; what the client
+    already sent stays buffered, unparsed.  Resuming does not parse by
+    itself: feed C{dataReceived(b"")} after.
+    """
+    channel.paused = hold
+
+
+def reason_phrase(status: int) -> bytes:
+    """
+    The reason phrase for C{status}: Twisted's, else the standard library's,
+    else C{b"Error"} / C{b"OK"}.
+    """
+    phrase = http.RESPONSES.get(status) or _STDLIB_PHRASES.get(status)
+    if phrase:
+        return phrase
+    return b"OK" if 200 <= status < 300 else b"Error"

@@ -1,0 +1,338 @@
+"""
+The Klein routes of L{inkflow.web.routes}, unit-tested through
+C{treq.testing.StubTreq(app.resource())}: plain twisted.web requests, no
+InkFlow request or channel, no network.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from inkflow.chat import ChatMessage
+from inkflow.errors import ApiError
+from inkflow.n8n.client import ForwardResult
+from inkflow.server.health import SiteStats
+from inkflow.settings import Settings
+from inkflow.snapshot import UpstreamSnapshot
+from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.web.routes import InkFlowApp
+from tests.unit.helpers import temp_path
+
+
+class FakeProcess:
+    def read(self) -> dict[str, Any]:
+        return {
+            "memory": {"rss_bytes": 1, "vms_bytes": 1, "percent": 0.0},
+            "cpu_percent": 0.0,
+            "open_files": 0,
+            "threads": 1,
+        }
+
+
+class FakeForwarder:
+    """
+    Answers every chat with a scripted value, recording the messages.
+    """
+
+    def __init__(self, answer: Any = None, error: ApiError | None = None) -> None:
+        self.answer = answer if answer is not None else {"output": "שלום"}
+        self.error = error
+        self.messages: list[ChatMessage] = []
+
+    def forward(self, message: ChatMessage, deadline: float) -> defer.Deferred[ForwardResult]:
+        self.messages.append(message)
+        if self.error is not None:
+            return defer.fail(self.error)
+        return defer.succeed(ForwardResult(body=self.answer, status=200, attempts=1, url_index=0))
+
+    def upstreams(self) -> list[UpstreamSnapshot]:
+        return [
+            {
+                "url": "http://127.0.0.1:9/webhook/chat",
+                "state": "closed",
+                "consecutive_failures": 0,
+                "requests_total": 0,
+                "failures_total": 0,
+                "last_error": None,
+            }
+        ]
+
+
+QUIET_SITE = SiteStats(0, 0, 0, False)
+
+
+def make_app(
+    test: TestCase,
+    forwarder: FakeForwarder | None = None,
+    site_stats: SiteStats = QUIET_SITE,
+    **overrides: Any,
+) -> tuple[InkFlowApp, Any]:
+    clock = Clock()
+    settings = Settings.defaults(upload_dir=temp_path(test), **overrides)
+    app = InkFlowApp(
+        settings,
+        clock,
+        forwarder=forwarder,
+        queue=ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock),
+        rate_limiter=RateLimiter(settings.rate_limit, clock),
+        process_metrics=FakeProcess(),  # type: ignore[arg-type]
+        site_stats=lambda: site_stats,
+    )
+    return app, StubTreq(app.resource())
+
+
+class RouteTests(TestCase):
+    """
+    Each route answers a plain request.
+    """
+
+    def get(self, stub: Any, path: str) -> tuple[int, Any]:
+        response = self.successResultOf(stub.get("http://inkflow.test" + path))
+        body = self.successResultOf(response.content())
+        return response.code, json.loads(body)
+
+    def post(self, stub: Any, value: Any, **headers: str) -> tuple[int, Any, Any]:
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=json.dumps(value).encode(),
+                headers={"Content-Type": "application/json", **headers},
+            )
+        )
+        return response.code, response.headers, json.loads(self.successResultOf(response.content()))
+
+    def test_health(self) -> None:
+        """GET /api/health answers the snapshot."""
+        _, stub = make_app(self)
+        code, body = self.get(stub, "/api/health")
+        self.assertEqual((code, body["status"], body["mode"]), (200, "ok", "demo"))
+
+    def test_ready(self) -> None:
+        """GET /api/ready answers ready."""
+        _, stub = make_app(self)
+        self.assertEqual(self.get(stub, "/api/ready"), (200, {"ready": True}))
+
+    def test_unknown_api_path_is_json_404(self) -> None:
+        """An unknown API path is the contract's JSON 404, with a request id."""
+        _, stub = make_app(self)
+        code, body = self.get(stub, "/api/nope")
+        self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
+        self.assertTrue(body["error"]["requestId"])
+
+    def test_chat_in_demo_mode(self) -> None:
+        """POST /api/chat with JSON is answered by the demo responder, with the session id."""
+        _, stub = make_app(self)
+        code, headers, body = self.post(stub, {"message": "שלום", "sessionId": "abc"})
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("X-Session-ID"), ["abc"])
+        self.assertIn("output", body)
+
+    def test_chat_with_a_fake_forwarder(self) -> None:
+        """POST /api/chat forwards the validated message and answers n8n's JSON as is."""
+        forwarder = FakeForwarder({"output": "תשובה"})
+        _, stub = make_app(self, forwarder)
+        code, _, body = self.post(stub, {"chatInput": "hi", "sessionId": "s-1", "action": "sendMessage"})
+        self.assertEqual((code, body), (200, {"output": "תשובה"}))
+        self.assertEqual([(m.text, m.session_id) for m in forwarder.messages], [("hi", "s-1")])
+
+    def test_chat_upstream_error_is_json(self) -> None:
+        """A forwarder failure becomes the contract's JSON error."""
+        _, stub = make_app(self, FakeForwarder(error=ApiError("upstream_error")))
+        code, _, body = self.post(stub, {"message": "hi"})
+        self.assertEqual((code, body["error"]["code"]), (502, "upstream_error"))
+
+    def test_chat_bad_body_is_400(self) -> None:
+        """A JSON body that is not an object is a 400 from the same sink the real request uses."""
+        _, stub = make_app(self, FakeForwarder())
+        code, _, body = self.post(stub, [1, 2])
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    def test_chat_get_is_405_with_allow(self) -> None:
+        """GET /api/chat is 405 with Allow."""
+        _, stub = make_app(self)
+        response = self.successResultOf(stub.get("http://inkflow.test/api/chat"))
+        self.assertEqual(response.code, 405)
+        self.assertIn("POST", response.headers.getRawHeaders("Allow")[0])
+
+
+class HostileInputTests(TestCase):
+    """
+    Issue 12: no 500 from input, no cross-site chat, health without secrets.
+    """
+
+    def request(self, stub: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any, Any]:
+        response = self.successResultOf(
+            stub.request(method, "http://inkflow.test" + path, data=body or None, headers=headers or None)
+        )
+        raw = self.successResultOf(response.content())
+        return response.code, response.headers, json.loads(raw) if raw else None
+
+    def chat(
+        self, stub: Any, value: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, Any]:
+        body = raw if raw is not None else json.dumps(value if value is not None else {"message": "hi"}).encode()
+        return self.request(stub, "POST", "/api/chat", body, **{"Content-Type": "application/json", **(headers or {})})
+
+    def test_foreign_origin_is_403(self) -> None:
+        """A present Origin that is neither allow-listed nor the request's own is 403 forbidden_origin."""
+        forwarder = FakeForwarder()
+        _, stub = make_app(self, forwarder, cors_origin=("https://shop.example",))
+        code, _, body = self.chat(stub, headers={"Origin": "https://evil.example"})
+        self.assertEqual((code, body["error"]["code"]), (403, "forbidden_origin"))
+        self.assertTrue(body["error"]["message"] and body["error"]["message_en"])
+        self.assertEqual(forwarder.messages, [])
+
+    def test_sec_fetch_site_cross_site_is_403(self) -> None:
+        """Sec-Fetch-Site: cross-site is refused even without an Origin."""
+        _, stub = make_app(self, FakeForwarder())
+        code, _, body = self.chat(stub, headers={"Sec-Fetch-Site": "cross-site"})
+        self.assertEqual((code, body["error"]["code"]), (403, "forbidden_origin"))
+
+    def test_own_and_allowed_origins_and_none_pass(self) -> None:
+        """The request's own origin, an allow-listed one, and no Origin at all are answered."""
+        _, stub = make_app(self, FakeForwarder(), cors_origin=("https://shop.example",))
+        self.assertEqual(self.chat(stub, headers={"Origin": "http://inkflow.test"})[0], 200)
+        self.assertEqual(self.chat(stub, headers={"Origin": "https://shop.example"})[0], 200)
+        self.assertEqual(self.chat(stub)[0], 200)
+
+    def test_doubled_slash_in_an_api_path_is_a_json_404(self) -> None:
+        """/api//health is the contract's 404, not a redirect turned into a 500."""
+        _, stub = make_app(self)
+        code, _, body = self.request(stub, "GET", "/api//health")
+        self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
+
+    def test_deeply_nested_metadata_string_is_400(self) -> None:
+        """metadata given as a JSON string nested 2,000 deep is a 400."""
+        _, stub = make_app(self, FakeForwarder())
+        code, _, body = self.chat(stub, {"message": "hi", "metadata": "[" * 2000 + "]" * 2000})
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    def test_lone_surrogate_in_the_message_is_400(self) -> None:
+        """A lone surrogate (valid JSON escape, not text) in the message is a 400."""
+        _, stub = make_app(self, FakeForwarder())
+        code, _, body = self.chat(stub, raw=b'{"message": "a\\ud800b"}')
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    def test_non_finite_numbers_in_metadata_are_400(self) -> None:
+        """NaN, Infinity and 1e999 are not JSON: 400, in the body and in a metadata string."""
+        forwarder = FakeForwarder()
+        _, stub = make_app(self, forwarder)
+        for raw in (b'{"message":"hi","metadata":{"a":NaN}}', b'{"message":"hi","metadata":{"a":1e999}}'):
+            self.assertEqual(self.chat(stub, raw=raw)[0], 400, raw)
+        self.assertEqual(self.chat(stub, {"message": "hi", "metadata": '{"a": Infinity}'})[0], 400)
+        self.assertEqual(forwarder.messages, [])
+
+    def test_session_id_with_a_trailing_newline_is_400(self) -> None:
+        """A sessionId with a trailing newline is refused."""
+        forwarder = FakeForwarder()
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.chat(stub, {"message": "hi", "sessionId": "abc\n"})[0], 400)
+        self.assertEqual(forwarder.messages, [])
+
+    def test_infinite_answer_is_502(self) -> None:
+        """An n8n answer that is not finite JSON is a 502, never Infinity."""
+        _, stub = make_app(self, FakeForwarder({"output": float("inf")}))
+        code, _, body = self.chat(stub)
+        self.assertEqual((code, body["error"]["code"]), (502, "upstream_error"))
+
+    def test_deeply_nested_answer_is_502(self) -> None:
+        """An n8n answer nested too deeply to write is a 502."""
+        deep: Any = []
+        for _ in range(5000):
+            deep = [deep]
+        _, stub = make_app(self, FakeForwarder({"output": deep}))
+        code, _, body = self.chat(stub)
+        self.assertEqual((code, body["error"]["code"]), (502, "upstream_error"))
+
+    def test_error_bodies_carry_a_top_level_message(self) -> None:
+        """Errors are {"message": <Hebrew>, "error": {...}}."""
+        _, stub = make_app(self)
+        _, _, body = self.request(stub, "GET", "/api/nope")
+        self.assertEqual(body["message"], body["error"]["message"])
+
+    def test_health_shows_upstreams_without_paths(self) -> None:
+        """Upstreams are index and scheme://host:port only."""
+        forwarder = FakeForwarder()  # its upstream is http://127.0.0.1:9/webhook/chat
+        _, stub = make_app(self, forwarder)
+        _, _, body = self.request(stub, "GET", "/api/health")
+        self.assertEqual(body["upstreams"][0]["url"], "http://127.0.0.1:9")
+        self.assertEqual(body["upstreams"][0]["index"], 0)
+
+    def test_public_health_is_status_only_with_an_admin_listener(self) -> None:
+        """With --admin-listen, the public health says only its status and /metrics is not public."""
+        app, stub = make_app(self, admin_listen="tcp:9100:interface=127.0.0.1")
+        code, _, body = self.request(stub, "GET", "/api/health")
+        self.assertEqual((code, body), (200, {"status": "ok"}))
+        self.assertEqual(self.request(stub, "GET", "/metrics")[0], 404)
+        admin = StubTreq(app.admin_resource())
+        code, _, body = self.request(admin, "GET", "/api/health")
+        self.assertEqual((code, body["mode"]), (200, "demo"))
+
+    def test_full_connection_table_is_not_ready_and_degraded(self) -> None:
+        """While every connection place is taken, readiness is 503 and health degraded."""
+        _, stub = make_app(self, site_stats=SiteStats(50, 3, 0, False))
+        code, _, body = self.request(stub, "GET", "/api/ready")
+        self.assertEqual((code, body), (503, {"ready": False, "reason": "connections_full"}))
+        self.assertEqual(self.request(stub, "GET", "/api/health")[2]["status"], "degraded")
+
+
+class RateLimitFromTheHeadTests(TestCase):
+    """
+    Issue 12, finding 5: a client over its limit gets 429 before any body byte.
+    """
+
+    def test_429_is_answered_from_the_head(self) -> None:
+        """Over the limit, a POST head with a large Content-Length is answered 429 with Retry-After at once."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from inkflow.web.site import InkFlowSite
+
+        app, _ = make_app(self, rate_limit=1)
+        site = InkFlowSite(app.resource(), app.settings, app.clock, app.sink_for, admit_head=app.admit_head)
+        heads = []
+        for length in (15, 4_000_000):
+            channel = site.buildProtocol(IPv4Address("TCP", "198.51.100.7", 5000))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.7", 5000))
+            channel.makeConnection(transport)
+            channel.dataReceived(
+                b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % length
+            )
+            if length == 15:
+                channel.dataReceived(b'{"message":"a"}')
+            heads.append(transport.value())
+        self.assertTrue(heads[0].startswith(b"HTTP/1.1 200 "), heads[0])
+        self.assertTrue(heads[1].startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), heads[1])
+        self.assertIn(b"Retry-After: ", heads[1])
+
+
+class UnexpectedErrorTests(TestCase):
+    """
+    Anything unexpected is a generic JSON 500, logged once.
+    """
+
+    def test_unexpected_error_is_a_generic_500_logged_once(self) -> None:
+        """A forwarder bug is answered 500 internal_error without details, and logged exactly once."""
+
+        class Broken(FakeForwarder):
+            def forward(self, message: ChatMessage, deadline: float) -> defer.Deferred[ForwardResult]:
+                raise RuntimeError("secret detail")
+
+        _, stub = make_app(self, Broken())
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat", data=b'{"message":"hi"}', headers={"Content-Type": "application/json"}
+            )
+        )
+        body = self.successResultOf(response.content())
+        self.assertEqual(response.code, 500)
+        self.assertEqual(json.loads(body)["error"]["code"], "internal_error")
+        self.assertNotIn(b"secret detail", body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
