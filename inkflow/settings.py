@@ -145,6 +145,49 @@ def _header(value: Any) -> tuple[str, str]:
     return (name, rest)
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Field names InkFlow gives a meaning of its own.
+_RESERVED_FIELDS = {"action", "metadata", "files"}
+
+
+def _field_name(value: Any) -> str:
+    text = str(value).strip()
+    if not _FIELD_NAME.match(text):
+        raise ValueError(f"expected 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
+    if text in _RESERVED_FIELDS:
+        raise ValueError(f"{text!r} is a field of its own")
+    return text
+
+
+def _header_name(value: Any) -> str:
+    text = str(value).strip()
+    if not _HEADER_NAME.match(text):
+        raise ValueError(f"not a header name: {text!r}")
+    return text
+
+
+#: Headers never passed on from a client: hop-by-hop, framing, and those
+#: InkFlow sets itself.
+_NOT_FORWARDED = _FORBIDDEN_UPSTREAM_HEADERS | {
+    "accept",
+    "user-agent",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "expect",
+}
+
+
+def _forward_header(value: Any) -> str:
+    text = _header_name(value)
+    if text.lower() in _NOT_FORWARDED:
+        raise ValueError(f"header {text!r} is never forwarded")
+    return text
+
+
 _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 
 
@@ -347,6 +390,72 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
         metavar="ORIGIN",
     ),
+    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket (issue 14)
+    Option(
+        "chat-input-key",
+        _field_name,
+        "chatInput",
+        "field holding the message, in JSON and multipart, and sent to n8n under it (message still accepted)",
+        metavar="NAME",
+    ),
+    Option(
+        "chat-session-key",
+        _field_name,
+        "sessionId",
+        "field holding the session id, in JSON and multipart, and sent to n8n under it (sessionId still accepted)",
+        metavar="NAME",
+    ),
+    Option(
+        "cors-allow-header",
+        _header_name,
+        (),
+        "request header allowed in the CORS preflight besides Content-Type (repeatable)",
+        repeatable=True,
+        metavar="NAME",
+    ),
+    Option(
+        "forward-header",
+        _forward_header,
+        (),
+        "client request header passed on to n8n (repeatable); no other is, Cookie and Authorization only if named",
+        repeatable=True,
+        metavar="NAME",
+    ),
+    Option(
+        "idempotency-ttl",
+        _seconds(0, 86400),
+        600.0,
+        "seconds a client Idempotency-Key's answer is replayed (0 = only while in flight)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "breaker-failures",
+        _int_in(1, 10_000),
+        5,
+        "failures in a row that open a webhook's circuit breaker",
+        metavar="N",
+    ),
+    Option(
+        "breaker-cooldown",
+        _seconds(0.001, 86400),
+        30.0,
+        "seconds an open circuit breaker waits before trying its webhook again",
+        metavar="SECONDS",
+    ),
+    Option(
+        "websocket-idle-timeout",
+        _seconds(0.001, 86400),
+        90.0,
+        "seconds a /chat WebSocket may stay without a frame either way (n8n's heartbeat: 30)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "websocket-max-message",
+        _int_in(1, 64 * 1024 * 1024),
+        1024 * 1024,
+        "bytes of one /chat WebSocket message, either way",
+        metavar="BYTES",
+    ),
     Option("header-timeout", _seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS"),
     Option(
         "idle-timeout", _seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
@@ -418,6 +527,15 @@ class Settings:
     log_level: str
     access_log: bool
     workers: int
+    chat_input_key: str
+    chat_session_key: str
+    cors_allow_header: tuple[str, ...]
+    forward_header: tuple[str, ...]
+    idempotency_ttl: float
+    breaker_failures: int
+    breaker_cooldown: float
+    websocket_idle_timeout: float
+    websocket_max_message: int
 
     @property
     def mode(self) -> str:
@@ -507,6 +625,8 @@ def _validated(values: dict[str, Any]) -> Settings:
         values["attempt_timeout"] = values["request_timeout"]
     if values["max_files"] and not values["allowed_types"]:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
+    if values["chat_input_key"] == values["chat_session_key"]:
+        raise ConfigError("invalid value for --chat-session-key: it must differ from --chat-input-key")
     if not values["retry_on"]:
         values["retry_on"] = ()
     if values["workers"] > 1 and _parseServer(values["listen"], None)[0] != "TCP":

@@ -18,13 +18,14 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from inkflow.chat import ChatMessage, parse_chat
+from inkflow.chat import ChatMessage, forwarded_headers, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
+from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
 from inkflow.web.site import InkFlowRequest
 from inkflow.web.staticfiles import StaticFiles
 
@@ -128,6 +129,10 @@ class InkFlowApp:
         self.started = clock.seconds()
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
+        self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
+        self.idempotency = IdempotentChat(
+            IdempotencyStore(clock, settings.idempotency_ttl), settings.chat_input_key, settings.chat_session_key
+        )
 
     def resource(self) -> IResource:
         """
@@ -254,7 +259,7 @@ class InkFlowApp:
     def chat_preflight(self, request: InkFlowRequest) -> bytes:
         if self._cors_headers(request):
             request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
-            request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+            request.setHeader(b"Access-Control-Allow-Headers", self._allow_headers)
             request.setHeader(b"Access-Control-Max-Age", b"600")
         request.setHeader(b"Allow", b"POST, OPTIONS")
         request.setResponseCode(204)
@@ -263,7 +268,7 @@ class InkFlowApp:
     @app.route("/api/chat", methods=["POST"])
     def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes]:
         self._cors_headers(request)
-        d = defer.Deferred.fromCoroutine(self._chat(request))
+        d = defer.Deferred.fromCoroutine(self.idempotency.run(request, self._chat))
         # A client that leaves stops its work: a queued request leaves the
         # queue, an attempt in flight is cancelled.
         request.notifyFinish().addErrback(lambda _: d.cancel())
@@ -285,6 +290,11 @@ class InkFlowApp:
                 request_id=request.request_id,
                 max_chars=self.settings.max_message_chars,
                 max_files=self.settings.max_files,
+                input_key=self.settings.chat_input_key,
+                session_key=self.settings.chat_session_key,
+            ).with_client(
+                parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key")),
+                forwarded_headers(request.requestHeaders.getRawHeaders, self.settings.forward_header),
             )
             deadline = self.clock.seconds() + self.settings.request_timeout
             slot = await self.queue.acquire()
