@@ -91,6 +91,7 @@ class HealthInputs:
     process: dict[str, Any]
     cleanup: dict[str, Any]
     rss_degraded: int = DEFAULT_RSS_DEGRADED
+    websockets: dict[str, Any] | None = None
 
 
 def build_health(inputs: HealthInputs) -> dict[str, Any]:
@@ -118,6 +119,7 @@ def build_health(inputs: HealthInputs) -> dict[str, Any]:
             "rejected_total": inputs.connections_rejected,
         },
         "queue": queue,
+        "websockets": {"open": 0, "opened_total": 0, **(inputs.websockets or {})},
         "upstreams": inputs.upstreams,
         "memory": inputs.process["memory"],
         "cpu_percent": inputs.process["cpu_percent"],

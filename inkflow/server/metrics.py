@@ -69,6 +69,9 @@ class _SnapshotCollector(Collector):
         yield _counter(
             "inkflow_connections_rejected", "Connections answered 503 over the limit", connections["rejected_total"]
         )
+        websockets = health.get("websockets") or {}
+        yield _gauge("inkflow_websockets_open", "Open /chat WebSockets", websockets.get("open", 0))
+        yield _counter("inkflow_websockets_opened", "/chat WebSockets opened", websockets.get("opened_total", 0))
         yield _gauge("inkflow_process_rss_bytes", "Resident memory of this process", health["memory"]["rss_bytes"])
         yield _gauge("inkflow_open_files", "Open file descriptors of this process", health["open_files"])
         yield _counter("inkflow_cleanup_runs", "Cleanup loop runs", health["cleanup"]["runs"])

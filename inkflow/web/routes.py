@@ -21,6 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from inkflow.chat import ChatMessage, forwarded_headers, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
+from inkflow.n8n.executions import ExecutionMap
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
@@ -28,6 +29,7 @@ from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
 from inkflow.web.site import InkFlowRequest
 from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.websocket import ChatSocketResource, ChatSockets, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -63,12 +65,16 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource) -> None:
+    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
+        self.websocket = websocket
 
     def render(self, request: IRequest) -> bytes:
+        if self.websocket is not None and (request.path == b"/chat" or is_websocket_upgrade(request)):
+            # The WebSocket relay, outside Klein (an upgrade is not a route).
+            return cast(bytes, self.websocket.render(request))
         if request.method in (b"GET", b"HEAD"):
             path = request.path
             if not _is_api(path) and path != b"/metrics":
@@ -130,6 +136,8 @@ class InkFlowApp:
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
         self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
+        self.executions = ExecutionMap(clock)
+        self.chat_sockets = ChatSockets()
         self.idempotency = IdempotentChat(
             IdempotencyStore(clock, settings.idempotency_ttl), settings.chat_input_key, settings.chat_session_key
         )
@@ -139,7 +147,10 @@ class InkFlowApp:
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        return _StaticFirst(self.static, self.app.resource())
+        websocket = ChatSocketResource(
+            self.settings, self.clock, self.executions, self.chat_sockets, draining=lambda: self.site_stats()[2]
+        )
+        return _StaticFirst(self.static, self.app.resource(), websocket)
 
     # -- bodies ---------------------------------------------------------------
 
@@ -228,6 +239,7 @@ class InkFlowApp:
                 upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},
+                websockets=self.chat_sockets.snapshot(),
             )
         )
 
@@ -306,6 +318,7 @@ class InkFlowApp:
                 else:
                     result = await self.forwarder.forward(message, deadline)
                     answer = result.body
+                    self.executions.note_answer(answer, result.url_index)
             finally:
                 slot.release()
             request.setHeader(b"X-Session-ID", message.session_id.encode())
