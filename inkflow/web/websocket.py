@@ -50,7 +50,7 @@ from twisted.web._websocket_impl import _handleEvent, _WebSocketWireProtocol
 from twisted.web.client import URI
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.websocket import WebSocketClientEndpoint, WebSocketTransport
+from twisted.web.websocket import WebSocketClientEndpoint, WebSocketProtocol, WebSocketTransport
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, TextMessage
@@ -333,7 +333,7 @@ class ChatSockets:
         return {"open": self.open, "opened_total": self.opened_total}
 
 
-async def connect_upstream(reactor: Any, url: str, side: _Side, max_message: int) -> Any:
+async def connect_upstream(reactor: Any, url: str, side: WebSocketProtocol, max_message: int) -> Any:
     """
     Open n8n's WebSocket at C{url} for C{side}; return its wire protocol.
 
