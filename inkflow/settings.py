@@ -451,9 +451,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "websocket-max-message",
-        _int_in(1, 64 * 1024 * 1024),
-        1024 * 1024,
-        "bytes of one /chat WebSocket message, either way",
+        _int_in(0, 1024 * 1024 * 1024),
+        0,
+        "bytes of one /chat WebSocket message, either way; 0 = room for --max-files files of --max-file-size"
+        " as the widget sends them (base64 in JSON)",
         metavar="BYTES",
     ),
     Option("header-timeout", _seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS"),
@@ -553,6 +554,17 @@ class Settings:
         limit plus room for the text fields and multipart framing.
         """
         return self.max_files * self.max_file_size + self.max_message_chars * 4 + 64 * 1024
+
+    @property
+    def websocket_message_limit(self) -> int:
+        """
+        The largest /chat WebSocket message: C{--websocket-max-message}, or
+        when 0, room for every file at its limit as @n8n/chat sends files
+        over the socket (data URLs, base64, inside one JSON message).
+        """
+        if self.websocket_max_message:
+            return self.websocket_max_message
+        return self.max_files * self.max_file_size * 4 // 3 + self.max_message_chars * 4 + 1024 * 1024
 
     @classmethod
     def defaults(cls, **overrides: Any) -> Settings:

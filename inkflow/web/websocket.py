@@ -22,7 +22,8 @@ and closes at once:
 Once both sides are open: text (and binary) messages both ways, n8n's
 C{n8n|heartbeat} / C{n8n|heartbeat-ack} / C{n8n|continue} included, with
 backpressure (a side whose socket is full pauses reading the other), a
-per-message cap (C{--websocket-max-message}: close 1009), an idle timeout
+per-message cap (C{--websocket-max-message}, by default room for the
+widget's files, which it sends inside the message as data URLs: close 1009), an idle timeout
 (C{--websocket-idle-timeout}: no message either way), and close codes passed
 on.  On drain every relay closes with 1001.  A WebSocket keeps its HTTP
 connection, so it counts against C{--max-connections}.
@@ -142,6 +143,15 @@ class _Wire(_WebSocketWireProtocol[Any]):
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
             _handleEvent(event, cast(Any, self))
+
+    def connectionLost(self, reason: Failure) -> None:
+        # Twisted leaves the handshake's Deferred waiting when the server
+        # drops the connection before answering it (n8n does, past its
+        # per-address upgrade limit): fail it.
+        done = getattr(self, "_done", None)
+        super().connectionLost(reason)
+        if done is not None and not done.called:
+            done.errback(reason)
 
 
 def close(wire: Any, code: int, reason: str = "") -> None:
@@ -424,7 +434,7 @@ class ChatSocketResource(Resource):
         query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
         url = upstream_socket_url(self.settings.webhook[index], query)
         relay = Relay(self.sockets, self.reactor, self.settings.websocket_idle_timeout)
-        d = defer.ensureDeferred(self.connect(self.reactor, url, relay.upstream, self.settings.websocket_max_message))
+        d = defer.ensureDeferred(self.connect(self.reactor, url, relay.upstream, self.settings.websocket_message_limit))
         d.addTimeout(CONNECT_TIMEOUT + 1, self.reactor)
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallbacks(
@@ -465,7 +475,7 @@ class ChatSocketResource(Resource):
         connection = handshake.connection
         assert connection is not None
         wire = _Wire(connection, lambda *_: None, relay.browser)
-        wire.max_message = self.settings.websocket_max_message
+        wire.max_message = self.settings.websocket_message_limit
         transport = channel.transport
         channel._protocolUpgradeForWebsockets(wire)
 

@@ -41,7 +41,9 @@ class OptionTests(TestCase):
         self.assertEqual((s.cors_allow_header, s.forward_header), ((), ()))
         self.assertEqual(s.idempotency_ttl, 600.0)
         self.assertEqual((s.breaker_failures, s.breaker_cooldown), (5, 30.0))
-        self.assertEqual((s.websocket_idle_timeout, s.websocket_max_message), (90.0, 1024 * 1024))
+        self.assertEqual((s.websocket_idle_timeout, s.websocket_max_message), (90.0, 0))
+        self.assertGreater(s.websocket_message_limit, s.max_files * s.max_file_size * 4 // 3)
+        self.assertEqual(s.replace(websocket_max_message=1000).websocket_message_limit, 1000)
 
     def test_from_flags_and_environment(self) -> None:
         """Repeatable header options take a comma list in the environment."""
@@ -70,7 +72,7 @@ class OptionTests(TestCase):
             "breaker-failures": "0",
             "breaker-cooldown": "-1",
             "idempotency-ttl": "forever",
-            "websocket-max-message": "0",
+            "websocket-max-message": "-1",
         }
         for name, value in cases.items():
             with self.assertRaises(ConfigError) as raised:
