@@ -15,7 +15,8 @@ with C{"n8n: <message>"} when C{echo} is on.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -153,3 +154,62 @@ def install_chat_sockets(fake: FakeN8n, echo: bool = True) -> ChatSockets:
     sockets = ChatSockets(echo)
     fake.site.resource = _Dispatch(WebSocketResource(sockets), fake.site.resource)
     return sockets
+
+
+class ResponseNodes:
+    """
+    Plays a Chat Trigger in "Using Response Nodes" mode with a Chat node
+    "Send Message" then one "Send and Wait for Response": every chat POST
+    answers C{executionStarted}; on the socket, a heartbeat and the first
+    message, then, once the visitor answers, the reply to it.
+    """
+
+    def __init__(self, fake: FakeN8n, path: str = "/webhook/chat") -> None:
+        from tests.support.fake_n8n import json_reply
+
+        self.sockets = install_chat_sockets(fake, echo=False)
+        fake.set_default(path, json_reply({"executionStarted": True, "executionId": "1001"}))
+        self._watch()
+
+    def _watch(self) -> None:
+        self.sockets.next_connection().addCallback(self._connected)
+
+    def _connected(self, conn: ChatConnection) -> None:
+        self._watch()
+        conn.send("n8n|heartbeat")
+        conn.send("ההודעה הראשונה מ-n8n")
+        conn.next_message().addCallback(self._answered, conn)
+
+    def _answered(self, message: str, conn: ChatConnection) -> None:
+        if message.startswith("n8n|"):
+            conn.next_message().addCallback(self._answered, conn)
+            return
+        try:
+            text = json.loads(message).get("chatInput", message)
+        except ValueError:
+            text = message
+        conn.send(f"קיבלתי: {text}")
+        conn.next_message().addCallback(self._answered, conn)
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a test helper process
+    """
+    A fake n8n whose /webhook/chat plays "Using Response Nodes" (L{ResponseNodes}).
+    """
+    import argparse
+
+    from twisted.internet import reactor
+
+    from tests.support.fake_n8n import listen_fake_n8n
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    fake = listen_fake_n8n(reactor, args.port)
+    ResponseNodes(fake)
+    print(f"fake n8n listening on {fake.port}", flush=True)
+    cast(Any, reactor).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
