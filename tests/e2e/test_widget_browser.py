@@ -9,20 +9,14 @@ Skips when Playwright, Chromium or the fetched widget is missing.
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.browser import FakeN8n, artifact, browser_missing, launch_browser, start_inkflow
-from tests.support.server import REPO, ServerProcess
-
-VENDOR = REPO / "static" / "examples" / "vendor" / "n8n-chat"
+from tests.support.server import ServerProcess
+from tests.support.widget_page import VENDOR, OwnerSite, owner_page
 
 _missing = browser_missing() or (
     None if (VENDOR / "chat.bundle.umd.js").exists() else "run scripts/install-n8n-chat.sh"
@@ -34,60 +28,6 @@ from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
 
 WAIT_MS = 15_000
 expect.set_options(timeout=WAIT_MS)
-
-
-def owner_page(options: dict[str, Any]) -> bytes:
-    """A site owner's page embedding the widget with C{options} (webhookUrl and all)."""
-    return f"""<!doctype html>
-<html lang="he" dir="rtl"><head><meta charset="utf-8">
-<link rel="stylesheet" href="/vendor/style.css">
-<script src="/vendor/chat.bundle.umd.js"></script></head>
-<body><div id="n8n-chat" style="height:600px"></div>
-<script>
-window.N8nChat.createChat(Object.assign({{target: "#n8n-chat", mode: "fullscreen", showWelcomeScreen: false}},
-  {json.dumps(options)}));
-</script></body></html>""".encode()
-
-
-class OwnerSite:
-    """The site owner's own web server (another origin than InkFlow's), on a free loopback port."""
-
-    def __init__(self) -> None:
-        self.page = b""
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path.startswith("/vendor/"):
-                    path = VENDOR / Path(self.path).name
-                    body = path.read_bytes()
-                    kind = "text/css" if path.suffix == ".css" else "text/javascript"
-                else:
-                    body, kind = site.page, "text/html; charset=utf-8"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> OwnerSite:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
