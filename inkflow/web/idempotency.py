@@ -353,6 +353,16 @@ class IdempotentChat:
         key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
         if key is None:
             return await handler(request)
+        try:
+            return await self._run(key, request, handler)
+        finally:
+            # A request answered from another's answer still holds its own
+            # uploads: drop them now (idempotent; the route does it too).
+            release = getattr(request, "release_body", None)
+            if release is not None:
+                release()
+
+    async def _run(self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes]]) -> bytes:
         print_ = fingerprint(request.chat_body, self._input_key, self._session_key)
         begin = self.store.begin(key, print_)
         if begin.kind == "lead":

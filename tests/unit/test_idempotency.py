@@ -186,6 +186,7 @@ class FakeRequest:
         self.responseHeaders = Headers()
         self.chat_body: ChatBody | None = ChatBody(fields or {"chatInput": "hi", "sessionId": "s"})
         self.code = 200
+        self.released = False
 
     def getHeader(self, key: bytes) -> bytes | None:
         values = self.requestHeaders.getRawHeaders(key)
@@ -196,6 +197,9 @@ class FakeRequest:
 
     def setResponseCode(self, code: int) -> None:
         self.code = code
+
+    def release_body(self) -> None:
+        self.released = True
 
 
 class WrapperTests(TestCase):
@@ -237,6 +241,7 @@ class WrapperTests(TestCase):
             self.assertEqual(r.responseHeaders.getRawHeaders(b"X-Session-ID"), [b"s"])
             self.assertEqual(r.responseHeaders.getRawHeaders(b"Idempotent-Replayed"), [b"true"])
         self.assertIsNone(first.responseHeaders.getRawHeaders(b"Idempotent-Replayed"))
+        self.assertTrue(second.released and third.released)  # their own uploads dropped
 
     def test_no_key_runs_every_time(self) -> None:
         """Without a key each request runs the route."""
