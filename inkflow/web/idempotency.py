@@ -350,13 +350,14 @@ class IdempotentChat:
         @raise ApiError: 400 C{invalid_idempotency_key}, 409 C{in_progress},
             422 C{idempotency_mismatch}, or the leader's error.
         """
-        key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
-        if key is None:
-            return await handler(request)
         try:
+            key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+            if key is None:
+                return await handler(request)
             return await self._run(key, request, handler)
         finally:
-            # A request answered from another's answer still holds its own
+            # A request answered from another's answer (or refused for its key)
+            # still holds its own
             # uploads: drop them now (idempotent; the route does it too).
             release = getattr(request, "release_body", None)
             if release is not None:
