@@ -357,8 +357,8 @@ class IdempotentChat:
             return await self._run(key, request, handler)
         finally:
             # A request answered from another's answer (or refused for its key)
-            # still holds its own
-            # uploads: drop them now (idempotent; the route does it too).
+            # still holds its own uploads: drop them now (idempotent; the route
+            # does it too).
             release = getattr(request, "release_body", None)
             if release is not None:
                 release()
