@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.n8n.conftest import RESPONSE_NODES_WORKFLOW, N8n
+from tests.n8n.conftest import ECHO_WORKFLOW, RESPONSE_NODES_WORKFLOW, N8n
 from tests.n8n.test_real_n8n import chat_json, inkflow
 from tests.support.browser import artifact, browser_missing, launch_browser
 from tests.support.widget_page import VENDOR, OwnerSite, owner_page
@@ -39,6 +39,31 @@ def next_text(ws: BlockingWebSocket, seen: list[str]) -> str:
         if message == "n8n|continue":
             continue
         return message
+
+
+def test_custom_keys_forwarded_headers_and_client_idempotency_key(n8n: N8n) -> None:
+    """
+    The widget's custom keys reach a Webhook node under those names; a header
+    named by --forward-header and the client's Idempotency-Key reach it too; a
+    retry with the key is answered by InkFlow without a second execution.
+    """
+    key = f"retry-{uuid.uuid4().hex}"
+    args = ("--webhook", n8n.echo, "--chat-input-key", "question", "--chat-session-key", "conversation")
+    with inkflow(*args, "--forward-header", "X-Tenant", "--rate-limit", "0") as server:
+        before = n8n.executions(ECHO_WORKFLOW) if n8n.database is not None else None
+        headers = {"Content-Type": "application/json", "X-Tenant": "t-7", "Idempotency-Key": key, "X-Other": "no"}
+        body = json.dumps({"question": "שאלה", "conversation": "conv-9"}).encode()
+        answers = [server.request("POST", "/api/chat", body, headers, timeout=60) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert answers[0][2] == answers[1][2]
+    assert answers[1][1].get("idempotent-replayed") == "true"
+    echo = json.loads(answers[0][2])
+    assert set(echo["bodyKeys"]) == {"action", "conversation", "question", "metadata"}
+    assert echo["headers"]["x-tenant"] == "t-7"
+    assert echo["headers"]["idempotency-key"] == key
+    assert "x-other" not in echo["headers"]
+    if before is not None:
+        assert n8n.settled_executions(ECHO_WORKFLOW, before + 1) == before + 1
 
 
 def test_response_nodes_through_the_websocket_relay(n8n: N8n) -> None:

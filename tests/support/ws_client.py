@@ -40,14 +40,21 @@ class BlockingWebSocket:
         self.close_code: int | None = None
         self._pending: list[str] = []
         self._text = ""
+        #: Events that came in the same read as the handshake's answer.
+        self._backlog: list[object] = []
         while True:
-            for event in self._events():
+            events = self._events()
+            for i, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
+                    self._backlog = events[i + 1 :]
                     return
                 if isinstance(event, RejectConnection):
                     raise ConnectionError(f"WebSocket refused: {event.status_code}")
 
     def _events(self) -> list[object]:
+        if self._backlog:
+            backlog, self._backlog = self._backlog, []
+            return backlog
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionError("connection closed")
