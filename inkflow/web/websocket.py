@@ -245,6 +245,7 @@ class Relay:
     def browser_opened(self) -> None:
         self.browser_open = True
         self.sockets.opened(self)
+        log.info("/chat WebSocket opened ({open} open)", open=self.sockets.open)
         self._touch()
         early, self._early = self._early, []
         for message in early:
@@ -296,6 +297,7 @@ class Relay:
         if first:
             if code is None or code in (1005, 1006, 1015) or not 1000 <= code < 5000:
                 code = NORMAL if side is self.browser else INTERNAL
+            log.info("/chat WebSocket closed by the {side} ({code})", side=side.name, code=code)
             close(self.other(side).wire, code)
         if side is self.browser:
             self.sockets.gone(self)
