@@ -40,6 +40,7 @@ setup(
     include_package_data=False,
     install_requires=[
         "twisted[tls]==26.10.0",
+        "wsproto==1.3.2",  # twisted.web.websocket (the /chat relay)
         "klein==24.8.0",
         "treq==26.7.0",
         "psutil==7.2.2",

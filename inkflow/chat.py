@@ -9,21 +9,27 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inkflow.errors import ApiError, json_bytes, json_loads
 
 __all__ = [
+    "DEFAULT_INPUT_KEY",
+    "DEFAULT_SESSION_KEY",
     "ChatBody",
     "ChatMessage",
     "UploadedFile",
+    "forwarded_headers",
     "new_request_id",
     "parse_chat",
     "parse_json_body",
 ]
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+DEFAULT_INPUT_KEY = "chatInput"
+DEFAULT_SESSION_KEY = "sessionId"
 ACTIONS = ("sendMessage", "loadPreviousSession")
 #: Largest accepted C{metadata}, as JSON text.
 MAX_METADATA_BYTES = 8 * 1024
@@ -82,25 +88,71 @@ class ChatMessage:
     metadata: dict[str, Any]
     files: tuple[UploadedFile, ...] = ()
     session_generated: bool = False
+    #: The field names n8n receives the message and the session under
+    #: (C{--chat-input-key}, C{--chat-session-key}).
+    input_key: str = DEFAULT_INPUT_KEY
+    session_key: str = DEFAULT_SESSION_KEY
+    #: A client's own C{Idempotency-Key}, sent to n8n instead of a generated one.
+    idempotency_key: str | None = None
+    #: Client headers passed on to n8n (C{--forward-header}), as (name, value).
+    forward_headers: tuple[tuple[str, str], ...] = ()
 
     def upstream_json(self) -> dict[str, Any]:
         """
         The JSON body n8n receives (contract: C{action, sessionId, chatInput,
-        metadata{requestId, source}}).
+        metadata{requestId, source}}, the two keys as configured).
         """
         body: dict[str, Any] = {
             "action": self.action,
-            "sessionId": self.session_id,
-            "chatInput": self.text,
+            self.session_key: self.session_id,
+            self.input_key: self.text,
             "metadata": self.upstream_metadata(),
         }
         return body
+
+    def upstream_fields(self) -> list[tuple[str, str]]:
+        """
+        The text fields of a multipart body to n8n, in order.
+        """
+        return [
+            ("action", self.action),
+            (self.session_key, self.session_id),
+            (self.input_key, self.text),
+            ("metadata", json_bytes(self.upstream_metadata()).decode("utf-8")),
+        ]
+
+    def with_client(
+        self, idempotency_key: str | None, forward_headers: tuple[tuple[str, str], ...] = ()
+    ) -> ChatMessage:
+        """
+        This message with the client's own C{Idempotency-Key} and the client
+        headers to pass on (C{--forward-header}).
+        """
+        return replace(self, idempotency_key=idempotency_key, forward_headers=forward_headers)
 
     def upstream_metadata(self) -> dict[str, Any]:
         meta = dict(self.metadata)
         meta["requestId"] = self.request_id
         meta["source"] = "inkflow"
         return meta
+
+
+def forwarded_headers(
+    get: Callable[[bytes], Sequence[bytes] | None], names: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """
+    The client headers named by C{--forward-header}, as (name, value), in
+    the order named; no other client header ever reaches n8n.
+
+    @param get: returns a header's values (e.g. C{Headers.getRawHeaders}).
+    """
+    found: list[tuple[str, str]] = []
+    for name in names:
+        for value in get(name.encode("ascii")) or []:
+            text = value.decode("latin-1")
+            if not any(c in text for c in "\r\n\0"):
+                found.append((name, text))
+    return tuple(found)
 
 
 def new_request_id() -> str:
@@ -132,7 +184,30 @@ def _text_field(fields: dict[str, Any], *names: str) -> str | None:
     return None
 
 
-def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: int) -> ChatMessage:
+def message_fields(input_key: str) -> tuple[str, ...]:
+    """
+    The fields read as the message, first found wins: the configured key,
+    then the plain shape's C{message}.
+    """
+    return (input_key, "message") if input_key != "message" else ("message",)
+
+
+def session_fields(session_key: str) -> tuple[str, ...]:
+    """
+    The fields read as the session id: the configured key, then C{sessionId}.
+    """
+    return (session_key, DEFAULT_SESSION_KEY) if session_key != DEFAULT_SESSION_KEY else (DEFAULT_SESSION_KEY,)
+
+
+def parse_chat(
+    body: ChatBody,
+    *,
+    request_id: str,
+    max_chars: int,
+    max_files: int,
+    input_key: str = DEFAULT_INPUT_KEY,
+    session_key: str = DEFAULT_SESSION_KEY,
+) -> ChatMessage:
     """
     Validate a received body against the contract.
 
@@ -140,6 +215,10 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
     widget's C{{"action", "sessionId", "chatInput", "metadata"}} (in JSON or as
     multipart fields, C{metadata} then being a JSON string).
 
+    @param input_key: the widget's C{chatInputKey} (C{--chat-input-key}):
+        the message is read from it, else from C{message}.
+    @param session_key: the widget's C{chatSessionKey} (C{--chat-session-key}):
+        the session id is read from it, else from C{sessionId}.
     @raise ApiError: C{bad_request} or C{too_many_files}.
     """
     fields = body.fields
@@ -150,17 +229,17 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
     if action not in ACTIONS:
         raise ApiError("bad_request", f"action must be one of {', '.join(ACTIONS)}")
 
-    session = _text_field(fields, "sessionId")
+    session = _text_field(fields, *session_fields(session_key))
     generated = False
     if session is None or session == "":
         if action == "loadPreviousSession":
-            raise ApiError("bad_request", "sessionId is required to load a session")
+            raise ApiError("bad_request", f"{session_key} is required to load a session")
         session = uuid.uuid4().hex
         generated = True
     elif not SESSION_ID.fullmatch(session):
-        raise ApiError("bad_request", "sessionId must be 1-128 of A-Z a-z 0-9 _ -")
+        raise ApiError("bad_request", f"{session_key} must be 1-128 of A-Z a-z 0-9 _ -")
 
-    text = _text_field(fields, "chatInput", "message")
+    text = _text_field(fields, *message_fields(input_key))
     if action == "sendMessage":
         if text is None or not text.strip():
             if not body.files:
@@ -202,6 +281,8 @@ def parse_chat(body: ChatBody, *, request_id: str, max_chars: int, max_files: in
         metadata=metadata,
         files=tuple(body.files),
         session_generated=generated,
+        input_key=input_key,
+        session_key=session_key,
     )
     try:
         # What n8n will receive must be writable: no lone surrogate anywhere.

@@ -16,6 +16,8 @@ __all__ = ["MESSAGES", "ApiError", "error_body", "json_bytes", "json_loads"]
 MESSAGES: dict[str, tuple[int, str, str]] = {
     "bad_request": (400, "הבקשה אינה תקינה.", "The request is malformed."),
     "too_many_files": (400, "צורפו יותר מדי קבצים.", "Too many files were attached."),
+    "invalid_idempotency_key": (400, "מפתח ה-Idempotency-Key אינו תקין.", "The Idempotency-Key is not valid."),
+    "unknown_execution": (404, "השיחה הזו אינה פעילה עוד.", "This conversation is no longer active."),
     "not_found": (404, "הכתובת לא נמצאה.", "Not found."),
     "chat_disabled": (404, "הצ'אט אינו זמין באתר זה.", "Chat is not available on this site."),
     "forbidden_origin": (
@@ -25,8 +27,19 @@ MESSAGES: dict[str, tuple[int, str, str]] = {
     ),
     "method_not_allowed": (405, "השיטה אינה נתמכת בכתובת זו.", "Method not allowed."),
     "request_timeout": (408, "הבקשה נשלחה לאט מדי.", "The request was sent too slowly."),
+    "in_progress": (
+        409,
+        "ההודעה הזו עדיין בטיפול. נסו שוב בעוד רגע.",
+        "This message is still being answered. Please try again shortly.",
+    ),
     "too_large": (413, "הקובץ או ההודעה גדולים מדי.", "The file or message is too large."),
     "unsupported_type": (415, "סוג הקובץ או התוכן אינו נתמך.", "The file or content type is not supported."),
+    "idempotency_mismatch": (
+        422,
+        "מפתח ה-Idempotency-Key כבר שימש להודעה אחרת.",
+        "The Idempotency-Key was already used for another message.",
+    ),
+    "websocket_required": (426, "כתובת זו מיועדת לחיבור WebSocket.", "This address takes WebSocket connections only."),
     "rate_limited": (429, "נשלחו יותר מדי הודעות. נסו שוב בעוד רגע.", "Too many messages. Please try again shortly."),
     "internal_error": (500, "אירעה שגיאה פנימית.", "An internal error occurred."),
     "upstream_error": (502, "שירות הצ'אט אינו זמין כרגע.", "The chat service is unavailable right now."),

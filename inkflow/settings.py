@@ -59,8 +59,11 @@ from inkflow.settings_parsers import (
     RETRY_ON_CHOICES,
     choice,
     directory,
+    field_name,
     flag,
+    forward_header,
     header,
+    header_name,
     int_in,
     is_tcp_endpoint,
     listen,
@@ -297,6 +300,61 @@ class Settings:
         repeatable=True,
         metavar="ORIGIN",
     )
+    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket (issue 14)
+    chat_input_key: str = opt(
+        field_name,
+        "chatInput",
+        "field holding the message, in JSON and multipart, and sent to n8n under it (message still accepted)",
+        metavar="NAME",
+    )
+    chat_session_key: str = opt(
+        field_name,
+        "sessionId",
+        "field holding the session id, in JSON and multipart, and sent to n8n under it (sessionId still accepted)",
+        metavar="NAME",
+    )
+    cors_allow_header: tuple[str, ...] = opt(
+        header_name,
+        (),
+        "request header allowed in the CORS preflight besides Content-Type (repeatable)",
+        repeatable=True,
+        metavar="NAME",
+    )
+    forward_header: tuple[str, ...] = opt(
+        forward_header,
+        (),
+        "client request header passed on to n8n (repeatable); no other is, Cookie and Authorization only if named",
+        repeatable=True,
+        metavar="NAME",
+    )
+    idempotency_ttl: float = opt(
+        seconds(0, 86400),
+        600.0,
+        "seconds a client Idempotency-Key's answer is replayed (0 = only while in flight)",
+        metavar="SECONDS",
+    )
+    breaker_failures: int = opt(
+        int_in(1, 10_000), 5, "failures in a row that open a webhook's circuit breaker", metavar="N"
+    )
+    breaker_cooldown: float = opt(
+        seconds(0.001, 86400),
+        30.0,
+        "seconds an open circuit breaker waits before trying its webhook again",
+        metavar="SECONDS",
+    )
+    websocket_idle_timeout: float = opt(
+        seconds(0.001, 86400),
+        90.0,
+        "seconds a /chat WebSocket may stay without a frame either way (n8n's heartbeat: 30)",
+        metavar="SECONDS",
+    )
+    websocket_max_message: int = opt(
+        int_in(0, 1024 * 1024 * 1024),
+        0,
+        "bytes of one /chat WebSocket message, either way; 0 = room for --max-files files of --max-file-size"
+        " as the widget sends them (base64 in JSON)",
+        metavar="BYTES",
+    )
     header_timeout: float = opt(seconds(0.001, 3600), 10.0, "seconds to receive request headers", metavar="SECONDS")
     idle_timeout: float = opt(
         seconds(0.001, 86400), 60.0, "seconds a keep-alive connection may stay idle", metavar="SECONDS"
@@ -351,6 +409,17 @@ class Settings:
         limit plus room for the text fields and multipart framing.
         """
         return self.max_files * self.max_file_size + self.max_message_chars * 4 + 64 * 1024
+
+    @property
+    def websocket_message_limit(self) -> int:
+        """
+        The largest /chat WebSocket message: C{--websocket-max-message}, or
+        when 0, room for every file at its limit as @n8n/chat sends files
+        over the socket (data URLs, base64, inside one JSON message).
+        """
+        if self.websocket_max_message:
+            return self.websocket_max_message
+        return self.max_files * self.max_file_size * 4 // 3 + self.max_message_chars * 4 + 1024 * 1024
 
     @classmethod
     def defaults(cls, **overrides: Any) -> Settings:
@@ -411,6 +480,8 @@ def _validated(values: dict[str, Any]) -> Settings:
         values["attempt_timeout"] = values["request_timeout"]
     if values["max_files"] and not values["allowed_types"]:
         raise ConfigError("invalid value for --allowed-types: at least one type is needed while --max-files > 0")
+    if values["chat_input_key"] == values["chat_session_key"]:
+        raise ConfigError("invalid value for --chat-session-key: it must differ from --chat-input-key")
     if values["workers"] > 1 and values["admin_listen"]:
         raise ConfigError("invalid value for --admin-listen: not with --workers > 1 (each worker would need its own)")
     if values["workers"] > 1 and not is_tcp_endpoint(values["listen"]):

@@ -24,8 +24,11 @@ __all__ = [
     "RETRY_ON_CHOICES",
     "choice",
     "directory",
+    "field_name",
     "flag",
+    "forward_header",
     "header",
+    "header_name",
     "int_in",
     "is_tcp_endpoint",
     "listen",
@@ -198,6 +201,58 @@ def header(value: Any) -> tuple[str, str]:
     if any(c in rest for c in "\r\n\0"):
         raise ValueError(f"value of header {name!r} contains a control character")
     return (name, rest)
+
+
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Field names InkFlow gives a meaning of its own.
+_RESERVED_FIELDS = {"action", "metadata", "files"}
+
+
+def field_name(value: Any) -> str:
+    """
+    A chat field name (C{--chat-input-key}, C{--chat-session-key}).
+    """
+    text = str(value).strip()
+    if not _FIELD_NAME.match(text):
+        raise ValueError(f"expected 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
+    if text in _RESERVED_FIELDS:
+        raise ValueError(f"{text!r} is a field of its own")
+    return text
+
+
+def header_name(value: Any) -> str:
+    """
+    An HTTP header name (a token).
+    """
+    text = str(value).strip()
+    if not _HEADER_NAME.match(text):
+        raise ValueError(f"not a header name: {text!r}")
+    return text
+
+
+#: Headers never passed on from a client: hop-by-hop, framing, and those
+#: InkFlow sets itself.
+_NOT_FORWARDED = _FORBIDDEN_UPSTREAM_HEADERS | {
+    "accept",
+    "user-agent",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "expect",
+}
+
+
+def forward_header(value: Any) -> str:
+    """
+    A client header name that may be passed on to n8n (C{--forward-header}).
+    """
+    text = header_name(value)
+    if text.lower() in _NOT_FORWARDED:
+        raise ValueError(f"header {text!r} is never forwarded")
+    return text
 
 
 _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")

@@ -107,6 +107,12 @@ class LimitsSnapshot(TypedDict):
     allowed_types: list[str]
 
 
+class WebSocketsSnapshot(TypedDict):
+    #: /chat WebSockets open now, and opened since start.
+    open: int
+    opened_total: int
+
+
 class Health(ProcessSnapshot):
     """
     The body of C{/api/health}: the process's figures (L{ProcessSnapshot}) at
@@ -122,6 +128,7 @@ class Health(ProcessSnapshot):
     uptime_s: float
     connections: ConnectionsSnapshot
     queue: QueueSnapshot
+    websockets: WebSocketsSnapshot
     upstreams: list[UpstreamSnapshot]
     cleanup: CleanupSnapshot
     limits: LimitsSnapshot

@@ -157,8 +157,8 @@ class Forwarder:
         observer: AttemptObserver | None = None,
         cooperator: task.Cooperator | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
-        failure_threshold: int = 5,
-        cooldown: float = 30.0,
+        failure_threshold: int | None = None,
+        cooldown: float | None = None,
         base_delay: float = 0.25,
         max_delay: float = 5.0,
     ) -> None:
@@ -186,6 +186,10 @@ class Forwarder:
         self._observer = observer
         self._cooperator: task.Cooperator = cooperator if cooperator is not None else cast(task.Cooperator, task)
         self._max_response_bytes = max_response_bytes
+        if failure_threshold is None:
+            failure_threshold = settings.breaker_failures
+        if cooldown is None:
+            cooldown = settings.breaker_cooldown
         self._breakers = [CircuitBreaker(failure_threshold, cooldown) for _ in self.urls]
         self._policy = RetryPolicy(
             url_count=len(self.urls),
@@ -227,7 +231,7 @@ class Forwarder:
             is reached or the last attempt timed out; C{internal_error} when
             an uploaded file cannot be read.
         """
-        idempotency_key = uuid.uuid4().hex
+        idempotency_key = message.idempotency_key or uuid.uuid4().hex
         tried: set[int] = set()
         attempt = 0
         index = self._policy.pick_url(0, self._available())
@@ -300,6 +304,8 @@ class Forwarder:
         headers.setRawHeaders(b"User-Agent", [USER_AGENT.encode("ascii")])
         headers.setRawHeaders(b"X-Request-ID", [message.request_id.encode("latin-1", "replace")])
         headers.setRawHeaders(b"Idempotency-Key", [idempotency_key.encode("ascii")])
+        for name, value in message.forward_headers:
+            headers.addRawHeader(name.encode("ascii"), value.encode("latin-1", "replace"))
         for name, value in self._extra_headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
         return headers
@@ -314,12 +320,7 @@ class Forwarder:
             return cast(
                 IBodyProducer, BytesProducer(json_bytes(message.upstream_json()))
             ), b"application/json; charset=utf-8"
-        fields = [
-            ("action", message.action),
-            ("sessionId", message.session_id),
-            ("chatInput", message.text),
-            ("metadata", json_bytes(message.upstream_metadata()).decode("utf-8")),
-        ]
+        fields = message.upstream_fields()
         boundary = b"InkFlow" + uuid.uuid4().hex.encode("ascii")
         stream = files.enter_context(MultipartStream(boundary, fields, message.files))
         # One producer for the whole body.  (treq's MultiPartProducer nests a

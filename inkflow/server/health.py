@@ -17,7 +17,14 @@ import psutil
 
 from inkflow import __version__
 from inkflow.settings import Settings
-from inkflow.snapshot import CleanupSnapshot, Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot
+from inkflow.snapshot import (
+    CleanupSnapshot,
+    Health,
+    ProcessSnapshot,
+    QueueSnapshot,
+    UpstreamSnapshot,
+    WebSocketsSnapshot,
+)
 
 __all__ = ["HealthInputs", "ProcessMetrics", "SiteStats", "build_health", "readiness"]
 
@@ -79,6 +86,7 @@ class HealthInputs:
     process: ProcessSnapshot
     cleanup: CleanupSnapshot | None
     rss_degraded: int = DEFAULT_RSS_DEGRADED
+    websockets: WebSocketsSnapshot | None = None
 
 
 def build_health(inputs: HealthInputs) -> Health:
@@ -105,6 +113,7 @@ def build_health(inputs: HealthInputs) -> Health:
             "timed_out_total": inputs.site.connections_timed_out,
         },
         "queue": inputs.queue,
+        "websockets": inputs.websockets if inputs.websockets is not None else {"open": 0, "opened_total": 0},
         "upstreams": inputs.upstreams,
         "memory": process["memory"],
         "cpu_percent": process["cpu_percent"],

@@ -74,6 +74,9 @@ class _SnapshotCollector(Collector):
             "Requests whose head or body did not arrive in time (answered 408)",
             connections["timed_out_total"],
         )
+        websockets = health["websockets"]
+        yield _gauge("inkflow_websockets_open", "Open /chat WebSockets", websockets["open"])
+        yield _counter("inkflow_websockets_opened", "/chat WebSockets opened", websockets["opened_total"])
         yield _gauge("inkflow_process_rss_bytes", "Resident memory of this process", health["memory"]["rss_bytes"])
         yield _gauge("inkflow_open_files", "Open file descriptors of this process", health["open_files"])
         yield _counter("inkflow_cleanup_runs", "Cleanup loop runs", health["cleanup"]["runs"])

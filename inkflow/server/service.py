@@ -120,6 +120,7 @@ class InkFlowService(service.MultiService):
             connections=len(self.site.channels),
             timeout=self.settings.drain_timeout,
         )
+        self.app.chat_sockets.close_all(1001)  # /chat WebSockets: "going away"
         gone = self.site.drain()
         if self.site.channels:
             try:

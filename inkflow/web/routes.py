@@ -22,9 +22,10 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from inkflow.chat import ChatBody, ChatMessage, parse_chat
+from inkflow.chat import ChatBody, ChatMessage, forwarded_headers, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
+from inkflow.n8n.executions import ExecutionMap
 from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.settings import origin_url
@@ -32,10 +33,12 @@ from inkflow.snapshot import CleanupSnapshot, Health, UpstreamSnapshot
 from inkflow.web.admission import ChatQueue, RateLimiter, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
 from inkflow.web.origin import check_origin
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.websocket import ChatSocketResource, ChatSockets, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -71,12 +74,16 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource) -> None:
+    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
+        self.websocket = websocket
 
     def render(self, request: IRequest) -> bytes | int:
+        if self.websocket is not None and (request.path == b"/chat" or is_websocket_upgrade(request)):
+            # The WebSocket relay, outside Klein (an upgrade is not a route).
+            return cast(bytes, self.websocket.render(request))
         if request.method in (b"GET", b"HEAD"):
             path = request.path
             if not _is_api(path) and path != b"/metrics":
@@ -155,13 +162,22 @@ class InkFlowApp:
         self.started = clock.seconds()
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
+        self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
+        self.executions = ExecutionMap(clock)
+        self.chat_sockets = ChatSockets()
+        self.idempotency = IdempotentChat(
+            IdempotencyStore(clock, settings.idempotency_ttl), settings.chat_input_key, settings.chat_session_key
+        )
 
     def resource(self) -> IResource:
         """
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        return _StaticFirst(self.static, self.app.resource())
+        websocket = ChatSocketResource(
+            self.settings, self.clock, self.executions, self.chat_sockets, draining=lambda: self.site_stats().draining
+        )
+        return _StaticFirst(self.static, self.app.resource(), websocket)
 
     def admin_resource(self) -> IResource:
         """
@@ -289,6 +305,7 @@ class InkFlowApp:
                 upstreams=[{**u, "index": i, "url": origin_url(u["url"])} for i, u in enumerate(upstreams)],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else None,
+                websockets=self.chat_sockets.snapshot(),
             )
         )
         if snapshot["status"] == "ok" and self._connections_full(site.connections_active):
@@ -335,7 +352,7 @@ class InkFlowApp:
     def chat_preflight(self, request: IRequest) -> bytes:
         if self._cors_headers(request):
             request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
-            request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+            request.setHeader(b"Access-Control-Allow-Headers", self._allow_headers)
             request.setHeader(b"Access-Control-Max-Age", b"600")
         request.setHeader(b"Allow", b"POST, OPTIONS")
         request.setResponseCode(204)
@@ -344,7 +361,7 @@ class InkFlowApp:
     @app.route("/api/chat", methods=["POST"])
     def chat(self, request: IRequest) -> defer.Deferred[bytes]:
         self._cors_headers(request)
-        d = defer.Deferred.fromCoroutine(self._chat(request))
+        d = defer.Deferred.fromCoroutine(self.idempotency.run(request, self._chat))
         # A client that leaves stops its work: a queued request leaves the
         # queue, an attempt in flight is cancelled.
         cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
@@ -365,6 +382,11 @@ class InkFlowApp:
                 request_id=request_id(request),
                 max_chars=self.settings.max_message_chars,
                 max_files=self.settings.max_files,
+                input_key=self.settings.chat_input_key,
+                session_key=self.settings.chat_session_key,
+            ).with_client(
+                parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key")),
+                forwarded_headers(request.requestHeaders.getRawHeaders, self.settings.forward_header),
             )
             deadline = self.clock.seconds() + self.settings.request_timeout
             slot = await self.queue.acquire()
@@ -376,6 +398,7 @@ class InkFlowApp:
                 else:
                     result = await self.forwarder.forward(message, deadline)
                     answer = result.body
+                    self.executions.note_answer(answer, result.url_index)
             finally:
                 slot.release()
             request.setHeader(b"X-Session-ID", message.session_id.encode())

@@ -26,7 +26,7 @@ Decisions (see also the contract's C{POST /api/chat}):
     with a short signature such as C{"BM"} or C{"ID3"}; only a PDF signature
     wins over text.  The type is decided after L{SNIFF_BYTES} or at the end
     of the file, whichever comes first.
-  - Text fields: C{message}/C{chatInput} up to C{max_message_chars * 4}
+  - Text fields: C{message}/C{chatInput} (or C{--chat-input-key}) up to C{max_message_chars * 4}
     bytes, C{metadata} up to L{inkflow.chat.MAX_METADATA_BYTES}, any other
     field up to L{MAX_OTHER_FIELD_BYTES}; at most L{MAX_FIELDS} fields; each
     must be UTF-8.  Over a cap, repeated C{message}/C{chatInput}/C{sessionId}/
@@ -61,7 +61,7 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser
 from twisted.logger import Logger
 
-from inkflow.chat import MAX_METADATA_BYTES, ChatBody, UploadedFile
+from inkflow.chat import MAX_METADATA_BYTES, ChatBody, UploadedFile, message_fields, session_fields
 from inkflow.errors import ApiError
 from inkflow.paths import TEMP_PREFIX, TEMP_SUFFIX
 from inkflow.settings import Settings
@@ -93,8 +93,6 @@ MAX_OTHER_FIELD_BYTES = 4096
 MAX_PART_HEADER_BYTES = 8192
 
 _FILE_FIELD = "files"
-_MESSAGE_FIELDS = ("message", "chatInput")
-_UNIQUE_FIELDS = ("message", "chatInput", "sessionId", "action", "metadata")
 _IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
 
 #: python-multipart reports every malformed body on the stdlib logger, which
@@ -168,6 +166,14 @@ class MultipartSink:
     def __init__(self, settings: Settings, content_type: bytes) -> None:
         self._settings = settings
         self._allowed = frozenset(settings.allowed_types)
+        # The message and session fields as configured (--chat-input-key,
+        # --chat-session-key), and the plain shape's names.
+        self._message_fields = frozenset(message_fields(settings.chat_input_key))
+        self._unique_fields = self._message_fields | {
+            *session_fields(settings.chat_session_key),
+            "action",
+            "metadata",
+        }
         boundary = parse_boundary(content_type)
         self._parser = MultipartParser(
             boundary,
@@ -366,9 +372,9 @@ class MultipartSink:
         self._field_count += 1
         if self._field_count > MAX_FIELDS:
             raise ApiError("bad_request", f"at most {MAX_FIELDS} form fields")
-        if part.name in _UNIQUE_FIELDS and part.name in self._fields:
+        if part.name in self._unique_fields and part.name in self._fields:
             raise ApiError("bad_request", f"the field {part.name} is repeated")
-        if part.name in _MESSAGE_FIELDS:
+        if part.name in self._message_fields:
             part.limit = self._settings.max_message_chars * 4
         elif part.name == "metadata":
             part.limit = MAX_METADATA_BYTES

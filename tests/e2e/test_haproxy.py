@@ -100,11 +100,10 @@ def haproxy_config(workdir: Path, port: int, servers: dict[str, int]) -> str:
     for pattern, new in replacements:
         text, count = re.subn(pattern, new, text)
         assert count >= 1, f"deploy/haproxy.cfg changed: {pattern!r} not found"
-    # The example's server lines give way to ours, in their place (after default-server).
-    first = re.search(r"(?m)^    server .*\n", text)
-    assert first is not None, "deploy/haproxy.cfg changed: no server lines"
+    # Each backend's server lines give way to ours, in their place (after default-server).
     lines = "".join(f"    server {name} 127.0.0.1:{p}\n" for name, p in servers.items())
-    text = text[: first.start()] + lines + re.sub(r"(?m)^    server .*\n", "", text[first.start() :])
+    text, blocks = re.subn(r"(?m)(?:^    server .*\n)+", lines, text)
+    assert blocks >= 2, "deploy/haproxy.cfg changed: no server lines in the two backends"
     # Loopback only: every address left in the file must be 127.0.0.1.
     addresses = set(re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", text))
     assert addresses <= {"127.0.0.1"}, f"non-loopback address in the test config: {addresses}"
@@ -472,3 +471,47 @@ async def test_no_instance_up_gets_json_503_from_haproxy(tmp_path: Path) -> None
         assert body["error"]["message"] and body["error"]["message_en"]
     finally:
         await threads.deferToThread(haproxy.stop, signal.SIGTERM, 10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_idempotency_key_stays_on_one_instance(fake: FakeN8n, tmp_path: Path) -> None:
+    """
+    Chats carrying an Idempotency-Key go to the instance the key hashes to
+    (C{balance hdr(Idempotency-Key)}): for each key, three requests (two at
+    once, then one) reach n8n once and get three equal answers, although the
+    default backend (leastconn) would have spread the two concurrent ones.
+    """
+    fake.requests.clear()
+    instances = {
+        name: ServerProcess(
+            "--webhook", fake.url(f"/webhook/{name}"), "--rate-limit", "0", "--trusted-proxy", "127.0.0.1"
+        )
+        for name in ("app1", "app2")
+    }
+    haproxy: HAProxyProcess | None = None
+    try:
+        await defer.gatherResults([threads.deferToThread(s.start) for s in instances.values()])
+        haproxy = await start_haproxy(tmp_path, {n: s.port for n, s in instances.items()})
+        await wait_until(lambda: all(r["status"] == "UP" for r in haproxy.stat().values()), 10, "both instances UP")
+        http = chat_client(HTTPConnectionPool(reactor, persistent=False))
+        url = f"http://127.0.0.1:{haproxy.port}/api/chat"
+
+        async def chat(key: str) -> tuple[int, bytes]:
+            headers: dict[bytes | str, bytes | str] = {**JSON_HEADERS, "Idempotency-Key": key}
+            body = json.dumps({"message": f"m-{key}", "sessionId": "idem"}).encode()
+            response = await http.post(url, data=body, headers=headers, timeout=10)
+            return response.code, await response.content()
+
+        keys = [f"key-{n}" for n in range(6)]
+        for key in keys:
+            together = await defer.gatherResults([defer.Deferred.fromCoroutine(chat(key)) for _ in range(2)])
+            answers = [*together, await chat(key)]
+            assert [code for code, _ in answers] == [200, 200, 200]
+            assert len({body for _, body in answers}) == 1, answers
+        sent = Counter(r.json["chatInput"] for r in fake.requests if isinstance(r.json, dict))
+        assert sent == Counter({f"m-{key}": 1 for key in keys})
+    finally:
+        if haproxy is not None:
+            await threads.deferToThread(haproxy.stop, signal.SIGTERM, 10)
+        for s in instances.values():
+            await threads.deferToThread(s.stop, signal.SIGTERM, 15)

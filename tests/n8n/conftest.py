@@ -37,6 +37,8 @@ FAIL_WORKFLOW = "InkflowFail00003"
 SLOW_WORKFLOW = "InkflowSlow00004"
 INACTIVE_WORKFLOW = "InkflowOff000005"
 CHAT_WEBHOOK_ID = "6d1f2c3a-7b4e-4c1d-9a0e-1c2b3d4e5f60"
+RESPONSE_NODES_WORKFLOW = "InkflowResp00006"
+RESPONSE_NODES_WEBHOOK_ID = "8a3c5e7f-1b2d-4c6e-9f0a-2b3c4d5e6f70"
 
 START_TIMEOUT = 300.0
 
@@ -63,6 +65,11 @@ class N8n:
     @property
     def chat(self) -> str:
         return self.webhook(f"{CHAT_WEBHOOK_ID}/chat")
+
+    @property
+    def response_nodes(self) -> str:
+        """The Chat Trigger in "Using Response Nodes" mode (scripts/n8n/workflows/response-nodes.json)."""
+        return self.webhook(f"{RESPONSE_NODES_WEBHOOK_ID}/chat")
 
     @property
     def fail(self) -> str:

@@ -70,6 +70,7 @@ def health(
             "wait_ms_p50": 1.5,
             "wait_ms_p95": 12.25,
         },
+        "websockets": {"open": 1, "opened_total": 4},
         "upstreams": [
             {
                 "url": "https://n8n.example:443/webhook/chat",
