@@ -320,6 +320,14 @@ OPTIONS: tuple[Option, ...] = (
         "hard ceiling for a chat request, queue wait and all attempts included",
         metavar="SECONDS",
     ),
+    Option(
+        "stream-idle-timeout",
+        _seconds(0.001, 86400),
+        120.0,
+        "seconds without a byte from n8n once a streamed answer has started",
+        metavar="SECONDS",
+    ),
+    Option("stream-timeout", _seconds(0.001, 86400), 600.0, "seconds for a whole streamed answer", metavar="SECONDS"),
     Option("retries", _int_in(0, 20), 2, "extra attempts after the first, spread over the URLs", metavar="N"),
     Option(
         "retry-on",
@@ -403,6 +411,8 @@ class Settings:
     queue_timeout: float
     attempt_timeout: float
     request_timeout: float
+    stream_idle_timeout: float
+    stream_timeout: float
     retries: int
     retry_on: tuple[str, ...]
     rate_limit: int

@@ -36,6 +36,8 @@ EMPTY_QUEUE: dict[str, Any] = {
     "wait_ms_p95": 0.0,
 }
 
+EMPTY_STREAMS: dict[str, Any] = {"in_flight": 0, "total": 0}
+
 EMPTY_CLEANUP: dict[str, Any] = {"runs": 0, "last_run": None, "temp_files_removed": 0, "gc_collected": 0}
 
 
@@ -91,6 +93,7 @@ class HealthInputs:
     process: dict[str, Any]
     cleanup: dict[str, Any]
     rss_degraded: int = DEFAULT_RSS_DEGRADED
+    streams: dict[str, Any] | None = None
 
 
 def build_health(inputs: HealthInputs) -> dict[str, Any]:
@@ -124,6 +127,7 @@ def build_health(inputs: HealthInputs) -> dict[str, Any]:
         "open_files": inputs.process["open_files"],
         "threads": inputs.process["threads"],
         "cleanup": {**EMPTY_CLEANUP, **inputs.cleanup},
+        "streams": {**EMPTY_STREAMS, **(inputs.streams or {})},
         "limits": {
             "max_file_size": s.max_file_size,
             "max_files": s.max_files,

@@ -12,6 +12,7 @@ C{MultiService} of:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,9 @@ from inkflow.web.site import InkFlowRequest, InkFlowSite
 __all__ = ["InkFlowService", "makeService"]
 
 log = Logger()
+
+#: Seconds the streams ended by drain get to flush their error line and end.
+STREAM_END_GRACE = 2.0
 
 
 class InkFlowService(service.MultiService):
@@ -116,10 +120,15 @@ class InkFlowService(service.MultiService):
             try:
                 await gone.addTimeout(self.settings.drain_timeout, clock)
             except defer.TimeoutError:
-                log.warn(
-                    "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
-                )
-                self.site.abort_all()
+                # Streams end with an error line and a clean end, never a reset.
+                if self.app.streams.registry.stop_all("drain"):
+                    with contextlib.suppress(defer.TimeoutError):
+                        await self.site.drain().addTimeout(STREAM_END_GRACE, clock)
+                if self.site.channels:
+                    log.warn(
+                        "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
+                    )
+                    self.site.abort_all()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
         log.info("Drained; stopping")
@@ -143,6 +152,9 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
         method = request.method.decode("latin-1")
         uri = request.uri[:300].decode("latin-1")
         line = f"{method} {uri} {request.code} {request.sentLength}"
+        streamed = getattr(request, "stream_seconds", None)
+        if streamed is not None:
+            line += f" stream {streamed:.3f}s"
         if write_access_line(line):
             return
         access.info(

@@ -20,13 +20,16 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from inkflow.chat import ChatMessage, parse_chat
 from inkflow.errors import ApiError
+from inkflow.n8n.client import StreamStart
 from inkflow.n8n.demo import DemoResponder
+from inkflow.n8n.stream import wants_stream
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.site import InkFlowRequest
 from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.streaming import StreamAnswers
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -44,7 +47,7 @@ class ChatForwarder(Protocol):
     What the chat route needs from the n8n forwarder (L{inkflow.n8n.client.Forwarder}).
     """
 
-    def forward(self, message: ChatMessage, deadline: float) -> Awaitable[Any]: ...
+    def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> Awaitable[Any]: ...
 
     def upstreams(self) -> list[dict[str, Any]]: ...
 
@@ -128,6 +131,13 @@ class InkFlowApp:
         self.started = clock.seconds()
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
+        self.streams = StreamAnswers(
+            clock,
+            idle_timeout=settings.stream_idle_timeout,
+            stream_timeout=settings.stream_timeout,
+            observe_start=metrics.observe_stream_start if metrics is not None else None,
+            observe_end=metrics.observe_stream_end if metrics is not None else None,
+        )
 
     def resource(self) -> IResource:
         """
@@ -223,6 +233,7 @@ class InkFlowApp:
                 upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else {},
+                streams=self.streams.registry.snapshot(),
             )
         )
 
@@ -261,7 +272,7 @@ class InkFlowApp:
         return b""
 
     @app.route("/api/chat", methods=["POST"])
-    def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes]:
+    def chat(self, request: InkFlowRequest) -> defer.Deferred[bytes | None]:
         self._cors_headers(request)
         d = defer.Deferred.fromCoroutine(self._chat(request))
         # A client that leaves stops its work: a queued request leaves the
@@ -269,7 +280,7 @@ class InkFlowApp:
         request.notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
-    async def _chat(self, request: InkFlowRequest) -> bytes:
+    async def _chat(self, request: InkFlowRequest) -> bytes | None:
         started = self.clock.seconds()
         status = 500
         try:
@@ -287,6 +298,7 @@ class InkFlowApp:
                 max_files=self.settings.max_files,
             )
             deadline = self.clock.seconds() + self.settings.request_timeout
+            stream = wants_stream(request.getHeader(b"Accept"))
             slot = await self.queue.acquire()
             if self.metrics is not None:
                 self.metrics.observe_queue_wait(slot.waited)
@@ -294,7 +306,17 @@ class InkFlowApp:
                 if self.forwarder is None:
                     answer: Any = self.demo.answer(message)
                 else:
-                    result = await self.forwarder.forward(message, deadline)
+                    result = await (
+                        self.forwarder.forward(message, deadline, stream=True)
+                        if stream
+                        else self.forwarder.forward(message, deadline)
+                    )
+                    if isinstance(result, StreamStart):
+                        # The commit point: the slot is held until the stream ends.
+                        request.setHeader(b"X-Session-ID", message.session_id.encode())
+                        status = 200
+                        await self.streams.relay(request, result, started)
+                        return None
                     answer = result.body
             finally:
                 slot.release()
@@ -309,6 +331,9 @@ class InkFlowApp:
                 mode=self.settings.mode,
             )
             status = 200
+            if stream:
+                self.streams.synthesized(request, answer, started)
+                return None
             return request.json_response(answer)
         except ApiError as e:
             status = e.status
