@@ -12,7 +12,7 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -111,11 +111,11 @@ class Reader(Protocol):
         return [json.loads(x) for x in self.lines]
 
     async def end(self) -> str:
-        return await self.ended.addTimeout(GUARD, reactor)  # type: ignore[no-any-return]
+        return await self.ended.addTimeout(GUARD, reactor)
 
     def leave(self) -> None:
-        assert self.transport is not None
-        self.transport.stopProducing()
+        transport: Any = self.transport
+        transport.stopProducing()
 
 
 async def open_stream(
@@ -129,7 +129,7 @@ async def open_stream(
     response = await treq.post(
         server.url("/api/chat"),
         data=data,
-        headers={"Content-Type": content_type, "Accept": accept},
+        headers=cast(Any, {"Content-Type": content_type, "Accept": accept}),
         unbuffered=True,
         persistent=False,
     )
@@ -145,14 +145,14 @@ async def post_json(server: ServerProcess, value: Any) -> tuple[int, Any, Any]:
     response = await treq.post(
         server.url("/api/chat"),
         data=json.dumps(value).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=cast(Any, {"Content-Type": "application/json"}),
         persistent=False,
     )
     return response.code, response.headers, json.loads(await response.content())
 
 
 def health(server: ServerProcess) -> dict[str, Any]:
-    return server.get_json("/api/health")[1]  # type: ignore[no-any-return]
+    return server.get_json("/api/health")[1]
 
 
 async def settled_health(server: ServerProcess) -> dict[str, Any]:
