@@ -36,7 +36,9 @@ CHAT_WORKFLOW = "InkflowChat00002"
 FAIL_WORKFLOW = "InkflowFail00003"
 SLOW_WORKFLOW = "InkflowSlow00004"
 INACTIVE_WORKFLOW = "InkflowOff000005"
+STREAM_WORKFLOW = "InkflowStream006"
 CHAT_WEBHOOK_ID = "6d1f2c3a-7b4e-4c1d-9a0e-1c2b3d4e5f60"
+STREAM_WEBHOOK_ID = "7e2a3b4c-8c5f-4d2e-8b1f-2d3c4e5f6a70"
 
 START_TIMEOUT = 300.0
 
@@ -63,6 +65,13 @@ class N8n:
     @property
     def chat(self) -> str:
         return self.webhook(f"{CHAT_WEBHOOK_ID}/chat")
+
+    @property
+    def stream(self) -> str:
+        """
+        The streaming Chat Trigger (scripts/n8n/workflows/stream.json).
+        """
+        return self.webhook(f"{STREAM_WEBHOOK_ID}/chat")
 
     @property
     def fail(self) -> str:
