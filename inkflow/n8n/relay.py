@@ -40,6 +40,7 @@ from inkflow.n8n.stream import (
     LineSplitter,
     LineTooLong,
     error_line,
+    is_keepalive,
     is_stream_line,
 )
 
@@ -142,7 +143,7 @@ class StreamBody(Protocol):
         body = b"".join(self.chunks)
         *complete, _ = body.split(b"\n")
         for line in complete:
-            if not line.strip():
+            if not line.strip() or is_keepalive(line):
                 continue
             if not is_stream_line(line):
                 self.state = "collect"

@@ -40,6 +40,7 @@ __all__ = [
     "LineTooLong",
     "error_line",
     "first_line",
+    "is_keepalive",
     "is_stream_line",
     "metadata",
     "parse_stream_line",
@@ -153,13 +154,28 @@ def is_stream_line(line: bytes) -> bool:
     return parse_stream_line(line) is not None
 
 
+def is_keepalive(line: bytes) -> bool:
+    """
+    Whether C{line} is a keepalive (newer n8n sends C{{"type":"keepalive"}}
+    every 30 s): it says nothing about what the answer is.
+    """
+    stripped = line.strip()
+    if not stripped.startswith(b"{") or b"keepalive" not in stripped:
+        return False
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("type") == "keepalive"
+
+
 def first_line(body: bytes) -> bytes | None:
     """
-    The first non-blank complete line of C{body}, or its last line when no
-    newline ends it; C{None} for a blank body.
+    The first complete line of C{body} that is neither blank nor a keepalive,
+    or its last line when no newline ends it; C{None} for a blank body.
     """
     for line in body.split(b"\n"):
-        if line.strip():
+        if line.strip() and not is_keepalive(line):
             return line
     return None
 

@@ -283,6 +283,7 @@ class InkFlowApp:
     async def _chat(self, request: InkFlowRequest) -> bytes | None:
         started = self.clock.seconds()
         status = 500
+        observed = False
         try:
             # (--static-only never gets here: sink_for refuses the request from its head.)
             if request.body_error is not None:
@@ -315,6 +316,10 @@ class InkFlowApp:
                         # The commit point: the slot is held until the stream ends.
                         request.setHeader(b"X-Session-ID", message.session_id.encode())
                         status = 200
+                        if self.metrics is not None:
+                            # The chat latency of a stream is its time to first byte.
+                            self.metrics.observe_chat(self.clock.seconds() - started, status)
+                            observed = True
                         await self.streams.relay(request, result, started)
                         return None
                     answer = result.body
@@ -346,7 +351,7 @@ class InkFlowApp:
             raise
         finally:
             request.release_body()
-            if self.metrics is not None:
+            if self.metrics is not None and not observed:
                 self.metrics.observe_chat(self.clock.seconds() - started, status)
 
     def _client(self, request: InkFlowRequest) -> str:

@@ -202,7 +202,8 @@ async def test_lines_pass_through_unchanged_as_they_come(server: ServerProcess, 
         + line("end", node="agent")
     )
     assert reader.raw == expected
-    assert len(fake.requests_for("/webhook/chat")) >= 1
+    # One access log line at the end, with the bytes and the duration.
+    server.wait_for(rf"POST /api/chat 200 {len(expected)} stream \d+\.\d+s", timeout=GUARD)
 
 
 @pytest_twisted.ensureDeferred

@@ -18,6 +18,7 @@ from inkflow.n8n.stream import (
     bridge_body,
     error_line,
     first_line,
+    is_keepalive,
     is_stream_line,
     synthesize,
     wants_stream,
@@ -145,11 +146,22 @@ class StreamDetectionTests(TestCase):
 
     def test_first_line(self) -> None:
         """
-        The first non-blank line; the whole body when it has no newline.
+        The first line that is neither blank nor a keepalive; the whole body
+        when it has no newline.
         """
         self.assertEqual(first_line(b"\n\n a\nb"), b" a")
+        self.assertEqual(first_line(KEEPALIVE_LINE + b"x\n"), b"x")
         self.assertEqual(first_line(b'{"output": 1}'), b'{"output": 1}')
         self.assertIsNone(first_line(b"\n  \n"))
+
+    def test_keepalive(self) -> None:
+        """
+        Newer n8n's keepalive is recognised, and is not a stream line.
+        """
+        self.assertTrue(is_keepalive(KEEPALIVE_LINE))
+        self.assertTrue(is_keepalive(b'{ "type": "keepalive" }'))
+        self.assertFalse(is_keepalive(b'{"type": "item", "content": "keepalive"}'))
+        self.assertFalse(is_stream_line(KEEPALIVE_LINE))
 
     def test_wants_stream(self) -> None:
         """
@@ -229,6 +241,9 @@ class BridgeTests(TestCase):
         self.assertIsNone(bridge_body(b'{\n  "output": "hi"\n}\n'))
         self.assertIsNone(bridge_body(b"plain text\nlines"))
         self.assertIsNone(bridge_body(b""))
+        after_keepalive = bridge_body(KEEPALIVE_LINE + line("item", "k") + b"\n")
+        assert after_keepalive is not None
+        self.assertEqual(after_keepalive.output, "k")
 
 
 class SynthesizeTests(TestCase):

@@ -338,10 +338,14 @@ class StreamBodyTests(RelayTestsMixin, TestCase):
 
     def test_blank_lines_before_the_first(self) -> None:
         """
-        Blank lines before the first line do not decide anything.
+        Blank lines and keepalives before the first line do not decide
+        anything; they are relayed as they came.
         """
-        body = self.opened(b"\n\n", line("begin"))
+        body = self.opened(b"\n\n", KEEPALIVE_LINE, line("begin"))
         self.assertEqual(body.state, "stream")
+        relay = self.relay(body)
+        relay.start()
+        self.assertEqual(self.request.data(), b"\n\n" + KEEPALIVE_LINE + line("begin"))
 
 
 class StreamRelayTests(RelayTestsMixin, TestCase):
