@@ -25,7 +25,7 @@ from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
@@ -138,6 +138,16 @@ class _NoCookies(IndexableCookieJar):
         pass
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    twisted.web's connection factory without its "Starting factory" /
+    "Stopping factory" log lines: two per n8n connection, which under many
+    concurrent streams cost more than the streams' own logging.
+    """
+
+    noisy = False
+
+
 def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     Build the HTTP client for n8n over its own persistent connection pool
@@ -152,6 +162,7 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
     pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
     pool.retryAutomatically = False  # a POST must never be replayed behind our back
+    pool._factory = _QuietFactory
     # Strictly inside the attempt: a host that is down must fail as "connect"
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).

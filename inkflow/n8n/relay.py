@@ -397,7 +397,8 @@ class StreamRelay:
         seconds = self.clock.seconds() - self._started
         if self.registry is not None:
             self.registry.ended(self, cause)
-        log_method = log.info if cause in (COMPLETE, CLIENT_LEFT) else log.warn
+        # A complete stream has its access log line; the others say why here.
+        log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
         log_method(
             "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
             request_id=self.request_id,

@@ -174,9 +174,16 @@ def first_line(body: bytes) -> bytes | None:
     The first complete line of C{body} that is neither blank nor a keepalive,
     or its last line when no newline ends it; C{None} for a blank body.
     """
-    for line in body.split(b"\n"):
+    start = 0
+    size = len(body)
+    while start <= size:
+        end = body.find(b"\n", start)
+        line = body[start:] if end < 0 else body[start:end]
         if line.strip() and not is_keepalive(line):
             return line
+        if end < 0:
+            return None
+        start = end + 1
     return None
 
 
