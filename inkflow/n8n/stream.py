@@ -135,8 +135,8 @@ def parse_stream_line(line: bytes) -> dict[str, Any] | None:
     not one (not JSON, not an object, or a C{type} outside L{STREAM_TYPES}).
     """
     stripped = line.strip()
-    if not stripped.startswith(b"{"):
-        return None
+    if not stripped.startswith(b"{") or b'"type"' not in stripped:
+        return None  # (cheap: a JSON answer is not parsed twice)
     try:
         value = json.loads(stripped)
     except ValueError:
