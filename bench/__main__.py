@@ -83,7 +83,9 @@ def write_doc(path: str, block: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per measurement (at least 2)")
-    parser.add_argument("--only", default="", help="comma-separated subset: uploads,overload,static,proxy,startup,workers,soak,stream")
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset: uploads,overload,static,proxy,startup,workers,soak,stream"
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
