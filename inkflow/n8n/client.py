@@ -50,7 +50,7 @@ from inkflow.n8n.retry import (
     Outcome,
     RetryPolicy,
 )
-from inkflow.n8n.stream import bridge_body
+from inkflow.n8n.stream import StreamStart, bridge_body
 from inkflow.settings import Settings, redact_url
 
 __all__ = [
@@ -103,26 +103,6 @@ class ForwardResult:
     status: int
     attempts: int
     url_index: int
-
-
-@dataclass(frozen=True)
-class StreamStart:
-    """
-    n8n streams its answer: its first line is in, nothing has reached the
-    client yet.  Relaying it (L{inkflow.n8n.relay.StreamRelay}) is the commit
-    point: from then on no retry and no failover.
-
-    @ivar body: n8n's live response body, paused, holding the lines read so far.
-    @ivar attempts: how many attempts it took.
-    @ivar url_index: which webhook URL answered.
-    @ivar dropped: call when n8n itself drops the stream, to count it
-        against that URL's circuit breaker (the attempt counted a success).
-    """
-
-    body: StreamBody
-    attempts: int
-    url_index: int
-    dropped: Callable[[str], None]
 
 
 class _NoCookies(IndexableCookieJar):

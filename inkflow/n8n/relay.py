@@ -33,18 +33,29 @@ from zope.interface import implementer
 
 from inkflow.n8n.response import BodyTooLarge
 from inkflow.n8n.stream import (
+    CAUSES,
+    CLIENT_LEFT,
+    COMPLETE,
+    DRAIN,
     ERROR_TEXT,
+    IDLE_TIMEOUT,
     KEEPALIVE_LINE,
     MAX_LINE_BYTES,
     MAX_STREAM_BYTES,
+    STREAM_HEADERS,
+    STREAM_TIMEOUT,
+    TOO_LARGE,
+    UPSTREAM_DROPPED,
     LineSplitter,
     LineTooLong,
+    StreamRegistry,
     error_line,
     is_keepalive,
     is_stream_line,
 )
 
 __all__ = [
+    "CAUSES",
     "KEEPALIVE_AFTER",
     "STREAM_HEADERS",
     "StreamBody",
@@ -57,23 +68,6 @@ log = Logger()
 
 #: Seconds without a line from n8n after which a keepalive line is written.
 KEEPALIVE_AFTER = 20.0
-
-#: The headers of a streamed answer (besides X-Request-ID, X-Session-ID, CORS).
-STREAM_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"Content-Type", b"application/x-ndjson; charset=utf-8"),
-    (b"Cache-Control", b"no-store"),
-    (b"X-Accel-Buffering", b"no"),
-)
-
-#: How a committed stream ended (the label of the metrics).
-COMPLETE = "complete"
-UPSTREAM_DROPPED = "upstream_dropped"
-IDLE_TIMEOUT = "idle_timeout"
-STREAM_TIMEOUT = "stream_timeout"
-TOO_LARGE = "too_large"
-CLIENT_LEFT = "client_left"
-DRAIN = "drain"
-CAUSES = (COMPLETE, UPSTREAM_DROPPED, IDLE_TIMEOUT, STREAM_TIMEOUT, TOO_LARGE, CLIENT_LEFT, DRAIN)
 
 
 class _Sink(TypingProtocol):
@@ -255,41 +249,6 @@ def open_body(response: IResponse, max_body: int, max_line: int = MAX_LINE_BYTES
     protocol = StreamBody(opened, max_body, max_line)
     cast(Any, response).deliverBody(protocol)
     return opened
-
-
-class StreamRegistry:
-    """
-    The streams being relayed: for health, metrics and drain.
-    """
-
-    def __init__(self) -> None:
-        self.active: set[StreamRelay] = set()
-        self.total = 0
-        self.endings: dict[str, int] = dict.fromkeys(CAUSES, 0)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.active)
-
-    def add(self, relay: StreamRelay) -> None:
-        self.active.add(relay)
-        self.total += 1
-
-    def ended(self, relay: StreamRelay, cause: str) -> None:
-        self.active.discard(relay)
-        self.endings[cause] = self.endings.get(cause, 0) + 1
-
-    def stop_all(self, cause: str = DRAIN) -> int:
-        """
-        End every stream with an error line and a clean end; return how many.
-        """
-        relays = list(self.active)
-        for relay in relays:
-            relay.stop(cause)
-        return len(relays)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"in_flight": self.in_flight, "total": self.total, "endings": dict(self.endings)}
 
 
 class _Request(TypingProtocol):

@@ -24,15 +24,17 @@ This module has what InkFlow does with such a body:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
+    "CAUSES",
     "ERROR_TEXT",
     "KEEPALIVE_LINE",
     "MAX_LINE_BYTES",
     "MAX_STREAM_BYTES",
+    "STREAM_HEADERS",
     "STREAM_TYPES",
     "Bridge",
     "BridgeResult",
@@ -71,6 +73,23 @@ ERROR_TEXT = {
     "too_large": "התשובה ארוכה מדי ונעצרה.",
     "drain": "השרת עובר הפעלה מחדש והתשובה נעצרה. אפשר לנסות שוב בעוד רגע.",
 }
+
+#: The headers of a streamed answer (besides X-Request-ID, X-Session-ID, CORS).
+STREAM_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"Content-Type", b"application/x-ndjson; charset=utf-8"),
+    (b"Cache-Control", b"no-store"),
+    (b"X-Accel-Buffering", b"no"),
+)
+
+#: How a committed stream ended (the label of the metrics).
+COMPLETE = "complete"
+UPSTREAM_DROPPED = "upstream_dropped"
+IDLE_TIMEOUT = "idle_timeout"
+STREAM_TIMEOUT = "stream_timeout"
+TOO_LARGE = "too_large"
+CLIENT_LEFT = "client_left"
+DRAIN = "drain"
+CAUSES = (COMPLETE, UPSTREAM_DROPPED, IDLE_TIMEOUT, STREAM_TIMEOUT, TOO_LARGE, CLIENT_LEFT, DRAIN)
 
 NODE_ID = "inkflow"
 NODE_NAME = "InkFlow"
@@ -329,3 +348,63 @@ def bridge_body(body: bytes) -> BridgeResult | None:
     if line is None or not is_stream_line(line):
         return None
     return Bridge().feed_all(body.split(b"\n")).result()
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """
+    n8n streams its answer: its first line is in, nothing has reached the
+    client yet.  Relaying it (L{inkflow.n8n.relay.StreamRelay}) is the commit
+    point: from then on no retry and no failover.
+
+    @ivar body: n8n's live response body (a L{inkflow.n8n.relay.StreamBody}),
+        paused, holding the lines read so far.
+    @ivar attempts: how many attempts it took.
+    @ivar url_index: which webhook URL answered.
+    @ivar dropped: call when n8n itself drops the stream, to count it
+        against that URL's circuit breaker (the attempt counted a success).
+    """
+
+    body: Any
+    attempts: int
+    url_index: int
+    dropped: Callable[[str], None]
+
+
+class _Stoppable(Protocol):
+    def stop(self, cause: str) -> None: ...
+
+
+class StreamRegistry:
+    """
+    The streams being relayed: for health, metrics and drain.
+    """
+
+    def __init__(self) -> None:
+        self.active: set[_Stoppable] = set()
+        self.total = 0
+        self.endings: dict[str, int] = dict.fromkeys(CAUSES, 0)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.active)
+
+    def add(self, relay: _Stoppable) -> None:
+        self.active.add(relay)
+        self.total += 1
+
+    def ended(self, relay: _Stoppable, cause: str) -> None:
+        self.active.discard(relay)
+        self.endings[cause] = self.endings.get(cause, 0) + 1
+
+    def stop_all(self, cause: str = DRAIN) -> int:
+        """
+        End every stream with an error line and a clean end; return how many.
+        """
+        relays = list(self.active)
+        for relay in relays:
+            relay.stop(cause)
+        return len(relays)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight, "total": self.total, "endings": dict(self.endings)}

@@ -20,9 +20,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from inkflow.chat import ChatMessage, parse_chat
 from inkflow.errors import ApiError
-from inkflow.n8n.client import StreamStart
 from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.stream import wants_stream
+from inkflow.n8n.stream import StreamStart, wants_stream
 from inkflow.server.health import HealthInputs, ProcessMetrics, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.web.admission import ChatQueue, RateLimiter, client_ip

@@ -11,8 +11,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from inkflow.n8n.relay import STREAM_HEADERS, UPSTREAM_DROPPED, StreamRegistry, StreamRelay
-from inkflow.n8n.stream import MAX_STREAM_BYTES, synthesize
+from inkflow.n8n.stream import MAX_STREAM_BYTES, STREAM_HEADERS, UPSTREAM_DROPPED, StreamRegistry, synthesize
 
 __all__ = ["StreamAnswers"]
 
@@ -57,6 +56,8 @@ class StreamAnswers:
         Commit and relay n8n's stream (a L{inkflow.n8n.client.StreamStart});
         return how it ended.  Cancelling the wait is the client leaving.
         """
+        from inkflow.n8n.relay import StreamRelay  # proxy mode only: keeps twisted.web.client out of start-up
+
         self._headers(request, started)
         relay = StreamRelay(
             request,
