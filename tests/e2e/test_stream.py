@@ -157,14 +157,13 @@ def health(server: ServerProcess) -> dict[str, Any]:
 
 async def settled_health(server: ServerProcess) -> dict[str, Any]:
     """
-    Health once no stream and no chat request is in flight (bounded).
+    Health once the stream under test has ended: InkFlow releases the slot
+    in the same callback that ends the stream (before the client sees the
+    end, or n8n the close), so one look suffices; no polling.
     """
     snapshot = health(server)
-    for _ in range(200):
-        if snapshot["streams"]["in_flight"] == 0 and snapshot["queue"]["in_flight"] == 0:
-            break
-        await deferLater(reactor, 0.01, lambda: None)
-        snapshot = health(server)
+    assert snapshot["streams"]["in_flight"] == 0, snapshot["streams"]
+    assert snapshot["queue"]["in_flight"] == 0, snapshot["queue"]
     return snapshot
 
 
@@ -536,6 +535,24 @@ async def test_errors_before_the_commit_keep_their_status(server: ServerProcess,
     assert response.code == 400
     await reader.end()
     assert json.loads(reader.raw)["error"]["code"] == "bad_request"
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_mode_streams_a_synthesized_answer(fake: FakeN8n, uploads: Path) -> None:
+    """
+    Without a webhook the demo responder's answer is synthesized as begin /
+    item / end for a streaming client.
+    """
+    s = ServerProcess("--upload-dir", str(uploads), *SERVER_ARGS).start()
+    try:
+        response, reader = await open_stream(s)
+        assert response.headers.getRawHeaders("Content-Type") == [NDJSON]
+        assert await reader.end() == "clean"
+        lines = await reader.wait_lines(3)
+        assert [x["type"] for x in lines] == ["begin", "item", "end"]
+        assert "שלום" in lines[1]["content"]
+    finally:
+        s.stop()
 
 
 @pytest_twisted.ensureDeferred
