@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import overload, proxy, soak, startup, static, uploads, workers
+from bench import overload, proxy, soak, startup, static, stream, uploads, workers
 from bench._common import REPO, Row, print_rows, say, table
 
 START = "<!-- bench:results:start (written by `python -m bench`; edit outside these markers) -->"
@@ -83,7 +83,9 @@ def write_doc(path: str, block: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per measurement (at least 2)")
-    parser.add_argument("--only", default="", help="comma-separated subset: uploads,overload,static,proxy,startup")
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset: uploads,overload,static,proxy,startup,workers,soak,stream"
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -96,6 +98,7 @@ def main() -> None:
         "startup": lambda: startup.run(),
         "workers": lambda: workers.run(rounds),
         "soak": lambda: soak.run(),
+        "stream": lambda: stream.run(rounds, count=500),
     }
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(benches)
     unknown = set(chosen) - set(benches)

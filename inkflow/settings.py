@@ -270,6 +270,13 @@ class Settings:
         "hard ceiling for a chat request, queue wait and all attempts included",
         metavar="SECONDS",
     )
+    stream_idle_timeout: float = opt(
+        seconds(0.001, 86400),
+        120.0,
+        "seconds without a byte from n8n once a streamed answer has started",
+        metavar="SECONDS",
+    )
+    stream_timeout: float = opt(seconds(0.001, 86400), 600.0, "seconds for a whole streamed answer", metavar="SECONDS")
     retries: int = opt(int_in(0, 20), 2, "extra attempts after the first, spread over the URLs", metavar="N")
     retry_on: tuple[str, ...] = opt(
         retry_on,

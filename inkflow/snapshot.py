@@ -113,6 +113,14 @@ class WebSocketsSnapshot(TypedDict):
     opened_total: int
 
 
+class StreamsSnapshot(TypedDict):
+    #: Streamed chat answers being relayed now, and relayed since start.
+    in_flight: int
+    total: int
+    #: How streams ended, by cause (complete, upstream_dropped, client_left, ...).
+    endings: dict[str, int]
+
+
 class Health(ProcessSnapshot):
     """
     The body of C{/api/health}: the process's figures (L{ProcessSnapshot}) at
@@ -129,6 +137,7 @@ class Health(ProcessSnapshot):
     connections: ConnectionsSnapshot
     queue: QueueSnapshot
     websockets: WebSocketsSnapshot
+    streams: StreamsSnapshot
     upstreams: list[UpstreamSnapshot]
     cleanup: CleanupSnapshot
     limits: LimitsSnapshot
@@ -187,6 +196,13 @@ def _value(hint: Any, value: Any) -> Any:
         (item_hint,) = get_args(hint)
         conformed_items = (_value(item_hint, item) for item in value)
         return [item for item in conformed_items if item is not _MISSING]
+    if origin is dict:
+        # A mapping of counts by name (stream endings by cause).
+        if not isinstance(value, Mapping):
+            return _MISSING
+        _, item_hint = get_args(hint)
+        conformed_map = {str(k): _value(item_hint, v) for k, v in value.items()}
+        return {k: v for k, v in conformed_map.items() if v is not _MISSING}
     if isinstance(value, bool):
         return value if hint is bool else _MISSING
     if hint is int and isinstance(value, int | float):

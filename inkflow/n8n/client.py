@@ -25,7 +25,7 @@ from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
@@ -34,6 +34,7 @@ from inkflow.chat import ChatMessage
 from inkflow.errors import ApiError, json_bytes
 from inkflow.n8n.breaker import OPEN, CircuitBreaker
 from inkflow.n8n.multipart import BytesProducer, MultipartStream
+from inkflow.n8n.relay import StreamBody, open_body
 from inkflow.n8n.response import AttemptTimedOut, classify_failure, decode_answer, read_capped, timed_out, wraps_cancel
 from inkflow.n8n.retry import (
     CANCELLED,
@@ -45,9 +46,11 @@ from inkflow.n8n.retry import (
     STATUS,
     TIMEOUT,
     TOO_LARGE,
+    WORKFLOW_ERROR,
     Outcome,
     RetryPolicy,
 )
+from inkflow.n8n.stream import StreamStart, bridge_body
 from inkflow.settings import Settings, redact_url
 from inkflow.snapshot import UpstreamSnapshot
 
@@ -56,6 +59,7 @@ __all__ = [
     "AttemptObserver",
     "ForwardResult",
     "Forwarder",
+    "StreamStart",
     "make_http_client",
 ]
 
@@ -115,6 +119,16 @@ class _NoCookies(IndexableCookieJar):
         pass
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    twisted.web's connection factory without its "Starting factory" /
+    "Stopping factory" log lines: two per n8n connection, which under many
+    concurrent streams cost more than the streams' own logging.
+    """
+
+    noisy = False
+
+
 def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     Build the HTTP client for n8n over its own persistent connection pool
@@ -129,6 +143,7 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
     pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
     pool.retryAutomatically = False  # a POST must never be replayed behind our back
+    pool._factory = _QuietFactory
     # Strictly inside the attempt: a host that is down must fail as "connect"
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).
@@ -220,12 +235,21 @@ class Forwarder:
 
     # --- forwarding
 
-    async def forward(self, message: ChatMessage, deadline: float) -> ForwardResult:
+    async def forward(
+        self, message: ChatMessage, deadline: float, *, stream: bool = False
+    ) -> ForwardResult | StreamStart:
         """
         Send C{message} to n8n and return its answer.
 
+        A stream from n8n (a 2xx whose first line is a stream line) is read
+        whole and joined (L{inkflow.n8n.stream.Bridge}) for a JSON client; for
+        a streaming client (C{stream}) it is returned as a L{StreamStart} as
+        soon as its first line is in.
+
         @param deadline: the C{clock.seconds()} value by which the caller must
-            have its answer; the attempt in flight is cancelled then.
+            have its answer (for a stream: its first line); the attempt in
+            flight is cancelled then.
+        @param stream: the client wants a stream.
         @raise ApiError: C{upstream_error} (502) when every attempt failed or
             the answer is unusable; C{upstream_timeout} (504) when the deadline
             is reached or the last attempt timed out; C{internal_error} when
@@ -247,7 +271,7 @@ class Forwarder:
                 raise ApiError("upstream_timeout")
             tried.add(index)
             outcome, result = await self._attempt(
-                message, idempotency_key, attempt, index, min(self._attempt_timeout, remaining)
+                message, idempotency_key, attempt, index, min(self._attempt_timeout, remaining), stream
             )
             if result is not None:
                 return result
@@ -294,6 +318,7 @@ class Forwarder:
             EMPTY: "n8n answered with an empty body (the workflow failed before responding)",
             TOO_LARGE: "n8n's answer is too large",
             INVALID: "n8n's answer could not be used",
+            WORKFLOW_ERROR: "the workflow reported an error",
         }.get(outcome.kind, f"n8n answered {outcome.status}")
         return ApiError("upstream_error", detail)
 
@@ -329,9 +354,12 @@ class Forwarder:
         producer = FileBodyProducer(cast(BinaryIO, stream), cooperator=self._cooperator)
         return cast(IBodyProducer, producer), b"multipart/form-data; boundary=" + boundary
 
-    async def _exchange(self, url: str, headers: Headers, producer: IBodyProducer) -> tuple[int, Headers, bytes]:
+    async def _exchange(
+        self, url: str, headers: Headers, producer: IBodyProducer, stream: bool
+    ) -> tuple[int, Headers, bytes | StreamBody]:
         """
-        One request and its whole (capped) response body.
+        One request and its whole (capped) response body; with C{stream}, a
+        2xx body's opening only when it is a stream.
         """
         response = await self._client.request(
             "POST",
@@ -342,12 +370,16 @@ class Forwarder:
             unbuffered=True,
             reactor=cast(Any, self._clock),
         )
-        body = await read_capped(response, self._max_response_bytes)
+        body: bytes | StreamBody
+        if stream and 200 <= response.code < 300:
+            body = await open_body(response, self._max_response_bytes)
+        else:
+            body = await read_capped(response, self._max_response_bytes)
         return response.code, response.headers, body
 
     async def _attempt(
-        self, message: ChatMessage, idempotency_key: str, attempt: int, index: int, budget: float
-    ) -> tuple[Outcome, ForwardResult | None]:
+        self, message: ChatMessage, idempotency_key: str, attempt: int, index: int, budget: float, stream: bool = False
+    ) -> tuple[Outcome, ForwardResult | StreamStart | None]:
         """
         One attempt at URL C{index}, bounded by C{budget} seconds for headers
         and body.  Accounts for it (breaker, observer, log) and returns how it
@@ -358,7 +390,7 @@ class Forwarder:
         url = self.urls[index]
         breaker = self._breakers[index]
         outcome = Outcome(CANCELLED)
-        result: ForwardResult | None = None
+        result: ForwardResult | StreamStart | None = None
         with ExitStack() as files:
             try:
                 producer, content_type = self._body(message, files)
@@ -373,7 +405,7 @@ class Forwarder:
             breaker.begin(started)
             try:
                 exchange = ensureDeferred(
-                    self._exchange(url, self._headers(message, idempotency_key, content_type), producer)
+                    self._exchange(url, self._headers(message, idempotency_key, content_type), producer, stream)
                 )
                 exchange.addTimeout(budget, self._timer, onTimeoutCancel=timed_out)
                 try:
@@ -400,8 +432,12 @@ class Forwarder:
         return outcome, result
 
     def _interpret(
-        self, status: int, headers: Headers, body: bytes, attempt: int, index: int
-    ) -> tuple[Outcome, ForwardResult | None]:
+        self, status: int, headers: Headers, body: bytes | StreamBody, attempt: int, index: int
+    ) -> tuple[Outcome, ForwardResult | StreamStart | None]:
+        if isinstance(body, StreamBody):
+            return Outcome(OK, status=status), StreamStart(
+                body=body, attempts=attempt + 1, url_index=index, dropped=lambda error: self._dropped(index, error)
+            )
         if not 200 <= status < 300:
             retry_after = headers.getRawHeaders(b"retry-after")
             return (
@@ -415,6 +451,18 @@ class Forwarder:
             )
         if not body.strip():
             return Outcome(EMPTY, status=status, error="empty answer"), None
+        bridged = bridge_body(body)
+        if bridged is not None:
+            # A stream read whole, for a JSON client.
+            if bridged.output is not None:
+                value: Any = {"output": bridged.output}
+            elif bridged.errors:
+                return Outcome(WORKFLOW_ERROR, status=status, error="the workflow streamed an error"), None
+            else:
+                return Outcome(EMPTY, status=status, error="empty stream"), None
+            return Outcome(OK, status=status), ForwardResult(
+                body=value, status=status, attempts=attempt + 1, url_index=index
+            )
         try:
             value = decode_answer(headers, body)
         except ValueError:
@@ -422,6 +470,12 @@ class Forwarder:
         return Outcome(OK, status=status), ForwardResult(
             body=value, status=status, attempts=attempt + 1, url_index=index
         )
+
+    def _dropped(self, index: int, error: str) -> None:
+        """
+        n8n dropped a committed stream: a failure for that URL's breaker.
+        """
+        self._breakers[index].record_failure(self._clock.seconds(), error)
 
     def _account(self, message: ChatMessage, attempt: int, index: int, outcome: Outcome, seconds: float) -> None:
         """

@@ -197,6 +197,8 @@ def decode_answer(headers: Headers, body: bytes) -> Any:
     if media in ("", "application/json") or media.endswith("+json"):
         try:
             return json.loads(body, parse_constant=_reject_constant)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         except ValueError:
             pass
     if media.startswith("text/") or media in ("", "application/json") or media.endswith(("+json", "+xml", "/xml")):

@@ -30,6 +30,7 @@ __all__ = [
     "STATUS",
     "TIMEOUT",
     "TOO_LARGE",
+    "WORKFLOW_ERROR",
     "Outcome",
     "RetryPolicy",
     "Step",
@@ -45,6 +46,7 @@ STATUS = "status"  # n8n answered with a non-2xx status
 EMPTY = "empty"  # a 2xx with an empty body: the workflow failed before its Respond node
 TOO_LARGE = "too_large"  # the response body is over the limit
 INVALID = "invalid"  # a 2xx that cannot be passed on (e.g. a redirect, undecodable)
+WORKFLOW_ERROR = "workflow_error"  # a 2xx stream of error lines only: the workflow ran and failed
 CANCELLED = "cancelled"  # the caller went away; not n8n's doing
 
 DEFAULT_RETRY_ON: frozenset[str] = frozenset({"connect", "404", "429", "502", "503", "504"})
@@ -56,7 +58,7 @@ class Outcome:
     How one attempt at one webhook URL ended.
 
     @ivar kind: one of L{OK}, L{CONNECT}, L{TIMEOUT}, L{LOST}, L{STATUS},
-        L{EMPTY}, L{TOO_LARGE}, L{INVALID}, L{CANCELLED}.
+        L{EMPTY}, L{TOO_LARGE}, L{INVALID}, L{WORKFLOW_ERROR}, L{CANCELLED}.
     @ivar status: the HTTP status, when n8n answered.
     @ivar retry_after: the raw C{Retry-After} header of the answer, if any.
     @ivar error: a short description safe to show in health and logs: never a

@@ -22,6 +22,7 @@ from inkflow.snapshot import (
     Health,
     ProcessSnapshot,
     QueueSnapshot,
+    StreamsSnapshot,
     UpstreamSnapshot,
     WebSocketsSnapshot,
 )
@@ -87,6 +88,7 @@ class HealthInputs:
     cleanup: CleanupSnapshot | None
     rss_degraded: int = DEFAULT_RSS_DEGRADED
     websockets: WebSocketsSnapshot | None = None
+    streams: StreamsSnapshot | None = None
 
 
 def build_health(inputs: HealthInputs) -> Health:
@@ -120,6 +122,7 @@ def build_health(inputs: HealthInputs) -> Health:
         "open_files": process["open_files"],
         "threads": process["threads"],
         "cleanup": inputs.cleanup if inputs.cleanup is not None else _NO_CLEANUP.copy(),
+        "streams": inputs.streams if inputs.streams is not None else {"in_flight": 0, "total": 0, "endings": {}},
         "limits": {
             "max_file_size": s.max_file_size,
             "max_files": s.max_files,

@@ -91,6 +91,8 @@ class _SnapshotCollector(Collector):
         for index, upstream in enumerate(health["upstreams"]):
             breaker.add_metric([str(index)], BREAKER_STATES.get(upstream["state"], 0))
         yield breaker
+        streams = health.get("streams") or {}
+        yield _gauge("inkflow_streams_in_flight", "Streamed chat answers being relayed", streams.get("in_flight", 0))
         yield _gauge("inkflow_draining", "1 while the server drains for shutdown", int(health["status"] == "draining"))
 
 
@@ -142,6 +144,29 @@ class Metrics:
             ["url_index"],
             registry=self.registry,
         )
+        self.stream_first_byte = Histogram(
+            "inkflow_stream_first_byte_seconds",
+            "Time from a streamed chat request to its first byte to the client (queue wait included)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.stream_duration = Histogram(
+            "inkflow_stream_duration_seconds",
+            "Time a streamed chat answer was relayed, from its first byte to its end",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
+        self.stream_endings = Counter(
+            "inkflow_stream_endings",
+            "Streamed chat answers ended, by cause",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.stream_bytes = Counter(
+            "inkflow_stream_bytes",
+            "Bytes of streamed chat answers relayed to clients",
+            registry=self.registry,
+        )
         if snapshot is not None:
             self.registry.register(_SnapshotCollector(snapshot))
 
@@ -158,6 +183,14 @@ class Metrics:
         self.attempts.labels(str(url_index), outcome).inc()
         if outcome not in ("ok", "cancelled"):  # a client leaving is not n8n's failure
             self.failures.labels(str(url_index)).inc()
+
+    def observe_stream_start(self, seconds: float) -> None:
+        self.stream_first_byte.observe(seconds)
+
+    def observe_stream_end(self, cause: str, sent: int, seconds: float) -> None:
+        self.stream_endings.labels(cause).inc()
+        self.stream_duration.observe(seconds)
+        self.stream_bytes.inc(sent)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

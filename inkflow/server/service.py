@@ -13,6 +13,7 @@ C{MultiService} of:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,9 @@ from inkflow.web.uploads import upload_dir_problem
 __all__ = ["InkFlowService", "makeService"]
 
 log = Logger()
+
+#: Seconds the streams ended by drain get to flush their error line and end.
+STREAM_END_GRACE = 2.0
 
 
 class InkFlowService(service.MultiService):
@@ -126,10 +130,15 @@ class InkFlowService(service.MultiService):
             try:
                 await gone.addTimeout(self.settings.drain_timeout, clock)
             except defer.TimeoutError:
-                log.warn(
-                    "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
-                )
-                self.site.abort_all()
+                # Streams end with an error line and a clean end, never a reset.
+                if self.app.streams.registry.stop_all("drain"):
+                    with contextlib.suppress(defer.TimeoutError):
+                        await self.site.drain().addTimeout(STREAM_END_GRACE, clock)
+                if self.site.channels:
+                    log.warn(
+                        "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
+                    )
+                    self.site.abort_all()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
         log.info("Drained; stopping")
@@ -153,6 +162,9 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
         method = request.method.decode("latin-1")
         uri = request.uri[:300].decode("latin-1")
         line = log_safe(f"{method} {uri} {request.code} {request.sentLength}")
+        streamed = getattr(request, "stream_seconds", None)
+        if streamed is not None:
+            line += f" stream {streamed:.3f}s"
         if write_access_line(line):
             return
         access.info(

@@ -340,7 +340,7 @@ class IdempotentChat:
         self._input_key = input_key
         self._session_key = session_key
 
-    async def run(self, request: _Request, handler: Callable[[Any], Awaitable[bytes]]) -> bytes:
+    async def run(self, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]) -> bytes | None:
         """
         Answer C{request} with C{handler}, at most once per key.
 
@@ -360,7 +360,9 @@ class IdempotentChat:
             if release is not None:
                 release()
 
-    async def _run(self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes]]) -> bytes:
+    async def _run(
+        self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]
+    ) -> bytes | None:
         print_ = fingerprint(getattr(request, "chat_body", None), self._input_key, self._session_key)
         begin = self.store.begin(key, print_)
         if begin.kind == "lead":
@@ -379,7 +381,9 @@ class IdempotentChat:
         # The leader ended without an answer: this request leads now.
         return await self._lead(key, request, handler)
 
-    async def _lead(self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes]]) -> bytes:
+    async def _lead(
+        self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]
+    ) -> bytes | None:
         outcome: Outcome = None
         try:
             body = await handler(request)
@@ -395,7 +399,8 @@ class IdempotentChat:
                 for name in REPLAYED_HEADERS
                 for value in (request.responseHeaders.getRawHeaders(name) or [])[:1]
             )
-            outcome = Answer(getattr(request, "code", 200), body, headers)
+            # A streamed answer (the route wrote it itself) is never stored.
+            outcome = Answer(getattr(request, "code", 200), body, headers) if body is not None else None
             return body
         finally:
             self.store.finish(key, outcome)

@@ -26,6 +26,7 @@ from inkflow.chat import ChatBody, ChatMessage, forwarded_headers, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
 from inkflow.n8n.executions import ExecutionMap
+from inkflow.n8n.stream import StreamStart, wants_stream
 from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
 from inkflow.server.metrics import CONTENT_TYPE, Metrics
 from inkflow.settings import origin_url
@@ -38,6 +39,7 @@ from inkflow.web.origin import check_origin
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.streaming import StreamAnswers
 from inkflow.web.websocket import ChatSocketResource, ChatSockets, is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ class ChatForwarder(Protocol):
     What the chat route needs from the n8n forwarder (L{inkflow.n8n.client.Forwarder}).
     """
 
-    def forward(self, message: ChatMessage, deadline: float) -> Awaitable[Any]: ...
+    def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> Awaitable[Any]: ...
 
     def upstreams(self) -> list[UpstreamSnapshot]: ...
 
@@ -162,6 +164,13 @@ class InkFlowApp:
         self.started = clock.seconds()
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
+        self.streams = StreamAnswers(
+            clock,
+            idle_timeout=settings.stream_idle_timeout,
+            stream_timeout=settings.stream_timeout,
+            observe_start=metrics.observe_stream_start if metrics is not None else None,
+            observe_end=metrics.observe_stream_end if metrics is not None else None,
+        )
         self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
         self.executions = ExecutionMap(clock)
         self.chat_sockets = ChatSockets()
@@ -306,6 +315,7 @@ class InkFlowApp:
                 process=self.process_metrics.read(),
                 cleanup=self.cleanup.snapshot() if self.cleanup is not None else None,
                 websockets=self.chat_sockets.snapshot(),
+                streams=self.streams.registry.snapshot(),
             )
         )
         if snapshot["status"] == "ok" and self._connections_full(site.connections_active):
@@ -359,7 +369,7 @@ class InkFlowApp:
         return b""
 
     @app.route("/api/chat", methods=["POST"])
-    def chat(self, request: IRequest) -> defer.Deferred[bytes]:
+    def chat(self, request: IRequest) -> defer.Deferred[bytes | None]:
         self._cors_headers(request)
         d = defer.Deferred.fromCoroutine(self.idempotency.run(request, self._chat))
         # A client that leaves stops its work: a queued request leaves the
@@ -367,9 +377,10 @@ class InkFlowApp:
         cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
-    async def _chat(self, request: IRequest) -> bytes:
+    async def _chat(self, request: IRequest) -> bytes | None:
         started = self.clock.seconds()
         status = 500
+        observed = False
         body: ChatBody | None = None
         try:
             # (--static-only never gets here: sink_for refuses the request from its head.)
@@ -389,6 +400,7 @@ class InkFlowApp:
                 forwarded_headers(request.requestHeaders.getRawHeaders, self.settings.forward_header),
             )
             deadline = self.clock.seconds() + self.settings.request_timeout
+            stream = wants_stream(request.getHeader(b"Accept"))
             slot = await self.queue.acquire()
             if self.metrics is not None:
                 self.metrics.observe_queue_wait(slot.waited)
@@ -396,7 +408,24 @@ class InkFlowApp:
                 if self.forwarder is None:
                     answer: Any = self.demo.answer(message)
                 else:
-                    result = await self.forwarder.forward(message, deadline)
+                    result = await (
+                        self.forwarder.forward(message, deadline, stream=True)
+                        if stream
+                        else self.forwarder.forward(message, deadline)
+                    )
+                    if isinstance(result, StreamStart):
+                        # The commit point: the slot is held until the stream ends.
+                        request.setHeader(b"X-Session-ID", message.session_id.encode())
+                        status = 200
+                        if self.metrics is not None:
+                            # The chat latency of a stream is its time to first byte.
+                            self.metrics.observe_chat(self.clock.seconds() - started, status)
+                            observed = True
+                        if message.idempotency_key is not None:
+                            # A streamed answer is not replayed (409 in_progress meanwhile).
+                            self.idempotency.store.mark_streaming(message.idempotency_key)
+                        await self.streams.relay(request, result, started)
+                        return None
                     answer = result.body
                     self.executions.note_answer(answer, result.url_index)
             finally:
@@ -411,6 +440,12 @@ class InkFlowApp:
                 files=len(message.files),
                 mode=self.settings.mode,
             )
+            if stream:
+                status = 200
+                if message.idempotency_key is not None:
+                    self.idempotency.store.mark_streaming(message.idempotency_key)
+                self.streams.synthesized(request, answer, started)
+                return None
             try:
                 written = json_response(request, answer)
             except ValueError:
@@ -429,7 +464,7 @@ class InkFlowApp:
             raise
         finally:
             release_body(request, body)
-            if self.metrics is not None:
+            if self.metrics is not None and not observed:
                 self.metrics.observe_chat(self.clock.seconds() - started, status)
 
     def _client(self, request: IRequest) -> str:

@@ -36,9 +36,11 @@ CHAT_WORKFLOW = "InkflowChat00002"
 FAIL_WORKFLOW = "InkflowFail00003"
 SLOW_WORKFLOW = "InkflowSlow00004"
 INACTIVE_WORKFLOW = "InkflowOff000005"
+STREAM_WORKFLOW = "InkflowStream006"
 CHAT_WEBHOOK_ID = "6d1f2c3a-7b4e-4c1d-9a0e-1c2b3d4e5f60"
 RESPONSE_NODES_WORKFLOW = "InkflowResp00006"
 RESPONSE_NODES_WEBHOOK_ID = "8a3c5e7f-1b2d-4c6e-9f0a-2b3c4d5e6f70"
+STREAM_WEBHOOK_ID = "7e2a3b4c-8c5f-4d2e-8b1f-2d3c4e5f6a70"
 
 START_TIMEOUT = 300.0
 
@@ -70,6 +72,13 @@ class N8n:
     def response_nodes(self) -> str:
         """The Chat Trigger in "Using Response Nodes" mode (scripts/n8n/workflows/response-nodes.json)."""
         return self.webhook(f"{RESPONSE_NODES_WEBHOOK_ID}/chat")
+
+    @property
+    def stream(self) -> str:
+        """
+        The streaming Chat Trigger (scripts/n8n/workflows/stream.json).
+        """
+        return self.webhook(f"{STREAM_WEBHOOK_ID}/chat")
 
     @property
     def fail(self) -> str:

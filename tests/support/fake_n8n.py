@@ -32,6 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 __all__ = [
     "FakeN8n",
+    "FakeStream",
     "RecordedFile",
     "RecordedRequest",
     "Reply",
@@ -71,6 +72,155 @@ class Reply:
     delay: float = 0.0
     reset: bool = False
     hang_body: bool = False
+    stream: FakeStream | None = None
+
+
+class FakeStream:
+    """
+    A streamed answer as n8n 2.8.4 sends it (Response Mode "Streaming"),
+    driven by the test line by line, with no timers.
+
+    On the request: status 200 and the headers at once (C{Content-Type:
+    application/json; charset=utf-8}, chunked, C{Cache-Control: no-cache}, no
+    C{Content-Length}); then each L{send_line} is one JSON line in one flush
+    (one chunk).  What the test asks before the request has arrived is done
+    when it arrives.
+
+    @ivar arrived: fires with the L{RecordedRequest} when the request is in.
+    @ivar closed: fires with C{"finished"} after L{finish}, C{"lost"} when the
+        connection went away first (InkFlow dropped it, or L{reset}).
+    @ivar paused: how many times the transport asked the fake to stop
+        writing (the reader is not keeping up).
+    """
+
+    def __init__(self) -> None:
+        self.arrived: Deferred[RecordedRequest] = Deferred()
+        self.closed: Deferred[str] = Deferred()
+        self.request: Request | None = None
+        self.paused = 0
+        self.resumed = 0
+        self.is_paused = False
+        self.sent = 0
+        self._ops: list[tuple[str, bytes]] = []
+        self._resumed_waiters: list[Deferred[None]] = []
+
+    # -- the test's side
+
+    @staticmethod
+    def line(
+        kind: str,
+        content: Any = None,
+        node: str = "node-1",
+        run: int = 0,
+        item: int = 0,
+        name: str | None = None,
+    ) -> bytes:
+        """
+        One n8n stream line (newline included).
+        """
+        value: dict[str, Any] = {"type": kind}
+        if content is not None or kind == "error":
+            value["content"] = content
+        value["metadata"] = {
+            "nodeId": node,
+            "nodeName": name or f"Node {node}",
+            "itemIndex": item,
+            "runIndex": run,
+            "timestamp": 1767225600000,
+        }
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def send_line(self, kind: str, content: Any = None, **meta: Any) -> None:
+        """
+        Write one stream line, flushed on its own.
+        """
+        self._do("raw", self.line(kind, content, **meta))
+
+    def send_raw(self, data: bytes) -> None:
+        """
+        Write C{data} as one chunk (part of a line, several lines...).
+        """
+        self._do("raw", data)
+
+    def finish(self) -> None:
+        """
+        End the body cleanly (the execution ended).
+        """
+        self._do("finish", b"")
+
+    def reset(self) -> None:
+        """
+        Drop the connection mid-stream.
+        """
+        self._do("reset", b"")
+
+    def writable(self) -> Deferred[None]:
+        """
+        Fires when the transport takes more data (at once if not paused).
+        """
+        if not self.is_paused:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._resumed_waiters.append(d)
+        return d
+
+    # -- the fake's side
+
+    def _do(self, op: str, data: bytes) -> None:
+        if self.request is None:
+            self._ops.append((op, data))
+            return
+        self._run(op, data)
+
+    def _run(self, op: str, data: bytes) -> None:
+        request = self.request
+        assert request is not None
+        if request.finished or request.channel is None:
+            return
+        if op == "raw":
+            self.sent += len(data)
+            request.write(data)
+        elif op == "finish":
+            request.unregisterProducer()
+            request.finish()
+            if not self.closed.called:
+                self.closed.callback("finished")
+        elif op == "reset":
+            request.channel.transport.abortConnection()  # type: ignore[union-attr]
+
+    def start(self, request: Request, record: RecordedRequest) -> None:
+        self.request = request
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.registerProducer(self, True)
+        request.write(b"")  # the head, at once (chunked: no Content-Length)
+
+        def lost(_: object) -> None:
+            if not self.closed.called:
+                self.closed.callback("lost")
+
+        request.notifyFinish().addErrback(lost)
+        self.arrived.callback(record)
+        ops, self._ops = self._ops, []
+        for op, data in ops:
+            self._run(op, data)
+
+    # IPushProducer, registered on the fake's request: tells the test when
+    # InkFlow stops reading n8n's side.
+    def pauseProducing(self) -> None:
+        self.paused += 1
+        self.is_paused = True
+
+    def resumeProducing(self) -> None:
+        self.resumed += 1
+        self.is_paused = False
+        waiters, self._resumed_waiters = self._resumed_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def echo() -> Reply:
@@ -321,6 +471,9 @@ class _Webhooks(Resource):
         transport = request.channel.transport if request.channel is not None else None
         if transport is not None:
             fake._transports.add(transport)
+        if reply.stream is not None:
+            reply.stream.start(request, record)
+            return NOT_DONE_YET
 
         if reply.delay <= 0:
             self._answer(request, record, reply)
@@ -404,6 +557,15 @@ class FakeN8n:
         path's default (see L{set_default}) or L{default}.
         """
         self._scripts.setdefault(path, deque()).extend(replies)
+
+    def stream(self, path: str = "/webhook/chat") -> FakeStream:
+        """
+        Queue a streamed answer for C{path} (see L{FakeStream}) and return its
+        handle, to drive it.
+        """
+        handle = FakeStream()
+        self.script(path, Reply(stream=handle))
+        return handle
 
     def set_default(self, path: str, reply: Reply) -> None:
         """

@@ -950,6 +950,14 @@ class MakeHttpClientTests(TestCase):
         self.assertEqual(pool.cachedConnectionTimeout, POOL_IDLE_TIMEOUT)
         self.assertFalse(pool.retryAutomatically)
 
+    def test_connections_are_not_logged(self) -> None:
+        """
+        The pool's connection factory does not log a line per n8n connection
+        (many concurrent streams open many).
+        """
+        _, pool = make_http_client(MemoryReactorClock(), settings())
+        self.assertFalse(pool._factory.noisy)
+
     def test_needs_a_webhook(self) -> None:
         """
         A Forwarder without webhook URLs is a programming error.

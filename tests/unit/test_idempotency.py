@@ -222,7 +222,7 @@ class WrapperTests(TestCase):
         request.setHeader(b"X-Session-ID", b"s")
         return body
 
-    def send(self, request: FakeRequest) -> Deferred[bytes]:
+    def send(self, request: FakeRequest) -> Deferred[bytes | None]:
         return ensureDeferred(self.chat.run(request, self.handler))
 
     def test_one_run_three_answers(self) -> None:

@@ -71,6 +71,7 @@ def health(
             "wait_ms_p95": 12.25,
         },
         "websockets": {"open": 1, "opened_total": 4},
+        "streams": {"in_flight": 2, "total": 7, "endings": {"complete": 5}},
         "upstreams": [
             {
                 "url": "https://n8n.example:443/webhook/chat",

@@ -45,7 +45,7 @@ class FakeForwarder:
         self.error = error
         self.messages: list[ChatMessage] = []
 
-    def forward(self, message: ChatMessage, deadline: float) -> defer.Deferred[ForwardResult]:
+    def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> defer.Deferred[ForwardResult]:
         self.messages.append(message)
         if self.error is not None:
             return defer.fail(self.error)
@@ -322,7 +322,9 @@ class UnexpectedErrorTests(TestCase):
         """A forwarder bug is answered 500 internal_error without details, and logged exactly once."""
 
         class Broken(FakeForwarder):
-            def forward(self, message: ChatMessage, deadline: float) -> defer.Deferred[ForwardResult]:
+            def forward(
+                self, message: ChatMessage, deadline: float, *, stream: bool = False
+            ) -> defer.Deferred[ForwardResult]:
                 raise RuntimeError("secret detail")
 
         _, stub = make_app(self, Broken())

@@ -46,4 +46,4 @@ class ReadHealthTests(TestCase):
 
     def test_unknown_fields_are_ignored(self) -> None:
         """Fields a newer server sends are dropped, not an error."""
-        self.assertNotIn("streams", read_health({"streams": {"open": 1}}))
+        self.assertNotIn("novelty", read_health({"novelty": {"open": 1}}))
