@@ -15,29 +15,13 @@ about it; the rest is derived from the field:
 Precedence: flag > environment > file > default.  A bad value stops start-up
 with one line naming the option (L{ConfigError}).
 
-Adding an option is adding one field.  C{opt(parse, default, help, ...)}
-takes the arguments of the old C{Option(name, parse, default, help, ...)}
-rows in the same order and with the same keywords (C{repeatable}, C{secret},
-C{is_flag}, C{metavar}); so an old row and its field, e.g.::
-
-    Option("max-files", _int_in(0, 100), 5, "files per message", metavar="N"),
-    ...
-    max_files: int
-
-become the one line::
-
-    max_files: int = opt(int_in(0, 100), 5, "files per message", metavar="N")
-
-(the parsers live in L{inkflow.settings_parsers}, without the leading
-underscore: C{_int_in} -> C{int_in}, C{_seconds} -> C{seconds}, ...).  A
+Adding an option is adding one field: C{opt(parse, default, help, ...)}
+(L{inkflow.options}) with a parser from L{inkflow.settings_parsers}.  A
 repeatable option's field is a tuple and its default a tuple; a default that
-must be computed is a zero-argument callable.  New keywords, where the old
-code had special cases keyed on option names: C{sep} (how several values
-are written in one string, default C{","}), C{show} (what L{describe} shows
-of each value) and C{doc_default} (the default as the README shows it).
-The field's place is its place in C{--help} and the README; paste the new
-table (C{python -m inkflow.settings}) into the README, which a test checks.
-Checks across options belong in L{_validated}.
+must be computed is a zero-argument callable.  The field's place is its
+place in C{--help} and the README; paste the new table (C{python -m
+inkflow.settings}) into the README, which a test checks.  Checks across
+options belong in L{_validated}.
 
 This module is pure: it reads no environment and no files by itself; the
 callers at the edge (the twistd plugin, the .tac) pass them in.
@@ -48,13 +32,13 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from dataclasses import replace as _replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from inkflow.n8n.retry import DEFAULT_RETRY_ON as _RETRY_POLICY_DEFAULT
+from inkflow.options import ENV_PREFIX, ConfigError, Option, opt, options_of
 from inkflow.settings_parsers import (
     RETRY_ON_CHOICES,
     choice,
@@ -93,88 +77,6 @@ __all__ = [
     "origin_url",
     "redact_url",
 ]
-
-ENV_PREFIX = "INKFLOW_"
-
-_METADATA_KEY = "inkflow.option"
-
-
-class ConfigError(ValueError):
-    """
-    An option has an invalid value.  The message is one line naming the option.
-    """
-
-
-@dataclass(frozen=True)
-class Option:
-    """
-    One option: what C{opt(...)} put in a L{Settings} field, plus the field's
-    name.
-
-    @ivar parse: turns one raw value into the typed value (raises ValueError).
-    @ivar default: the typed default (a tuple for repeatable options), or a
-        zero-argument callable producing it.
-    @ivar repeatable: given several times on the command line; several values
-        in one string are separated by C{sep}; a list in TOML.
-    @ivar secret: never shown in errors, logs or the repr (L{describe} shows
-        C{show(value)} of each value, or hides it).
-    @ivar is_flag: a command-line switch without a value.
-    @ivar metavar: shown in --help and the README.
-    @ivar sep: the separator of several values in one string.
-    @ivar show: what L{describe} shows of one value (default: the value).
-    @ivar doc_default: the default as the README shows it (default: derived
-        from C{default}).
-    @ivar attr: the L{Settings} field name, e.g. C{"max_file_size"}.
-    """
-
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
-    repeatable: bool = False
-    secret: bool = False
-    is_flag: bool = False
-    metavar: str = ""
-    sep: str = ","
-    show: Callable[[Any], Any] | None = None
-    doc_default: str | None = None
-    attr: str = ""
-
-    @property
-    def name(self) -> str:
-        """
-        The flag without dashes, e.g. C{"max-file-size"}; also the TOML key.
-        """
-        return self.attr.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.attr.upper()
-
-    def default_value(self) -> Any:
-        return self.default() if callable(self.default) else self.default
-
-
-def opt(
-    parse: Callable[[Any], Any],
-    default: Any,
-    help: str,
-    *,
-    repeatable: bool = False,
-    secret: bool = False,
-    is_flag: bool = False,
-    metavar: str = "",
-    sep: str = ",",
-    show: Callable[[Any], Any] | None = None,
-    doc_default: str | None = None,
-) -> Any:
-    """
-    A L{Settings} field that is an option (see L{Option} for the arguments).
-    """
-    option = Option(parse, default, help, repeatable, secret, is_flag, metavar, sep, show, doc_default)
-    metadata = {_METADATA_KEY: option}
-    if callable(default):
-        return field(default_factory=default, repr=not secret, metadata=metadata)
-    return field(default=default, repr=not secret, metadata=metadata)
 
 
 def default_static_dir() -> str:
@@ -439,13 +341,6 @@ class Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return _validated(values)
-
-
-def options_of(cls: type[Any]) -> tuple[Option, ...]:
-    """
-    The options of a dataclass: its C{opt(...)} fields, in their order.
-    """
-    return tuple(_replace(f.metadata[_METADATA_KEY], attr=f.name) for f in fields(cls) if _METADATA_KEY in f.metadata)
 
 
 #: The options, derived from the fields of L{Settings}, in their order.
