@@ -448,9 +448,10 @@ def test_busy_answer_is_waited_out_then_streamed(open_page: Any) -> None:
 
 def test_plain_json_answer_from_the_demo_responder_is_markdown(open_page: Any) -> None:
     """
-    Against the real server's demo responder (no webhook, plain JSON), the
-    answer still shows, rendered as Markdown, while the visitor's own message
-    stays plain text.
+    Against the real server's demo responder (no webhook: a JSON answer, which
+    InkFlow synthesizes as begin / item / end for the page, since the page asks
+    for a stream), the answer shows rendered as Markdown, while the visitor's
+    own message stays plain text.
     """
     with start_inkflow() as server:
         watched = open_page(server)
@@ -463,7 +464,7 @@ def test_plain_json_answer_from_the_demo_responder_is_markdown(open_page: Any) -
         expect(page.locator("#chat-log .msg-user .bubble")).to_have_text("**מודגש** ו־`קוד`")
         expect(page.locator("#chat-live")).to_contain_text("קיבלתי")
         response = watched.chat_posts()[0].response()
-        assert response is not None and response.headers["content-type"].startswith("application/json")
+        assert response is not None and response.headers["content-type"].startswith("application/x-ndjson")
         assert watched.problems() == []
 
 
