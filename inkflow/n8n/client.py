@@ -256,9 +256,8 @@ class Forwarder:
             an uploaded file cannot be read.
         """
         idempotency_key = message.idempotency_key or uuid.uuid4().hex
-        tried: set[int] = set()
-        attempt = 0
-        index = self._policy.pick_url(0, self._available())
+        plan = self._policy.plan(deadline)
+        index = plan.start(self._available())
         if index is None:
             self.log.warn(
                 "Not forwarding {request_id}: every webhook's circuit breaker is open",
@@ -266,25 +265,14 @@ class Forwarder:
             )
             raise ApiError("upstream_error", "every webhook is failing; try again shortly")
         while True:
-            remaining = deadline - self._clock.seconds()
-            if remaining <= 0:
+            budget = plan.budget(self._clock.seconds(), self._attempt_timeout)
+            if budget is None:
                 raise ApiError("upstream_timeout")
-            tried.add(index)
-            outcome, result = await self._attempt(
-                message, idempotency_key, attempt, index, min(self._attempt_timeout, remaining), stream
-            )
+            outcome, result = await self._attempt(message, idempotency_key, plan.attempt, index, budget, stream)
             if result is not None:
                 return result
             now = self._clock.seconds()
-            step = self._policy.next_step(
-                attempt=attempt,
-                outcome=outcome,
-                now=now,
-                deadline=deadline,
-                random=self._random,
-                available=self._available(now),
-                tried=tried,
-            )
+            step = plan.next_step(outcome, now, self._random, self._available(now))
             if step is None:
                 raise self._final_error(outcome, now >= deadline)
             self.log.info(
@@ -296,14 +284,10 @@ class Forwarder:
             )
             if step.delay > 0:
                 await task.deferLater(self._timer, step.delay, lambda: None)
-            attempt += 1
-            index = step.url_index
-            if not self._breakers[index].allows(self._clock.seconds()):
-                # Another request's failure opened it during the wait.
-                repicked = self._policy.pick_url(attempt, self._available())
-                if repicked is None:
-                    raise self._final_error(outcome, False)
-                index = repicked
+            next_index = plan.advance(step, self._available())
+            if next_index is None:
+                raise self._final_error(outcome, False)
+            index = next_index
 
     def _available(self, now: float | None = None) -> list[bool]:
         when = self._clock.seconds() if now is None else now

@@ -17,7 +17,7 @@ from __future__ import annotations
 import email.utils
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "CANCELLED",
@@ -32,6 +32,7 @@ __all__ = [
     "TOO_LARGE",
     "WORKFLOW_ERROR",
     "Outcome",
+    "RetryPlan",
     "RetryPolicy",
     "Step",
     "parse_retry_after",
@@ -255,3 +256,76 @@ class RetryPolicy:
         if now + delay >= deadline:
             return None
         return Step(url_index=index, delay=delay)
+
+    def plan(self, deadline: float) -> RetryPlan:
+        """
+        The bookkeeping of one message's attempts under this policy.
+        """
+        return RetryPlan(self, deadline)
+
+
+@dataclass
+class RetryPlan:
+    """
+    One message's attempts: which number this is, which URLs were tried, and
+    where the next attempt goes.  Pure (time and breaker states are passed
+    in), so the forwarding loop is a few lines around it.
+
+    @ivar attempt: the 0-based number of the current attempt.
+    @ivar url_index: the URL of the current attempt (C{None} before L{start}
+        or when none is available).
+    """
+
+    policy: RetryPolicy
+    deadline: float
+    attempt: int = 0
+    url_index: int | None = None
+    tried: set[int] = field(default_factory=set)
+
+    def start(self, available: Sequence[bool]) -> int | None:
+        """
+        The URL of the first attempt, or C{None} when no breaker admits one.
+        """
+        self.url_index = self.policy.pick_url(0, available)
+        return self.url_index
+
+    def budget(self, now: float, attempt_timeout: float) -> float | None:
+        """
+        The seconds the current attempt may take (its URL now counts as
+        tried), or C{None} when the deadline has passed.
+        """
+        remaining = self.deadline - now
+        if remaining <= 0 or self.url_index is None:
+            return None
+        self.tried.add(self.url_index)
+        return min(attempt_timeout, remaining)
+
+    def next_step(
+        self, outcome: Outcome, now: float, random: Callable[[], float], available: Sequence[bool]
+    ) -> Step | None:
+        """
+        What follows the current attempt's failure (see
+        L{RetryPolicy.next_step}); C{None}: give up.
+        """
+        return self.policy.next_step(
+            attempt=self.attempt,
+            outcome=outcome,
+            now=now,
+            deadline=self.deadline,
+            random=random,
+            available=available,
+            tried=self.tried,
+        )
+
+    def advance(self, step: Step, available: Sequence[bool]) -> int | None:
+        """
+        Move to the next attempt after C{step}'s wait: its URL, or another
+        one when that URL's breaker opened meanwhile (another request's
+        failure); C{None} when none admits a request now.
+        """
+        self.attempt += 1
+        index: int | None = step.url_index
+        if not available[step.url_index]:
+            index = self.policy.pick_url(self.attempt, available)
+        self.url_index = index
+        return index

@@ -22,6 +22,7 @@ from inkflow.n8n.retry import (
     TIMEOUT,
     TOO_LARGE,
     Outcome,
+    RetryPlan,
     RetryPolicy,
     Step,
     parse_retry_after,
@@ -313,3 +314,57 @@ class RetryPolicyTests(TestCase):
         """
         self.assertRaises(ValueError, RetryPolicy, url_count=0)
         self.assertRaises(ValueError, RetryPolicy, retries=-1)
+
+
+class RetryPlanTests(TestCase):
+    """
+    L{RetryPlan}: one message's attempt bookkeeping, pure.
+    """
+
+    def plan(self, urls: int = 2, retries: int = 2, deadline: float = 100.0) -> RetryPlan:
+        return RetryPolicy(url_count=urls, retries=retries).plan(deadline)
+
+    def test_first_attempt_skips_an_open_breaker(self) -> None:
+        """The first attempt goes to the first URL whose breaker admits a request."""
+        plan = self.plan()
+        self.assertEqual(plan.start([False, True]), 1)
+        self.assertIsNone(self.plan().start([False, False]))
+
+    def test_budget_is_the_attempt_timeout_capped_by_the_deadline(self) -> None:
+        """An attempt gets its timeout, less near the deadline, none after it; its URL counts as tried."""
+        plan = self.plan(deadline=10.0)
+        plan.start([True, True])
+        self.assertEqual(plan.budget(now=0.0, attempt_timeout=3.0), 3.0)
+        self.assertEqual(plan.budget(now=8.5, attempt_timeout=3.0), 1.5)
+        self.assertIsNone(plan.budget(now=10.0, attempt_timeout=3.0))
+        self.assertEqual(plan.tried, {0})
+
+    def test_failover_then_advance(self) -> None:
+        """After a connect failure the next step is the other URL at once; advancing counts the attempt."""
+        plan = self.plan()
+        plan.start([True, True])
+        plan.budget(0.0, 3.0)
+        step = plan.next_step(Outcome(CONNECT), 0.0, lambda: 0.5, [True, True])
+        assert step is not None
+        self.assertEqual((step.url_index, step.delay), (1, 0.0))
+        self.assertEqual(plan.advance(step, [True, True]), 1)
+        self.assertEqual((plan.attempt, plan.url_index), (1, 1))
+
+    def test_advance_repicks_when_the_breaker_opened_during_the_wait(self) -> None:
+        """A step's URL whose breaker opened meanwhile is replaced by one that admits; none left is None."""
+        plan = self.plan()
+        plan.start([True, True])
+        plan.budget(0.0, 3.0)
+        step = plan.next_step(Outcome(CONNECT), 0.0, lambda: 0.5, [True, True])
+        assert step is not None
+        self.assertEqual(plan.advance(step, [True, False]), 0)
+        other = self.plan()
+        other.start([True, True])
+        self.assertIsNone(other.advance(step, [False, False]))
+
+    def test_no_step_once_attempts_are_used_up(self) -> None:
+        """With no retries left the plan gives up."""
+        plan = self.plan(retries=0)
+        plan.start([True, True])
+        plan.budget(0.0, 3.0)
+        self.assertIsNone(plan.next_step(Outcome(CONNECT), 0.0, lambda: 0.5, [True, True]))
