@@ -65,7 +65,7 @@ class InkFlowService(service.MultiService):
     def __init__(
         self,
         settings: Settings,
-        reactor: Any,
+        reactor: IReactorTime,
         site: InkFlowSite,
         app: InkFlowApp,
         queue: ChatQueue,
@@ -109,7 +109,7 @@ class InkFlowService(service.MultiService):
             log.warn("The page is missing: no index.html in {static_dir}", static_dir=self.settings.static_dir)
 
     async def _drain(self) -> None:
-        clock: IReactorTime = self.reactor
+        clock = self.reactor
         self.site.draining = True
         if self.settings.shutdown_delay > 0:
             log.info(
@@ -180,7 +180,11 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
 
 
 def makeService(
-    settings: Settings, reactor: Any = None, *, install_signals: bool = True, worker_fd: int | None = None
+    settings: Settings,
+    reactor: Any = None,  # IReactorCore, IReactorTime, IReactorTCP, ... (Python has no intersection type)
+    *,
+    install_signals: bool = True,
+    worker_fd: int | None = None,
 ) -> service.MultiService:
     """
     Build the whole InkFlow service from its settings.
