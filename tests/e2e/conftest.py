@@ -5,6 +5,7 @@ Fixtures shared by the end-to-end tests.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,3 +23,9 @@ def fake() -> Iterator[FakeN8n]:
     f = listen_fake_n8n(reactor)
     yield f
     pytest_twisted.blockon(f.stop())
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An upload folder of its own for one test module's server."""
+    return tmp_path_factory.mktemp("uploads")
