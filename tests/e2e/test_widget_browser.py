@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.browser import FakeN8n, artifact, browser_missing, launch_browser, start_inkflow
 from tests.support.server import ServerProcess
-from tests.support.widget_page import VENDOR, OwnerSite, owner_page
+from tests.support.widget_page import VENDOR, OwnerSite, owner_page, widget_server_args
 
 _missing = browser_missing() or (
     None if (VENDOR / "chat.bundle.umd.js").exists() else "run scripts/install-n8n-chat.sh"
@@ -45,22 +45,7 @@ def test_widget_with_custom_keys_and_headers_cross_origin(browser: Browser) -> N
     with (
         FakeN8n() as fake,
         OwnerSite() as owner,
-        start_inkflow(
-            "--webhook",
-            fake.url(),
-            "--rate-limit",
-            "0",
-            "--chat-input-key",
-            "question",
-            "--chat-session-key",
-            "conversation",
-            "--cors-origin",
-            owner.origin,
-            "--cors-allow-header",
-            "X-Widget-Token",
-            "--forward-header",
-            "X-Widget-Token",
-        ) as server,
+        start_inkflow(*widget_server_args(fake.url(), owner.origin)) as server,
     ):
         owner.page = owner_page(
             {

@@ -15,9 +15,34 @@ from typing import Any
 
 from tests.support.server import REPO
 
-__all__ = ["VENDOR", "OwnerSite", "owner_page"]
+__all__ = ["VENDOR", "OwnerSite", "owner_page", "widget_server_args"]
 
 VENDOR = REPO / "static" / "examples" / "vendor" / "n8n-chat"
+
+
+def widget_server_args(webhook: str, origin: str) -> tuple[str, ...]:
+    """
+    InkFlow's options for a widget with custom keys on C{origin}'s pages: the
+    message under C{question}, the session under C{conversation}, CORS for
+    C{origin} allowing an C{X-Widget-Token} header that is forwarded to
+    C{webhook}; no rate limit.
+    """
+    return (
+        "--webhook",
+        webhook,
+        "--rate-limit",
+        "0",
+        "--chat-input-key",
+        "question",
+        "--chat-session-key",
+        "conversation",
+        "--cors-origin",
+        origin,
+        "--cors-allow-header",
+        "X-Widget-Token",
+        "--forward-header",
+        "X-Widget-Token",
+    )
 
 
 def owner_page(options: dict[str, Any]) -> bytes:
