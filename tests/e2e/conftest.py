@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 
 from tests.support.fake_n8n import FakeN8n, listen_fake_n8n
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 reactor: Any = _reactor
 
@@ -29,3 +32,17 @@ def fake() -> Iterator[FakeN8n]:
 def uploads(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An upload folder of its own for one test module's server."""
     return tmp_path_factory.mktemp("uploads")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """
+    Debian's Chromium under Playwright for one browser test module (which
+    skips itself first when either is missing).
+    """
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import launch_browser
+
+    with sync_playwright() as playwright, launch_browser(playwright) as launched:
+        yield launched

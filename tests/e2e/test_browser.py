@@ -24,7 +24,6 @@ from tests.support.browser import (
     FakeN8n,
     artifact,
     browser_missing,
-    launch_browser,
     png_bytes,
     start_inkflow,
 )
@@ -42,7 +41,6 @@ from playwright.sync_api import (  # noqa: E402
     Route,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
 if TYPE_CHECKING:
@@ -54,12 +52,6 @@ expect.set_options(timeout=WAIT_MS)
 
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright, launch_browser(playwright) as launched:
-        yield launched
 
 
 @dataclass
