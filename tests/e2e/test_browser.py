@@ -23,15 +23,13 @@ import pytest
 from tests.support.browser import (
     FakeN8n,
     artifact,
-    browser_missing,
     png_bytes,
+    skip_without_browser,
     start_inkflow,
 )
 from tests.support.server import ServerProcess
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 
 from playwright.sync_api import (  # noqa: E402
     Browser,

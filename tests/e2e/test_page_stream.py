@@ -19,12 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import artifact, browser_missing, start_inkflow
+from tests.support.browser import artifact, skip_without_browser, start_inkflow
 from tests.support.server import ServerProcess
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 
 from playwright.sync_api import (  # noqa: E402
     Browser,

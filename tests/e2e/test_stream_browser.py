@@ -15,13 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import browser_missing, start_inkflow
+from tests.support.browser import skip_without_browser, start_inkflow
 from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 from tests.support.server import REPO
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 if not (REPO / "static" / "examples" / "vendor" / "n8n-chat" / "chat.bundle.umd.js").exists():
     pytest.skip("@n8n/chat is not installed (scripts/install-n8n-chat.sh)", allow_module_level=True)
 

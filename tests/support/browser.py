@@ -43,6 +43,7 @@ __all__ = [
     "browser_missing",
     "launch_browser",
     "png_bytes",
+    "skip_without_browser",
     "start_inkflow",
 ]
 
@@ -76,6 +77,18 @@ def browser_missing() -> str | None:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         return f"{CHROMIUM} is missing (run scripts/install-system-deps.sh browser)"
     return None
+
+
+def skip_without_browser() -> None:
+    """
+    Skip the calling test module (at import) when L{browser_missing} says
+    why the browser tests cannot run here.
+    """
+    import pytest
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(f"browser tests need Playwright and Chromium: {missing}", allow_module_level=True)
 
 
 @contextmanager
