@@ -139,22 +139,29 @@ def stalled_multipart(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def trickle(port: int, n: int) -> list[socket.socket]:
-    """A multipart head announcing 40 MB, then one byte every 4 s."""
-    socks = stalled_multipart(port, n)
+def drip(socks: list[socket.socket], byte: bytes, every: float = 4.0) -> list[socket.socket]:
+    """
+    Send C{byte} on each of C{socks} every C{every} seconds (a daemon thread)
+    until the server has closed them all; return C{socks}.
+    """
 
     def feed() -> None:
         alive = list(socks)
         while alive:
-            time.sleep(4)
+            time.sleep(every)
             for s in list(alive):
                 try:
-                    s.sendall(b"-")
+                    s.sendall(byte)
                 except OSError:
                     alive.remove(s)
 
     threading.Thread(target=feed, daemon=True).start()
     return socks
+
+
+def trickle(port: int, n: int) -> list[socket.socket]:
+    """A multipart head announcing 40 MB, then one byte every 4 s."""
+    return drip(stalled_multipart(port, n), b"-")
 
 
 def header_slowloris(port: int, n: int) -> list[socket.socket]:
@@ -162,19 +169,7 @@ def header_slowloris(port: int, n: int) -> list[socket.socket]:
     socks = [connect(port) for _ in range(n)]
     for s in socks:
         s.sendall(b"GET / HTTP/1.1\r\n")
-
-    def feed() -> None:
-        alive = list(socks)
-        while alive:
-            time.sleep(4)
-            for s in list(alive):
-                try:
-                    s.sendall(b"X")
-                except OSError:
-                    alive.remove(s)
-
-    threading.Thread(target=feed, daemon=True).start()
-    return socks
+    return drip(socks, b"X")
 
 
 def never_reads(port: int, n: int) -> list[socket.socket]:

@@ -16,8 +16,9 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from bench import reference_proxy
 
 
 class Relay(Protocol):
@@ -33,12 +34,11 @@ class Relay(Protocol):
             self.request.finish()
 
 
-class Proxy(Resource):
-    isLeaf = True
-
-    def __init__(self, backend: str, pool: HTTPConnectionPool) -> None:
-        super().__init__()
-        self.backend, self.pool = backend, pool
+class Proxy(reference_proxy.Proxy):
+    """
+    L{bench.reference_proxy}'s proxy, relaying the answer as it comes
+    instead of buffering it.
+    """
 
     def render_POST(self, request: Request) -> Any:
         body = request.content.read() if request.content is not None else b""

@@ -54,25 +54,47 @@ class BodySink(Protocol):
         """
 
 
-class JsonSink:
+class _CountingSink:
     """
-    A JSON body, kept in memory up to C{limit} bytes.
+    Counts what is written against C{limit}: over it, everything is
+    discarded and the write is refused (C{too_large}).
     """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._chunks: list[bytes] = []
         self._size = 0
 
     @property
     def limit(self) -> int:
         return self._limit
 
-    def write(self, data: bytes) -> None:
+    def _count(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self._limit:
             self.discard()
-            raise ApiError("too_large", f"a JSON body may have at most {self._limit} bytes")
+            raise ApiError("too_large", self._too_large())
+
+    def _too_large(self) -> str:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        pass
+
+
+class JsonSink(_CountingSink):
+    """
+    A JSON body, kept in memory up to C{limit} bytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self._chunks: list[bytes] = []
+
+    def _too_large(self) -> str:
+        return f"a JSON body may have at most {self._limit} bytes"
+
+    def write(self, data: bytes) -> None:
+        self._count(data)
         self._chunks.append(data)
 
     def close(self) -> ChatBody:
@@ -84,26 +106,19 @@ class JsonSink:
         self._chunks = []
 
 
-class DiscardSink:
+class DiscardSink(_CountingSink):
     """
     For routes that take no body: accept up to C{limit} bytes and drop them.
     """
 
     def __init__(self, limit: int = 64 * 1024) -> None:
-        self._limit = limit
-        self._size = 0
+        super().__init__(limit)
 
-    @property
-    def limit(self) -> int:
-        return self._limit
+    def _too_large(self) -> str:
+        return "this route takes no request body"
 
     def write(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self._limit:
-            raise ApiError("too_large", "this route takes no request body")
+        self._count(data)
 
     def close(self) -> ChatBody:
         return ChatBody()
-
-    def discard(self) -> None:
-        pass

@@ -23,16 +23,13 @@ import pytest
 from tests.support.browser import (
     FakeN8n,
     artifact,
-    browser_missing,
-    launch_browser,
     png_bytes,
+    skip_without_browser,
     start_inkflow,
 )
 from tests.support.server import ServerProcess
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 
 from playwright.sync_api import (  # noqa: E402
     Browser,
@@ -42,7 +39,6 @@ from playwright.sync_api import (  # noqa: E402
     Route,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
 if TYPE_CHECKING:
@@ -54,12 +50,6 @@ expect.set_options(timeout=WAIT_MS)
 
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright, launch_browser(playwright) as launched:
-        yield launched
 
 
 @dataclass

@@ -51,13 +51,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def uploads(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("uploads")
-
-
-@pytest.fixture(scope="module")
 def server(fake: FakeN8n, uploads: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(
+    with ServerProcess(
         "--webhook",
         fake.url("/webhook/chat"),
         "--webhook-header",
@@ -72,9 +67,8 @@ def server(fake: FakeN8n, uploads: Path) -> Iterator[ServerProcess]:
         "2",
         "--request-timeout",
         "5",
-    ).start()
-    yield s
-    s.stop()
+    ) as s:
+        yield s
 
 
 async def post(

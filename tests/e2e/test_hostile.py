@@ -10,14 +10,13 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO, ServerProcess, multipart, server_env, twistd
+from tests.support.server import REPO, ServerProcess, multipart, run_command, twistd
 
 STATIC = REPO / "static"
 
@@ -144,13 +143,8 @@ def test_large_static_file_is_streamed_with_ranges(server: ServerProcess, static
 
 def test_webhook_with_credentials_is_refused_at_start() -> None:
     """user:password@ in --webhook stops start-up with one line naming the option, the password never shown."""
-    result = subprocess.run(
-        [twistd(), "-n", "--pidfile=", "inkflow", "--webhook", "http://me:hunter2@127.0.0.1:9/webhook/x"],
-        env=server_env(),
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_command(
+        [twistd(), "-n", "--pidfile=", "inkflow", "--webhook", "http://me:hunter2@127.0.0.1:9/webhook/x"]
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.server import REPO, ServerProcess, server_env, twistd
+from tests.support.server import ServerProcess, run_command, twistd
 
 
 def test_json_log_lines_carry_request_ids(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def _gone(pid: int, within: float = 15.0) -> bool:
 def test_daemon_starts_and_stops_through_its_pid_file(tmp_path: Path) -> None:
     """twistd inkflow as a daemon writes its pid file and log file, serves, rotates its log on SIGUSR1, and stops via the pid file."""
     pidfile, logfile = tmp_path / "inkflow.pid", tmp_path / "inkflow.log"
-    result = subprocess.run(
+    result = run_command(
         [
             twistd(),
             "--pidfile",
@@ -77,13 +77,7 @@ def test_daemon_starts_and_stops_through_its_pid_file(tmp_path: Path) -> None:
             "tcp:0:interface=127.0.0.1",
             "--upload-dir",
             str(tmp_path / "uploads"),
-        ],
-        env=server_env(),
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        ]
     )
     assert result.returncode == 0, result.stderr
     port = int(_wait_for_file_line(logfile, r"InkFlowSite starting on (\d+)").group(1))
@@ -101,15 +95,7 @@ def test_daemon_starts_and_stops_through_its_pid_file(tmp_path: Path) -> None:
 
 
 def _monitor(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "inkflow.tools.cli", "monitor", *args],
-        env=server_env(),
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_command([sys.executable, "-m", "inkflow.tools.cli", "monitor", *args])
 
 
 def test_monitor_once_json_takes_the_servers_base_url(tmp_path: Path) -> None:

@@ -19,12 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import artifact, browser_missing, launch_browser, start_inkflow
+from tests.support.browser import artifact, skip_without_browser, start_inkflow
 from tests.support.server import ServerProcess
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 
 from playwright.sync_api import (  # noqa: E402
     Browser,
@@ -33,7 +31,6 @@ from playwright.sync_api import (  # noqa: E402
     Route,
     ViewportSize,
     expect,
-    sync_playwright,
 )
 
 WAIT_MS = 15_000
@@ -79,12 +76,6 @@ CONTROLLED_STREAM = """
   };
 })();
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright, launch_browser(playwright) as launched:
-        yield launched
 
 
 @dataclass

@@ -48,13 +48,8 @@ SERVER_ARGS = (
 
 
 @pytest.fixture(scope="module")
-def uploads(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("uploads")
-
-
-@pytest.fixture(scope="module")
 def server(fake: FakeN8n, uploads: Path) -> Iterator[ServerProcess]:
-    s = ServerProcess(
+    with ServerProcess(
         "--webhook",
         fake.url("/webhook/chat"),
         "--webhook",
@@ -62,9 +57,8 @@ def server(fake: FakeN8n, uploads: Path) -> Iterator[ServerProcess]:
         "--upload-dir",
         str(uploads),
         *SERVER_ARGS,
-    ).start()
-    yield s
-    s.stop()
+    ) as s:
+        yield s
 
 
 class Reader(Protocol):

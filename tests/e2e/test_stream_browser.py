@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.support.browser import browser_missing, launch_browser, start_inkflow
+from tests.support.browser import skip_without_browser, start_inkflow
+from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 from tests.support.server import REPO
 
-_missing = browser_missing()
-if _missing:
-    pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
+skip_without_browser()
 if not (REPO / "static" / "examples" / "vendor" / "n8n-chat" / "chat.bundle.umd.js").exists():
     pytest.skip("@n8n/chat is not installed (scripts/install-n8n-chat.sh)", allow_module_level=True)
 
-from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, expect  # noqa: E402
 
 WAIT_MS = 15_000
 expect.set_options(timeout=WAIT_MS)
@@ -42,7 +39,7 @@ def _line(kind: str, content: str | None = None) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-class StreamingN8n:
+class StreamingN8n(LoopbackHTTPServer):
     """
     Answers every chat with a stream: begin and a first item at once, then
     (after L{release}) a second item and end.
@@ -53,11 +50,8 @@ class StreamingN8n:
         self.actions: list[str] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -80,28 +74,13 @@ class StreamingN8n:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        super().__init__(Handler)
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/webhook/chat"
+        return f"http://127.0.0.1:{self.port}/webhook/chat"
 
-    def __enter__(self) -> StreamingN8n:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def _stopping(self) -> None:
         self.second.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright, launch_browser(playwright) as launched:
-        yield launched
 
 
 #: Mounts a second, streaming @n8n/chat on the example page (evaluated by

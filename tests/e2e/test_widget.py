@@ -20,6 +20,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 
 from tests.support.fake_n8n import FakeN8n, json_reply, slow
 from tests.support.server import ServerProcess, multipart
+from tests.support.widget_page import widget_server_args
 
 reactor: Any = _reactor
 
@@ -28,24 +29,8 @@ ORIGIN = "https://shop.example"
 
 @pytest.fixture(scope="module")
 def server(fake: FakeN8n) -> Iterator[ServerProcess]:
-    s = ServerProcess(
-        "--webhook",
-        fake.url("/webhook/widget"),
-        "--rate-limit",
-        "0",
-        "--chat-input-key",
-        "question",
-        "--chat-session-key",
-        "conversation",
-        "--cors-origin",
-        ORIGIN,
-        "--cors-allow-header",
-        "X-Widget-Token",
-        "--forward-header",
-        "X-Widget-Token",
-    ).start()
-    yield s
-    s.stop()
+    with ServerProcess(*widget_server_args(fake.url("/webhook/widget"), ORIGIN)) as s:
+        yield s
 
 
 async def post(server: ServerProcess, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> Any:

@@ -10,13 +10,12 @@ Skips when Playwright, Chromium or the fetched widget is missing.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from tests.support.browser import FakeN8n, artifact, browser_missing, launch_browser, start_inkflow
+from tests.support.browser import FakeN8n, artifact, browser_missing, start_inkflow
 from tests.support.server import ServerProcess
-from tests.support.widget_page import VENDOR, OwnerSite, owner_page
+from tests.support.widget_page import VENDOR, OwnerSite, owner_page, send_from_widget, widget_server_args
 
 _missing = browser_missing() or (
     None if (VENDOR / "chat.bundle.umd.js").exists() else "run scripts/install-n8n-chat.sh"
@@ -24,16 +23,10 @@ _missing = browser_missing() or (
 if _missing:
     pytest.skip(f"widget browser tests need Playwright, Chromium and the widget: {_missing}", allow_module_level=True)
 
-from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, expect  # noqa: E402
 
 WAIT_MS = 15_000
 expect.set_options(timeout=WAIT_MS)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright, launch_browser(playwright) as launched:
-        yield launched
 
 
 def test_widget_with_custom_keys_and_headers_cross_origin(browser: Browser) -> None:
@@ -45,22 +38,7 @@ def test_widget_with_custom_keys_and_headers_cross_origin(browser: Browser) -> N
     with (
         FakeN8n() as fake,
         OwnerSite() as owner,
-        start_inkflow(
-            "--webhook",
-            fake.url(),
-            "--rate-limit",
-            "0",
-            "--chat-input-key",
-            "question",
-            "--chat-session-key",
-            "conversation",
-            "--cors-origin",
-            owner.origin,
-            "--cors-allow-header",
-            "X-Widget-Token",
-            "--forward-header",
-            "X-Widget-Token",
-        ) as server,
+        start_inkflow(*widget_server_args(fake.url(), owner.origin)) as server,
     ):
         owner.page = owner_page(
             {
@@ -76,11 +54,7 @@ def test_widget_with_custom_keys_and_headers_cross_origin(browser: Browser) -> N
             page = context.new_page()
             problems: list[str] = []
             page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(owner.origin + "/")
-            box = page.locator("#n8n-chat textarea")
-            expect(box).to_be_visible()
-            box.fill("שאלה מהאתר של הלקוח")
-            box.press("Enter")
+            send_from_widget(page, owner.origin, "שאלה מהאתר של הלקוח", WAIT_MS)
             received = fake.wait_for(lambda r: r.fields.get("question") == "שאלה מהאתר של הלקוח")
             expect(page.locator("#n8n-chat .chat-message-from-bot").last).to_contain_text("(0 files)")
             assert received.fields["action"] == "sendMessage"
@@ -119,11 +93,7 @@ def test_widget_in_response_nodes_mode_over_the_websocket(browser: Browser) -> N
                 page = context.new_page()
                 sockets: list[str] = []
                 page.on("websocket", lambda ws: sockets.append(ws.url))
-                page.goto(owner.origin + "/")
-                box = page.locator("#n8n-chat textarea")
-                expect(box).to_be_visible()
-                box.fill("התחלה")
-                box.press("Enter")
+                box = send_from_widget(page, owner.origin, "התחלה", WAIT_MS)
                 bot = page.locator("#n8n-chat .chat-message-from-bot")
                 expect(bot.last).to_contain_text("ההודעה הראשונה מ-n8n")
                 assert sockets and sockets[0].startswith(f"ws://127.0.0.1:{server.port}/chat?")

@@ -57,18 +57,10 @@ def test_two_workers_share_the_port_and_a_dead_one_is_replaced(tmp_path: Path) -
 
 def test_workers_need_a_tcp_endpoint(tmp_path: Path) -> None:
     """--workers 2 with a unix: endpoint stops start-up with one line naming --workers."""
-    import subprocess
+    from tests.support.server import run_command, twistd
 
-    from tests.support.server import REPO, server_env, twistd
-
-    result = subprocess.run(
-        [twistd(), "-n", "--pidfile=", "inkflow", "--workers", "2", "--listen", f"unix:{tmp_path}/s.sock"],
-        env=server_env(),
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_command(
+        [twistd(), "-n", "--pidfile=", "inkflow", "--workers", "2", "--listen", f"unix:{tmp_path}/s.sock"]
     )
     assert result.returncode == 2
     assert "--workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1

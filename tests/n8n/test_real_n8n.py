@@ -16,8 +16,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,27 +28,13 @@ from tests.n8n.conftest import (
     N8n,
 )
 from tests.support.server import ServerProcess, multipart
+from tests.support.server import printing_server as inkflow
 
 pytestmark = pytest.mark.n8n
 
 MB10 = 10 * 1024 * 1024
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
 PDF_HEAD = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
-
-
-@contextmanager
-def inkflow(*args: str) -> Iterator[ServerProcess]:
-    """
-    An InkFlow in front of n8n; its output is printed when the test fails.
-    """
-    server = ServerProcess(*args).start()
-    try:
-        yield server
-    except BaseException:
-        print(server.output())
-        raise
-    finally:
-        server.stop()
 
 
 def chat_json(server: ServerProcess, value: dict[str, Any], timeout: float = 60.0) -> tuple[int, dict[str, str], Any]:

@@ -11,31 +11,17 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.n8n.conftest import STREAM_WORKFLOW, N8n
-from tests.support.server import ServerProcess
+from tests.support.server import printing_server as inkflow
 
 pytestmark = pytest.mark.n8n
 
 WAIT_SECONDS = 3.0
-
-
-@contextmanager
-def inkflow(*args: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args).start()
-    try:
-        yield server
-    except BaseException:
-        print(server.output())
-        raise
-    finally:
-        server.stop()
 
 
 def streamed_lines(

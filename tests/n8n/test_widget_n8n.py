@@ -19,7 +19,7 @@ import pytest
 from tests.n8n.conftest import ECHO_WORKFLOW, RESPONSE_NODES_WORKFLOW, N8n
 from tests.n8n.test_real_n8n import chat_json, inkflow
 from tests.support.browser import artifact, browser_missing, launch_browser
-from tests.support.widget_page import VENDOR, OwnerSite, owner_page
+from tests.support.widget_page import VENDOR, OwnerSite, owner_page, send_from_widget
 from tests.support.ws_client import BlockingWebSocket
 
 pytestmark = pytest.mark.n8n
@@ -121,11 +121,7 @@ def test_official_widget_in_response_nodes_mode(n8n: N8n) -> None:
                 page = context.new_page()
                 problems: list[Any] = []
                 page.on("pageerror", lambda e: problems.append(str(e)))
-                page.goto(owner.origin + "/")
-                box = page.locator("#n8n-chat textarea")
-                expect(box).to_be_visible(timeout=15_000)
-                box.fill("היי מהדפדפן")
-                box.press("Enter")
+                box = send_from_widget(page, owner.origin, "היי מהדפדפן")
                 bot = page.locator("#n8n-chat .chat-message-from-bot")
                 expect(bot.filter(has_text="שלום! כתבת: היי מהדפדפן")).to_have_count(1, timeout=TIMEOUT * 1000)
                 expect(bot.filter(has_text="איך קוראים לך?")).to_have_count(1, timeout=TIMEOUT * 1000)

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 from tests.support.server import REPO, ServerProcess
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "browser_missing",
     "launch_browser",
     "png_bytes",
+    "skip_without_browser",
     "start_inkflow",
 ]
 
@@ -75,6 +77,18 @@ def browser_missing() -> str | None:
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         return f"{CHROMIUM} is missing (run scripts/install-system-deps.sh browser)"
     return None
+
+
+def skip_without_browser() -> None:
+    """
+    Skip the calling test module (at import) when L{browser_missing} says
+    why the browser tests cannot run here.
+    """
+    import pytest
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(f"browser tests need Playwright and Chromium: {missing}", allow_module_level=True)
 
 
 @contextmanager
@@ -189,7 +203,7 @@ def _parse(content_type: str, body: bytes) -> tuple[dict[str, Any], tuple[Receiv
     return (value if isinstance(value, dict) else {"_value": value}), ()
 
 
-class FakeN8n:
+class FakeN8n(LoopbackHTTPServer):
     """
     A threaded stdlib HTTP server standing in for an n8n webhook, on a free
     loopback port.  Every POST is recorded; the answer is
@@ -206,11 +220,8 @@ class FakeN8n:
         self._changed = threading.Condition()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_POST(self) -> None:
                 body = _read_body(self)
@@ -232,13 +243,7 @@ class FakeN8n:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(Handler)
 
     def url(self, path: str = "/webhook/inkflow") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -273,15 +278,8 @@ class FakeN8n:
         with self._changed:
             return [r for r in self.requests if r.chat_input == text]
 
-    def __enter__(self) -> FakeN8n:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def _stopping(self) -> None:
         self._gate.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
 
 
 # -- test files -----------------------------------------------------------------

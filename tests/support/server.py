@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,38 @@ class ServerProcess:
             {"Content-Type": "application/json", **(headers or {})},
         )
         return status, got_headers, json.loads(data) if data else None
+
+
+@contextmanager
+def printing_server(*args: str) -> Iterator[ServerProcess]:
+    """
+    A started L{ServerProcess} with C{args}, stopped at the end; its output is
+    printed when the block fails.
+    """
+    server = ServerProcess(*args).start()
+    try:
+        yield server
+    except BaseException:
+        print(server.output())
+        raise
+    finally:
+        server.stop()
+
+
+def run_command(command: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{command} to its end in a clean server environment from the
+    checkout, its output captured as text; the exit status is the caller's to check.
+    """
+    return subprocess.run(
+        list(command),
+        env=server_env(),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def multipart(fields: dict[str, str], files: list[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:

@@ -48,7 +48,21 @@ def sink_for(method: bytes, path: bytes, headers: http.Headers, length: int | No
     return None
 
 
-class ChannelTests(TestCase):
+class _Connections:
+    """
+    For test cases with a C{self.site}: open a connection to it from 127.0.0.1.
+    """
+
+    site: InkFlowSite
+
+    def connect(self) -> tuple[InkFlowChannel, StringTransport]:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+
+class ChannelTests(_Connections, TestCase):
     """
     One site, connections driven by hand.
     """
@@ -58,12 +72,6 @@ class ChannelTests(TestCase):
         self.settings = Settings.defaults(max_connections=2, header_timeout=10.0, idle_timeout=60.0)
         self.resource = Echo()
         self.site = InkFlowSite(self.resource, self.settings, self.clock, sink_for)
-
-    def connect(self) -> tuple[InkFlowChannel, StringTransport]:
-        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-        channel.makeConnection(transport)
-        return channel, transport
 
     def test_request_answered_with_security_headers(self) -> None:
         """A plain GET is answered, with nosniff, CSP, X-Request-ID and no Twisted version."""
@@ -247,7 +255,7 @@ class _Pausing(Echo):
         return super().render(request)
 
 
-class HostileClientTests(TestCase):
+class HostileClientTests(_Connections, TestCase):
     """
     Issue 12: progress-based deadlines in both directions, strict framing.
     """
@@ -257,12 +265,6 @@ class HostileClientTests(TestCase):
         self.settings = Settings.defaults(header_timeout=10.0, idle_timeout=60.0, body_timeout=10.0, write_timeout=30.0)
         self.resource = Echo()
         self.site = InkFlowSite(self.resource, self.settings, self.clock, sink_for)
-
-    def connect(self) -> tuple[InkFlowChannel, StringTransport]:
-        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
-        channel.makeConnection(transport)
-        return channel, transport
 
     def test_stalled_chunked_body_gets_408_after_body_timeout(self) -> None:
         """A chunked head and then nothing: 408 after --body-timeout, then the connection is cut."""
