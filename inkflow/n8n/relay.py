@@ -31,7 +31,7 @@ from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from inkflow.n8n.response import BodyTooLarge, _CappedBody
+from inkflow.n8n.response import BodyTooLarge, drop_connection
 from inkflow.n8n.stream import (
     CAUSES,
     CLIENT_LEFT,
@@ -222,8 +222,7 @@ class StreamBody(Protocol):
         Drop n8n's connection (it never goes back to the pool).
         """
         self.state = "done"
-        # the capped reader's own abort: it only touches self.transport
-        _CappedBody.abort(self)  # type: ignore[arg-type]
+        drop_connection(self.transport)
 
 
 def open_body(response: IResponse, max_body: int, max_line: int = MAX_LINE_BYTES) -> Deferred[Any]:

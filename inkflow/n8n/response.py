@@ -31,6 +31,7 @@ __all__ = [
     "BodyTooLarge",
     "classify_failure",
     "decode_answer",
+    "drop_connection",
     "read_capped",
     "timed_out",
     "wraps_cancel",
@@ -92,14 +93,22 @@ class _CappedBody(Protocol):
             finished.errback(reason)
 
     def abort(self) -> None:
-        transport: Any = self.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.stopProducing()
+        drop_connection(self.transport)
+
+
+def drop_connection(transport: Any) -> None:
+    """
+    Drop the connection an answer's body arrives on (never back into the
+    pool): abort it, or stop its producer where there is no abort (test
+    transports).
+    """
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.stopProducing()
 
 
 def read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
