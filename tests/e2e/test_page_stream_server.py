@@ -581,11 +581,6 @@ async def test_a_question_sent_while_an_answer_streams_waits_its_turn(
 # -- list markers -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the chat log is an <ol>, so Chromium's UA style marks every answer list as nested "
-    "(a top-level list shows circles, a nested one squares)",
-)
 @pytest_twisted.ensureDeferred
 async def test_an_answers_lists_have_first_level_markers(
     ui: BrowserThread, fake: FakeN8n, open_page: Callable[..., ChatPage]
