@@ -13,6 +13,7 @@ the DOM.  Screenshots go to C{test-artifacts/page-server-*.png}.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 
-from tests.support.browser import artifact, browser_missing
+from tests.support.browser import artifact, browser_missing, png_bytes
 from tests.support.fake_n8n import FakeN8n, FakeStream, RecordedRequest, json_reply
 from tests.support.page_chat import DESKTOP, PHONE, BrowserThread, ChatPage, open_chat_page
 from tests.support.server import ServerProcess
@@ -600,3 +601,83 @@ async def test_an_answers_lists_have_first_level_markers(
         assert found == ["disc", "circle", "square"], found
 
     await ui.call(markers)
+
+
+# -- a file, and an empty answer --------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_with_a_file_gets_a_streamed_answer(
+    ui: BrowserThread, fake: FakeN8n, open_page: Callable[..., ChatPage]
+) -> None:
+    """
+    With a file attached the page posts multipart; n8n gets the file as sent
+    and its streamed answer shows part by part, as for a text message.
+    """
+    image = png_bytes()
+    chat = open_page()
+    page = chat.page
+    stream = fake.stream("/webhook/chat")
+
+    def attach_and_send() -> None:
+        page.locator("#chat-file-input").set_input_files(
+            [{"name": "תמונה.png", "mimeType": "image/png", "buffer": image}]
+        )
+        expect(page.locator("#chat-files .file-chip")).to_have_count(1)
+        chat.send("מה בתמונה?")
+
+    await ui.call(attach_and_send)
+    request: RecordedRequest = await stream.arrived.addTimeout(GUARD, reactor)
+    assert request.fields["chatInput"] == "מה בתמונה?", request.fields
+    [file] = request.files
+    assert file.sha256 == hashlib.sha256(image).hexdigest()
+    assert file.content_type == "image/png"
+    stream.send_line("begin", node="vision")
+    stream.send_line("item", "בתמונה: **ריבוע**", node="vision")
+
+    def first_part() -> None:
+        expect(chat.bot_bubbles().first.locator("strong")).to_have_text("ריבוע")
+        expect(page.locator("#chat-log .msg-user .msg-files .file-chip")).to_have_count(1)
+        assert "כחול" not in chat.bot_bubbles().first.inner_text()
+
+    await ui.call(first_part)
+    stream.send_line("item", " כחול.", node="vision")
+    stream.send_line("end", node="vision")
+    stream.finish()
+    await closed(stream)
+
+    def ended() -> None:
+        expect(chat.bot_bubbles().first).to_have_text("בתמונה: ריבוע כחול.")
+        expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
+        [post] = chat.chat_posts()
+        assert post.headers["content-type"].startswith("multipart/form-data")
+        assert streamed_response_headers(chat)["content-type"] == NDJSON
+        assert chat.problems() == []
+
+    await ui.call(ended)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_with_no_text_says_the_answer_was_empty(
+    ui: BrowserThread, fake: FakeN8n, open_page: Callable[..., ChatPage]
+) -> None:
+    """
+    A workflow that streams a run with no text (begin, end): the page says
+    the answer was empty rather than leaving nothing.
+    """
+    chat = open_page()
+    page = chat.page
+    stream = fake.stream("/webhook/chat")
+    await ask(ui, chat, stream, "ריק?")
+    stream.send_line("begin", node="agent")
+    stream.send_line("end", node="agent")
+    stream.finish()
+    await closed(stream)
+
+    def said_empty() -> None:
+        expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
+        expect(chat.bot_bubbles()).to_have_text(["(התקבלה תשובה ריקה)"])
+        expect(page.locator("#chat-log .msg-error")).to_have_count(0)
+        assert chat.problems() == []
+
+    await ui.call(said_empty)
