@@ -30,7 +30,7 @@ _missing = browser_missing()
 if _missing:
     pytest.skip(f"browser tests need Playwright and Chromium: {_missing}", allow_module_level=True)
 
-from playwright.sync_api import ViewportSize, expect  # noqa: E402
+from playwright.sync_api import FilePayload, ViewportSize, expect  # noqa: E402
 
 reactor: Any = _reactor
 
@@ -620,9 +620,8 @@ async def test_a_message_with_a_file_gets_a_streamed_answer(
     stream = fake.stream("/webhook/chat")
 
     def attach_and_send() -> None:
-        page.locator("#chat-file-input").set_input_files(
-            [{"name": "תמונה.png", "mimeType": "image/png", "buffer": image}]
-        )
+        picture: FilePayload = {"name": "תמונה.png", "mimeType": "image/png", "buffer": image}
+        page.locator("#chat-file-input").set_input_files([picture])
         expect(page.locator("#chat-files .file-chip")).to_have_count(1)
         chat.send("מה בתמונה?")
 
