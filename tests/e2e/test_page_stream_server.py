@@ -14,6 +14,7 @@ the DOM.  Screenshots go to C{test-artifacts/page-server-*.png}.
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -680,3 +681,51 @@ async def test_a_stream_with_no_text_says_the_answer_was_empty(
         assert chat.problems() == []
 
     await ui.call(said_empty)
+
+
+# -- the server restarting mid-answer ---------------------------------------------------
+
+#: InkFlow's error line when --drain-timeout ends a stream (inkflow/n8n/stream.py).
+DRAINED = "השרת עובר הפעלה מחדש והתשובה נעצרה. אפשר לנסות שוב בעוד רגע."
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_restart_mid_answer_keeps_it_going_then_says_so(ui: BrowserThread, fake: FakeN8n) -> None:
+    """
+    SIGTERM while an answer streams (a deploy): the answer goes on filling
+    during --drain-timeout, then InkFlow stops it with its error line; the
+    page keeps what came, says the server is restarting, and offers to send
+    the message again.
+    """
+    server = ServerProcess("--webhook", fake.url("/webhook/drain"), "--rate-limit", "0", "--drain-timeout", "1").start()
+    chat: ChatPage | None = None
+    try:
+        assert ui.browser is not None
+        chat = ui.run(open_chat_page, ui.browser, server.url("/"))
+        page = chat.page
+        stream = fake.stream("/webhook/drain")
+        await ask(ui, chat, stream, "ומה עכשיו?")
+        stream.send_line("begin", node="agent")
+        stream.send_line("item", "עדיין **כאן**", node="agent")
+        await ui.call(lambda: expect(chat.bot_bubbles().first.locator("strong")).to_have_text("כאן"))
+        server.send_signal(signal.SIGTERM)
+        server.wait_for("Draining", timeout=GUARD)
+        stream.send_line("item", " ועוד קצת", node="agent")
+        await ui.call(lambda: expect(chat.bot_bubbles().first).to_have_text("עדיין כאן ועוד קצת"))
+        assert await closed(stream) == "lost"
+
+        def stopped() -> None:
+            expect(page.locator("#chat-log .msg-error .bubble")).to_have_text([DRAINED])
+            expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
+            expect(page.locator("#chat-log .msg-streaming")).to_have_count(0)
+            expect(chat.bot_bubbles().first).to_have_text("עדיין כאן ועוד קצת")
+            expect(page.locator("#chat-log .msg-user .msg-meta")).to_contain_text("התשובה נקטעה")
+            expect(page.get_by_role("button", name="לשלוח שוב")).to_be_visible()
+            chat.screenshot(str(artifact("page-server-stream-drained.png")))
+            assert chat.problems() == []
+
+        await ui.call(stopped)
+    finally:
+        if chat is not None:
+            ui.run(chat.page.context.close)
+        server.stop()
