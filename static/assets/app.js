@@ -445,6 +445,8 @@ function deliver(text, files, item = addMessage("user", text, files)) {
         });
         meta.append(again);
       }
+      // InkFlow's own error line (a cut-off stream) is on screen already.
+      if (result.errorShown) return;
       addMessage("error", result.message);
       sayAnswer(result.message);
     });

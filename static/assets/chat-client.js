@@ -121,16 +121,23 @@ export class LineSplitter {
   }
 }
 
+// The nodeId of the error line InkFlow writes when it has to cut a stream off
+// (n8n dropped it, a deadline, a cap, a restart; docs/contract.md), then ends it.
+export const INKFLOW_NODE = "inkflow";
+
 // One streamed answer, line by line: begin / item / end drive one bubble per
 // node run (nodeId-runIndex); error lines are shown; keepalive and anything
 // else are ignored. hooks.onStream receives {type: "begin" | "item" | "end",
-// key, text} and {type: "error", message}.
+// key, text} and {type: "error", message}. After InkFlow's own error line the
+// answer is a cut-off one (result() says stream_interrupted), like a dropped
+// connection.
 export class StreamReply {
   constructor(hooks = {}) {
     this.hooks = hooks;
     this.runs = new Map();
     this.errors = [];
     this.lines = 0;
+    this.cutOff = null;
   }
 
   line(raw) {
@@ -160,6 +167,7 @@ export class StreamReply {
       this.lines += 1;
       const text = typeof message.content === "string" && message.content.trim() ? message.content : ERROR_MESSAGES.upstream_error;
       this.errors.push(text);
+      if (message.metadata?.nodeId === INKFLOW_NODE) this.cutOff ??= text;
       this.hooks.onStream?.({ type: "error", message: text });
     }
   }
@@ -170,8 +178,16 @@ export class StreamReply {
       .join("\n\n");
   }
 
-  result() {
+  // What arrived, as a successful answer.
+  summary() {
     return { ok: true, streamed: true, reply: this.reply, runs: Object.fromEntries(this.runs), errors: this.errors };
+  }
+
+  // The summary, or stream_interrupted (with it as partial) when InkFlow cut
+  // the answer off; errorShown: its error line was already given to onStream.
+  result() {
+    if (this.cutOff === null) return this.summary();
+    return { ...failure("stream_interrupted", this.cutOff), streamed: true, partial: this.summary(), errorShown: true };
   }
 }
 
@@ -362,7 +378,7 @@ export class ChatClient {
       for (const line of lines.end()) stream.line(line);
     } catch {
       reader.cancel().catch(() => undefined);
-      return { ...failure("stream_interrupted"), streamed: true, partial: stream.result() };
+      return { ...failure("stream_interrupted"), streamed: true, partial: stream.summary() };
     } finally {
       deadline.clear();
     }
