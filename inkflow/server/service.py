@@ -14,6 +14,7 @@ C{MultiService} of:
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,28 @@ from inkflow.web.uploads import upload_dir_problem
 __all__ = ["InkFlowService", "makeService"]
 
 log = Logger()
+
+#: CPython's garbage collector thresholds for a serving process (the default
+#: is 700, 10, 10).  Almost nothing a busy InkFlow allocates is cyclic
+#: garbage, yet with the defaults every few thousand allocations start a
+#: collection, and each full one walks the whole heap: 0.1-2.3 s pauses were
+#: measured while 2,000 streams ramped up.  Measured in one run
+#: (bench/stream.py, 1,000 streams, worst of 2 rounds): item lag p99 643 ms
+#: and /api/health p99 689 ms with the defaults, 109 ms and 113 ms with these
+#: and the freeze below, for less RSS growth (28 MB, not 32 MB).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """
+    Once the reactor runs: move everything made at start-up out of the
+    collector's sight (it lives as long as the process), and collect less
+    often.  Process-wide, so only a serving process calls it (from the
+    reactor's start, never at import).
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 #: Seconds the streams ended by drain get to flush their error line and end.
 STREAM_END_GRACE = 2.0
@@ -209,6 +232,7 @@ def makeService(
         WorkerSupervisor(settings, IReactorProcess(reactor)).setServiceParent(top)
         if install_signals:
             reactor.callWhenRunning(install_rotation_signals, reactor)
+        reactor.callWhenRunning(tune_gc)
         return top
 
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
@@ -265,4 +289,5 @@ def makeService(
         admin.setServiceParent(core)
     if install_signals:
         reactor.callWhenRunning(install_rotation_signals, reactor)
+    reactor.callWhenRunning(tune_gc)
     return top

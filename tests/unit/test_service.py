@@ -117,3 +117,25 @@ class UploadFolderCheckTests(TestCase):
     def test_world_writable_is_an_error(self) -> None:
         """Mode 0777: an error (the uploads refuse that folder)."""
         self.assertEqual(self.start_with_mode(0o777), [LogLevel.error])
+
+
+class GarbageCollectorTests(TestCase):
+    """
+    The serving process tunes the garbage collector once its reactor runs, never at build time.
+    """
+
+    def test_tuned_when_the_reactor_runs(self) -> None:
+        """makeService leaves gc alone; the reactor's start freezes start-up objects and raises the thresholds."""
+        import gc
+
+        from inkflow.server import service as service_module
+
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        reactor = MemoryReactorClock()
+        makeService(Settings.defaults(upload_dir=temp_path(self)), reactor, install_signals=False)
+        self.assertEqual(gc.get_threshold(), before)
+        reactor.run()  # MemoryReactor runs its when-running hooks
+        self.assertEqual(gc.get_threshold(), service_module.GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 0)
