@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import tracemalloc
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from inkflow.n8n.client import (
     make_http_client,
 )
 from inkflow.settings import Settings
+from tests.unit.helpers import pinned
 
 URL_A = "http://n8n-a.test:5678/webhook/chat"
 URL_B = "http://n8n-b.test:5678/webhook/chat"
@@ -556,6 +559,37 @@ class ForwardResponseTests(ForwarderTestsMixin, TestCase):
         forwarder = self.make(max_response_bytes=100)
         self.agent.default = respond(body=b"{}", length=10_000)
         self.assertEqual(self.failureResultOf(self.send(forwarder), ApiError).value.code, "upstream_error")
+
+    @pinned("treq's ContentDecoderAgent asks n8n for gzip")
+    def test_asks_for_identity_encoding(self) -> None:
+        """
+        InkFlow asks n8n for an uncompressed answer (C{Accept-Encoding:
+        identity}): its answer cap counts the bytes as they come.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual(self.agent.calls[0].headers.getRawHeaders(b"Accept-Encoding"), [b"identity"])
+
+    @pinned("treq's ContentDecoderAgent inflates a gzip answer before the cap applies")
+    def test_gzip_answer_is_not_inflated(self) -> None:
+        """
+        A gzip answer (sent although InkFlow asked for identity) is a 502,
+        not retried, and is never inflated: a 50 MB bomb in 50 KB allocates
+        nothing near its inflated size.
+        """
+        forwarder = self.make(webhook=(URL_A, URL_B), retries=2)
+        bomb = gzip.compress(b"0" * (50 * 1024 * 1024), compresslevel=9)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        self.agent.default = respond(body=bomb, headers=headers)
+        tracemalloc.start()
+        try:
+            error = self.failureResultOf(self.send(forwarder), ApiError).value
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual((error.status, error.code), (502, "upstream_error"))
+        self.assertEqual(len(self.agent.calls), 1)
+        self.assertLess(peak, 5 * 1024 * 1024)
 
     def test_500_not_retried_by_default(self) -> None:
         """
