@@ -29,8 +29,11 @@ from inkflow.n8n.retry import CONNECT, INVALID, LOST, TOO_LARGE, Outcome
 __all__ = [
     "AttemptTimedOut",
     "BodyTooLarge",
+    "EncodedAnswer",
     "classify_failure",
     "decode_answer",
+    "drop_body",
+    "is_encoded",
     "read_capped",
     "timed_out",
     "wraps_cancel",
@@ -40,6 +43,13 @@ __all__ = [
 class BodyTooLarge(Exception):
     """
     The response body is over the limit.
+    """
+
+
+class EncodedAnswer(Exception):
+    """
+    n8n answered in a content encoding (gzip...) although InkFlow asked for
+    identity: the answer is not read (inflating it could take any memory).
     """
 
 
@@ -116,15 +126,32 @@ def read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
 
     deliver = cast(Any, response).deliverBody
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        protocol = _CappedBody(Deferred(), limit)
-        deliver(protocol)
-        protocol.finished = None
-        protocol.abort()
+        drop_body(response)
         return fail(BodyTooLarge())
     finished: Deferred[bytes] = Deferred(cancel)
     protocol = _CappedBody(finished, limit)
     deliver(protocol)
     return finished
+
+
+def is_encoded(headers: Headers) -> bool:
+    """
+    Whether C{headers} name a content encoding other than identity.
+    """
+    values = headers.getRawHeaders(b"content-encoding")
+    if not values:
+        return False
+    return any(coding.strip().lower() not in (b"", b"identity") for value in values for coding in value.split(b","))
+
+
+def drop_body(response: IResponse) -> None:
+    """
+    Read nothing of C{response}'s body: drop the connection.
+    """
+    protocol = _CappedBody(Deferred(), 0)
+    protocol.finished = None  # whatever arrives is ignored
+    cast(Any, response).deliverBody(protocol)
+    protocol.abort()
 
 
 def wraps_cancel(failure: Failure) -> bool:
@@ -162,6 +189,8 @@ def classify_failure(failure: Failure) -> Outcome:
         return Outcome(LOST, error="connection closed during the answer")
     if failure.check(BodyTooLarge):
         return Outcome(TOO_LARGE, error="answer too large")
+    if failure.check(EncodedAnswer):
+        return Outcome(INVALID, error="answer in a content encoding")
     return Outcome(INVALID, error=f"unexpected: {name}")
 
 
