@@ -30,12 +30,22 @@ from treq.cookies import IndexableCookieJar
 from twisted.internet import task
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
 
 from inkflow import __version__
 from inkflow.chat import ChatMessage
@@ -150,6 +160,39 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The endpoints of twisted.web's agent (TCP for http, TLS for https), each
+    built once per scheme, host and port: the agent asks for one on every
+    request, and building a C{HostnameEndpoint} (IDNA-encoding its host)
+    cost 4 % of a proxied chat.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._built: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._built.get(key)
+        if endpoint is None:
+            endpoint = self._built[key] = self._build(uri)
+        return endpoint
+
+    def _build(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
 def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     Build the HTTP client for n8n over its own persistent connection pool
@@ -169,7 +212,7 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).
     connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout), pool=pool)
     return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
 
 

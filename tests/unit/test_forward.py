@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
@@ -32,10 +33,12 @@ from twisted.logger import ILogObserver, Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
+    URI,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseNeverReceived,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
@@ -47,6 +50,7 @@ from inkflow.n8n.client import (
     POOL_IDLE_TIMEOUT,
     Forwarder,
     ForwardResult,
+    _Endpoints,
     make_http_client,
 )
 from inkflow.settings import Settings
@@ -994,6 +998,20 @@ class MakeHttpClientTests(TestCase):
         self.assertLess(pool.cachedConnectionTimeout, 5)
         self.assertEqual(pool.cachedConnectionTimeout, POOL_IDLE_TIMEOUT)
         self.assertFalse(pool.retryAutomatically)
+
+    def test_endpoints_built_once(self) -> None:
+        """
+        The agent's endpoint for a webhook's scheme, host and port is built
+        once and reused; https gets TLS; another scheme is refused.
+        """
+        endpoints = _Endpoints(MemoryReactorClock(), 2.5)
+        first = endpoints.endpointForURI(URI.fromBytes(URL_A.encode()))
+        self.assertIs(endpoints.endpointForURI(URI.fromBytes(URL_A.encode() + b"?x=1")), first)
+        self.assertIsInstance(first, HostnameEndpoint)
+        self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(URL_B.encode())), first)
+        secure = endpoints.endpointForURI(URI.fromBytes(b"https://n8n.test/webhook/chat"))
+        self.assertNotIsInstance(secure, HostnameEndpoint)
+        self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://n8n.test/x"))
 
     def test_connections_are_not_logged(self) -> None:
         """
