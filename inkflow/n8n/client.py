@@ -363,7 +363,8 @@ class Forwarder:
             is reached or the last attempt timed out; C{internal_error} when
             an uploaded file cannot be read.
         """
-        idempotency_key = message.idempotency_key or uuid.uuid4().hex
+        # The request id is unguessable and unique: the generated key (one random draw, not two).
+        idempotency_key = message.idempotency_key or message.request_id
         tried: set[int] = set()
         attempt = 0
         index = self._policy.pick_url(0, self._available())

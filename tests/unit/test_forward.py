@@ -353,6 +353,15 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(call.header("X-N8N-Auth"), SECRET)
         self.assertIsNone(call.header("Cookie"))
 
+    def test_generated_key_is_the_request_id(self) -> None:
+        """
+        Without a client key, the Idempotency-Key is the (unguessable)
+        request id: one random draw per chat, not two.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder, message("0123abcd")))
+        self.assertEqual(self.agent.calls[0].header("Idempotency-Key"), "0123abcd")
+
     def test_idempotency_key_differs_per_message(self) -> None:
         """
         Two messages get two different Idempotency-Keys.
