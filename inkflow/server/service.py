@@ -14,6 +14,7 @@ C{MultiService} of:
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -81,6 +82,7 @@ class InkFlowService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.reactor.callWhenRunning(freeze_startup_objects)
         os.makedirs(self.settings.upload_dir, mode=0o700, exist_ok=True)
         problem = upload_dir_problem(self.settings.upload_dir)
         if problem is not None and problem[0] == "refuse":
@@ -145,6 +147,21 @@ class InkFlowService(service.MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._drain())
+
+
+def freeze_startup_objects() -> None:
+    """
+    Move everything built at start-up (modules, the app, settings: about 75,000
+    objects) out of the garbage collector's sight (C{gc.freeze}).
+
+    Under load, every young collection finds the objects of the requests in
+    flight alive and promotes them, so a full collection comes about once a
+    second, and each walked every start-up object again: 40 ms a time, about
+    a tenth of the CPU of a proxied chat.  Frozen objects are never collected
+    (nothing built at start-up is garbage); what requests allocate still is.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRequest], None]:

@@ -5,6 +5,7 @@ C{MemoryReactorClock} (nothing listens for real).
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.service import IServiceCollection
@@ -12,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
-from inkflow.server.service import InkFlowService, makeService
+from inkflow.server.service import InkFlowService, freeze_startup_objects, makeService
 from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
 from tests.support.processes import ProcessClock
@@ -35,6 +36,22 @@ class MakeServiceTests(TestCase):
         (port, _factory, _backlog, interface) = reactor.tcpServers[0]
         self.assertEqual((port, interface), (8123, "127.0.0.1"))
         self.successResultOf(top.stopService())
+
+    def test_start_up_objects_frozen_once_running(self) -> None:
+        """
+        Once the reactor runs, what start-up built is moved out of the
+        collector's sight (C{gc.freeze}): full collections under load then walk
+        only what requests allocated.
+        """
+        reactor = MemoryReactorClock()
+        top = makeService(self.settings(), reactor, install_signals=False)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertIn(freeze_startup_objects, [hook for hook, _, _ in reactor.whenRunningHooks])
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        freeze_startup_objects()
+        self.assertGreater(gc.get_freeze_count(), 1000)
 
     def test_shutdown_delay_keeps_listening_not_ready(self) -> None:
         """With --shutdown-delay, a stop first turns readiness off and keeps the port open for the delay."""
