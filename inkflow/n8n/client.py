@@ -20,7 +20,7 @@ import random as _random
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookiejar import Cookie
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -57,7 +57,7 @@ from inkflow.n8n.response import (
     AttemptTimedOut,
     EncodedAnswer,
     classify_failure,
-    decode_answer,
+    decode_answer_exact,
     drop_body,
     is_encoded,
     read_capped,
@@ -129,12 +129,15 @@ class ForwardResult:
     @ivar status: the HTTP status to send the client (n8n's 2xx).
     @ivar attempts: how many attempts it took.
     @ivar url_index: which webhook URL answered.
+    @ivar raw: n8n's own bytes for C{body}, when they may be sent unchanged
+        (see L{inkflow.n8n.response.decode_answer_exact}); else C{None}.
     """
 
     body: Any
     status: int
     attempts: int
     url_index: int
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class _NoCookies(IndexableCookieJar):
@@ -568,11 +571,11 @@ class Forwarder:
                 body=value, status=status, attempts=attempt + 1, url_index=index
             )
         try:
-            value = decode_answer(headers, body)
+            value, raw = decode_answer_exact(headers, body)
         except ValueError:
             return Outcome(INVALID, status=status, error="answer is not JSON or text"), None
         return Outcome(OK, status=status), ForwardResult(
-            body=value, status=status, attempts=attempt + 1, url_index=index
+            body=value, status=status, attempts=attempt + 1, url_index=index, raw=raw
         )
 
     def _dropped(self, index: int, error: str) -> None:

@@ -7,6 +7,7 @@ body into the value sent to the client.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -32,6 +33,7 @@ __all__ = [
     "EncodedAnswer",
     "classify_failure",
     "decode_answer",
+    "decode_answer_exact",
     "drop_body",
     "is_encoded",
     "read_capped",
@@ -215,6 +217,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Infinite(Exception):
+    """
+    A number beyond a float's range: valid JSON text, but not sent as is.
+    """
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (_INF, -_INF):
+        raise _Infinite()
+    return number
+
+
+_INF = float("inf")
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_LOOSE_DECODE = json.JSONDecoder(parse_constant=_reject_constant)
+#: A \uD800-\uDFFF escape: half of a surrogate pair (or a lone one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_answer(headers: Headers, body: bytes) -> Any:
     """
     The value to send the client for a non-empty 2xx body: JSON as is, text
@@ -222,10 +244,34 @@ def decode_answer(headers: Headers, body: bytes) -> Any:
 
     @raise ValueError: the body is neither JSON nor text.
     """
+    return decode_answer_exact(headers, body)[0]
+
+
+def decode_answer_exact(headers: Headers, body: bytes) -> tuple[Any, bytes | None]:
+    """
+    Like L{decode_answer}, and also C{body} itself when it is JSON that may
+    be sent on unchanged: UTF-8, no surrogate escape, no number beyond a
+    float's range (what re-encoding the value would refuse or change into
+    something else).  The client then gets n8n's own bytes, and InkFlow
+    spends no time writing them again.
+
+    @return: the value, and the bytes to send (C{None}: encode the value).
+    @raise ValueError: the body is neither JSON nor text.
+    """
     media, charset = _media_type(headers)
     if media in ("", "application/json") or media.endswith("+json"):
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        exact = text is not None and json.detect_encoding(body) == "utf-8" and not _SURROGATE_ESCAPE.search(body)
+        try:
+            if text is not None and exact:
+                try:
+                    return _DECODE.decode(text), body
+                except _Infinite:
+                    return _LOOSE_DECODE.decode(text), None
+            return json.loads(body, parse_constant=_reject_constant), None
         except RecursionError:
             raise ValueError("nested too deeply") from None
         except ValueError:
@@ -235,6 +281,6 @@ def decode_answer(headers: Headers, body: bytes) -> Any:
             text = body.decode(charset or "utf-8", errors="replace")
         except LookupError:  # an unknown charset
             text = body.decode("utf-8", errors="replace")
-        return {"output": text}
+        return {"output": text}, None
     # Some other type: pass it on only if it is UTF-8 text.
-    return {"output": body.decode("utf-8")}
+    return {"output": body.decode("utf-8")}, None

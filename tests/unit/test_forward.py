@@ -504,6 +504,29 @@ class ForwardResponseTests(ForwarderTestsMixin, TestCase):
             result, ForwardResult(body={"output": "ש", "extra": [1, 2]}, status=201, attempts=1, url_index=0)
         )
 
+    def test_json_bytes_kept_when_exact(self) -> None:
+        """
+        n8n's JSON bytes come with the value when they may be sent unchanged;
+        not when re-encoding would change or refuse them (a surrogate escape,
+        a number beyond a float's range, a byte-order mark, UTF-16), nor for
+        text made into C{{"output"}}.
+        """
+        forwarder = self.make()
+        exact = b'{"output": "\xd7\xa9", "n": [1.5, 2]}'
+        self.agent.default = respond(body=exact)
+        result = self.successResultOf(self.send(forwarder))
+        self.assertEqual((result.body, result.raw), ({"output": "ש", "n": [1.5, 2]}, exact))
+        for body, value in (
+            (b'{"output": "\\ud83d\\ude00"}', {"output": "\U0001f600"}),
+            (b'{"output": 1e999}', {"output": float("inf")}),
+            (b'\xef\xbb\xbf{"output": "x"}', {"output": "x"}),
+            ('{"output": "x"}'.encode("utf-16-le"), {"output": "x"}),
+            (b"not json {", {"output": "not json {"}),
+        ):
+            self.agent.default = respond(body=body)
+            result = self.successResultOf(self.send(forwarder))
+            self.assertEqual((result.body, result.raw), (value, None), body)
+
     def test_any_json_value(self) -> None:
         """
         Any JSON value (list, string, number) is passed through.
