@@ -29,7 +29,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
@@ -441,6 +441,18 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         failure = self.failureResultOf(self.send(forwarder, message(files=(gone,))), ApiError)
         self.assertEqual(failure.value.code, "internal_error")
         self.assertEqual(self.agent.calls, [])
+
+    def test_answered_attempt_logged_at_debug_only(self) -> None:
+        """
+        An answered attempt is logged (at debug) only when C{--log-level} is
+        debug: otherwise its event is not even built.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual(self.events, [])
+        forwarder = self.make(log_level="debug")
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual([(e["log_level"], e["outcome"]) for e in self.events], [(LogLevel.debug, "ok")])
 
     def test_logs_hold_no_secrets(self) -> None:
         """

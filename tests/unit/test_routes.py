@@ -12,6 +12,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
 from inkflow.chat import ChatMessage
@@ -162,6 +163,18 @@ class RouteTests(TestCase):
         self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["application/json; charset=utf-8"])
         _, headers, body = self.post(stub, {"message": "hi"})
         self.assertEqual(body, {"output": "ש", "n": 1, "sessionId": headers.getRawHeaders("X-Session-ID")[0]})
+
+    def test_chat_answered_line_only_at_debug(self) -> None:
+        """
+        The per-chat "answered" line is debug (the access line records every
+        answer), and not even built below C{--log-level debug}.
+        """
+        for level, expected in (("info", []), ("debug", [LogLevel.debug])):
+            _, stub = make_app(self, FakeForwarder(), log_level=level)
+            with capturedLogs() as events:
+                self.assertEqual(self.post(stub, {"message": "hi", "sessionId": "s"})[0], 200)
+            answered = [e["log_level"] for e in events if "answered" in e.get("log_format", "")]
+            self.assertEqual(answered, expected)
 
     def test_chat_upstream_error_is_json(self) -> None:
         """A forwarder failure becomes the contract's JSON error."""
