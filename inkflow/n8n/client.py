@@ -5,7 +5,13 @@ failover, circuit breakers, timeouts and a bounded response.
 The policy lives in L{inkflow.n8n.retry} and L{inkflow.n8n.breaker} (pure); this module
 does the I/O.  Time and network are parameters: a L{Forwarder} takes an
 L{IReactorTime} and a treq L{HTTPClient} (built by L{make_http_client} in
-production, over a fake agent in tests).
+production, over a fake agent in tests), or the agent itself.
+
+Requests go to the client's agent directly, not through C{HTTPClient.request}:
+that wraps every request in a C{ContentDecoderAgent}, which asks n8n for gzip
+and inflates the answer before InkFlow's answer cap can count it (a 400 KB
+bomb cost 130 MB), plus a C{CookieAgent} and a response wrapper per request.
+InkFlow asks for C{Accept-Encoding: identity} and refuses an encoded answer.
 """
 
 from __future__ import annotations
@@ -14,20 +20,32 @@ import random as _random
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookiejar import Cookie
 from typing import Any, BinaryIO, Protocol, cast
 
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import task
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
+from zope.interface import implementer
 
 from inkflow import __version__
 from inkflow.chat import ChatMessage
@@ -35,7 +53,17 @@ from inkflow.errors import ApiError, json_bytes
 from inkflow.n8n.breaker import OPEN, CircuitBreaker
 from inkflow.n8n.multipart import BytesProducer, MultipartStream
 from inkflow.n8n.relay import StreamBody, open_body
-from inkflow.n8n.response import AttemptTimedOut, classify_failure, decode_answer, read_capped, timed_out, wraps_cancel
+from inkflow.n8n.response import (
+    AttemptTimedOut,
+    EncodedAnswer,
+    classify_failure,
+    decode_answer_exact,
+    drop_body,
+    is_encoded,
+    read_capped,
+    timed_out,
+    wraps_cancel,
+)
 from inkflow.n8n.retry import (
     CANCELLED,
     CONNECT,
@@ -75,6 +103,9 @@ MAX_CONNECT_TIMEOUT = 5.0
 
 USER_AGENT = f"InkFlow/{__version__}"
 
+#: What InkFlow accepts from n8n, in order of preference.
+ACCEPT = b"application/json, text/plain;q=0.9, */*;q=0.1"
+
 
 class _Time(Protocol):
     """
@@ -98,12 +129,15 @@ class ForwardResult:
     @ivar status: the HTTP status to send the client (n8n's 2xx).
     @ivar attempts: how many attempts it took.
     @ivar url_index: which webhook URL answered.
+    @ivar raw: n8n's own bytes for C{body}, when they may be sent unchanged
+        (see L{inkflow.n8n.response.decode_answer_exact}); else C{None}.
     """
 
     body: Any
     status: int
     attempts: int
     url_index: int
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class _NoCookies(IndexableCookieJar):
@@ -129,6 +163,39 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """
+    The endpoints of twisted.web's agent (TCP for http, TLS for https), each
+    built once per scheme, host and port: the agent asks for one on every
+    request, and building a C{HostnameEndpoint} (IDNA-encoding its host)
+    cost 4 % of a proxied chat.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._built: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._built.get(key)
+        if endpoint is None:
+            endpoint = self._built[key] = self._build(uri)
+        return endpoint
+
+    def _build(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
 def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     Build the HTTP client for n8n over its own persistent connection pool
@@ -136,8 +203,8 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
 
     @param reactor: provides C{IReactorTCP}, C{IReactorTime} and name
         resolution (the real reactor).
-    @return: the client, and the pool (call C{closeCachedConnections()} on
-        shutdown).
+    @return: the client (the L{Forwarder} sends through its agent), and the
+        pool (call C{closeCachedConnections()} on shutdown).
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
@@ -148,8 +215,49 @@ def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTP
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).
     connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, connect_timeout), pool=pool)
     return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
+
+
+@dataclass(frozen=True)
+class _Target:
+    """
+    One webhook URL, ready to send to.
+
+    @ivar url: the URL as sent (encoded as treq encodes it).
+    @ivar headers: the headers every request to it carries (C{Host}, what
+        InkFlow accepts, C{User-Agent}, C{--webhook-header}).
+    """
+
+    url: bytes
+    headers: dict[bytes, list[bytes]]
+
+
+def _target(url: str, extra_headers: tuple[tuple[str, str], ...]) -> _Target:
+    encoded = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+    built = Headers()
+    built.setRawHeaders(b"Accept", [ACCEPT])
+    # An answer in a content encoding would be inflated before the cap counts it.
+    built.setRawHeaders(b"Accept-Encoding", [b"identity"])
+    built.setRawHeaders(b"User-Agent", [USER_AGENT.encode("ascii")])
+    for name, value in extra_headers:
+        built.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+    if not built.hasHeader(b"Host"):
+        # Set here, the agent need not copy every request's headers to add it.
+        built.setRawHeaders(b"Host", [_host_value(URI.fromBytes(encoded))])
+    return _Target(encoded, {name: list(values) for name, values in built.getAllRawHeaders()})
+
+
+def _host_value(uri: URI) -> bytes:
+    """
+    The C{Host} header for C{uri}, as twisted.web's agent writes it.
+    """
+    host = uri.host
+    if isIPv6Address(host.decode("ascii")):
+        host = b"[" + host + b"]"
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, uri.port)
 
 
 class Forwarder:
@@ -165,7 +273,7 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        client: HTTPClient,
+        client: HTTPClient | IAgent,
         clock: IReactorTime,
         random: Callable[[], float] = _random.random,
         *,
@@ -179,8 +287,10 @@ class Forwarder:
     ) -> None:
         """
         @param settings: C{webhook}, C{webhook_header}, C{attempt_timeout},
-            C{retries} and C{retry_on} are used.
-        @param client: the HTTP client (see L{make_http_client}).
+            C{retries}, C{retry_on}, the breaker options and C{log_level}
+            are used.
+        @param client: the HTTP client (see L{make_http_client}), whose agent
+            requests are sent through; or that agent.
         @param clock: for timeouts and backoff waits.
         @param random: returns a float in M{[0, 1)}, for the backoff jitter.
         @param observer: called once per attempt with (url_index, outcome
@@ -192,9 +302,14 @@ class Forwarder:
             raise ValueError("a Forwarder needs at least one webhook URL")
         self.urls: tuple[str, ...] = tuple(settings.webhook)
         self._shown_urls = tuple(redact_url(u) for u in self.urls)
-        self._extra_headers = tuple(settings.webhook_header)
+        # Built once: the URL bytes as treq would send them, and the headers
+        # every request to that URL carries.
+        self._targets = tuple(_target(url, settings.webhook_header) for url in self.urls)
         self._attempt_timeout = settings.attempt_timeout
-        self._client = client
+        # A debug line costs its event even when the observer drops it (3 %
+        # of a proxied chat for two of them): written only at --log-level debug.
+        self._debug = settings.log_level == "debug"
+        self._agent: IAgent = client._agent if isinstance(client, HTTPClient) else client
         self._clock: _Time = clock
         self._timer = clock
         self._random = random
@@ -255,7 +370,8 @@ class Forwarder:
             is reached or the last attempt timed out; C{internal_error} when
             an uploaded file cannot be read.
         """
-        idempotency_key = message.idempotency_key or uuid.uuid4().hex
+        # The request id is unguessable and unique: the generated key (one random draw, not two).
+        idempotency_key = message.idempotency_key or message.request_id
         plan = self._policy.plan(deadline)
         index = plan.start(self._available())
         if index is None:
@@ -306,17 +422,13 @@ class Forwarder:
         }.get(outcome.kind, f"n8n answered {outcome.status}")
         return ApiError("upstream_error", detail)
 
-    def _headers(self, message: ChatMessage, idempotency_key: str, content_type: bytes) -> Headers:
-        headers = Headers()
-        headers.setRawHeaders(b"Content-Type", [content_type])
-        headers.setRawHeaders(b"Accept", [b"application/json, text/plain;q=0.9, */*;q=0.1"])
-        headers.setRawHeaders(b"User-Agent", [USER_AGENT.encode("ascii")])
-        headers.setRawHeaders(b"X-Request-ID", [message.request_id.encode("latin-1", "replace")])
-        headers.setRawHeaders(b"Idempotency-Key", [idempotency_key.encode("ascii")])
+    def _headers(self, index: int, message: ChatMessage, idempotency_key: str, content_type: bytes) -> Headers:
+        headers = Headers(self._targets[index].headers)
+        headers.addRawHeader(b"Content-Type", content_type)
+        headers.addRawHeader(b"X-Request-ID", message.request_id.encode("latin-1", "replace"))
+        headers.addRawHeader(b"Idempotency-Key", idempotency_key.encode("ascii"))
         for name, value in message.forward_headers:
             headers.addRawHeader(name.encode("ascii"), value.encode("latin-1", "replace"))
-        for name, value in self._extra_headers:
-            headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
         return headers
 
     def _body(self, message: ChatMessage, files: ExitStack) -> tuple[IBodyProducer, bytes]:
@@ -339,22 +451,20 @@ class Forwarder:
         return cast(IBodyProducer, producer), b"multipart/form-data; boundary=" + boundary
 
     async def _exchange(
-        self, url: str, headers: Headers, producer: IBodyProducer, stream: bool
+        self, index: int, headers: Headers, producer: IBodyProducer, stream: bool
     ) -> tuple[int, Headers, bytes | StreamBody]:
         """
         One request and its whole (capped) response body; with C{stream}, a
         2xx body's opening only when it is a stream.
+
+        @raise EncodedAnswer: a 2xx answer in a C{Content-Encoding} (InkFlow
+            asked for identity); it is not read.
         """
-        response = await self._client.request(
-            "POST",
-            url,
-            headers=headers,
-            data=cast(Any, producer),
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=cast(Any, self._clock),
-        )
+        response = await self._agent.request(b"POST", self._targets[index].url, headers, producer)
         body: bytes | StreamBody
+        if 200 <= response.code < 300 and is_encoded(response.headers):
+            drop_body(response)
+            raise EncodedAnswer()
         if stream and 200 <= response.code < 300:
             body = await open_body(response, self._max_response_bytes)
         else:
@@ -371,7 +481,6 @@ class Forwarder:
 
         @raise CancelledError: the caller cancelled the forwarding.
         """
-        url = self.urls[index]
         breaker = self._breakers[index]
         outcome = Outcome(CANCELLED)
         result: ForwardResult | StreamStart | None = None
@@ -389,7 +498,9 @@ class Forwarder:
             breaker.begin(started)
             try:
                 exchange = ensureDeferred(
-                    self._exchange(url, self._headers(message, idempotency_key, content_type), producer, stream)
+                    self._exchange(
+                        index, self._headers(index, message, idempotency_key, content_type), producer, stream
+                    )
                 )
                 exchange.addTimeout(budget, self._timer, onTimeoutCancel=timed_out)
                 try:
@@ -403,7 +514,7 @@ class Forwarder:
                     if wraps_cancel(failure):
                         raise CancelledError() from None
                     outcome = classify_failure(failure)
-                    if outcome.kind == INVALID:
+                    if outcome.kind == INVALID and not failure.check(EncodedAnswer):
                         self.log.failure(
                             "Unexpected error forwarding {request_id}",
                             failure=failure,
@@ -448,11 +559,11 @@ class Forwarder:
                 body=value, status=status, attempts=attempt + 1, url_index=index
             )
         try:
-            value = decode_answer(headers, body)
+            value, raw = decode_answer_exact(headers, body)
         except ValueError:
             return Outcome(INVALID, status=status, error="answer is not JSON or text"), None
         return Outcome(OK, status=status), ForwardResult(
-            body=value, status=status, attempts=attempt + 1, url_index=index
+            body=value, status=status, attempts=attempt + 1, url_index=index, raw=raw
         )
 
     def _dropped(self, index: int, error: str) -> None:
@@ -478,6 +589,8 @@ class Forwarder:
                 self._observer(index, outcome.label, seconds)
             except Exception:
                 self.log.failure("Attempt observer failed")
+        if outcome.kind == OK and not self._debug:
+            return
         fields = {
             "request_id": message.request_id,
             "attempt": attempt + 1,

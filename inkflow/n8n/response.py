@@ -7,6 +7,7 @@ body into the value sent to the client.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -29,9 +30,13 @@ from inkflow.n8n.retry import CONNECT, INVALID, LOST, TOO_LARGE, Outcome
 __all__ = [
     "AttemptTimedOut",
     "BodyTooLarge",
+    "EncodedAnswer",
     "classify_failure",
     "decode_answer",
+    "decode_answer_exact",
+    "drop_body",
     "drop_connection",
+    "is_encoded",
     "read_capped",
     "timed_out",
     "wraps_cancel",
@@ -41,6 +46,13 @@ __all__ = [
 class BodyTooLarge(Exception):
     """
     The response body is over the limit.
+    """
+
+
+class EncodedAnswer(Exception):
+    """
+    n8n answered in a content encoding (gzip...) although InkFlow asked for
+    identity: the answer is not read (inflating it could take any memory).
     """
 
 
@@ -125,15 +137,32 @@ def read_capped(response: IResponse, limit: int) -> Deferred[bytes]:
 
     deliver = cast(Any, response).deliverBody
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        protocol = _CappedBody(Deferred(), limit)
-        deliver(protocol)
-        protocol.finished = None
-        protocol.abort()
+        drop_body(response)
         return fail(BodyTooLarge())
     finished: Deferred[bytes] = Deferred(cancel)
     protocol = _CappedBody(finished, limit)
     deliver(protocol)
     return finished
+
+
+def is_encoded(headers: Headers) -> bool:
+    """
+    Whether C{headers} name a content encoding other than identity.
+    """
+    values = headers.getRawHeaders(b"content-encoding")
+    if not values:
+        return False
+    return any(coding.strip().lower() not in (b"", b"identity") for value in values for coding in value.split(b","))
+
+
+def drop_body(response: IResponse) -> None:
+    """
+    Read nothing of C{response}'s body: drop the connection.
+    """
+    protocol = _CappedBody(Deferred(), 0)
+    protocol.finished = None  # whatever arrives is ignored
+    cast(Any, response).deliverBody(protocol)
+    protocol.abort()
 
 
 def wraps_cancel(failure: Failure) -> bool:
@@ -171,6 +200,8 @@ def classify_failure(failure: Failure) -> Outcome:
         return Outcome(LOST, error="connection closed during the answer")
     if failure.check(BodyTooLarge):
         return Outcome(TOO_LARGE, error="answer too large")
+    if failure.check(EncodedAnswer):
+        return Outcome(INVALID, error="answer in a content encoding")
     return Outcome(INVALID, error=f"unexpected: {name}")
 
 
@@ -195,6 +226,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Infinite(Exception):
+    """
+    A number beyond a float's range: valid JSON text, but not sent as is.
+    """
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (_INF, -_INF):
+        raise _Infinite()
+    return number
+
+
+_INF = float("inf")
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_LOOSE_DECODE = json.JSONDecoder(parse_constant=_reject_constant)
+#: A \uD800-\uDFFF escape: half of a surrogate pair (or a lone one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_answer(headers: Headers, body: bytes) -> Any:
     """
     The value to send the client for a non-empty 2xx body: JSON as is, text
@@ -202,10 +253,34 @@ def decode_answer(headers: Headers, body: bytes) -> Any:
 
     @raise ValueError: the body is neither JSON nor text.
     """
+    return decode_answer_exact(headers, body)[0]
+
+
+def decode_answer_exact(headers: Headers, body: bytes) -> tuple[Any, bytes | None]:
+    """
+    Like L{decode_answer}, and also C{body} itself when it is JSON that may
+    be sent on unchanged: UTF-8, no surrogate escape, no number beyond a
+    float's range (what re-encoding the value would refuse or change into
+    something else).  The client then gets n8n's own bytes, and InkFlow
+    spends no time writing them again.
+
+    @return: the value, and the bytes to send (C{None}: encode the value).
+    @raise ValueError: the body is neither JSON nor text.
+    """
     media, charset = _media_type(headers)
     if media in ("", "application/json") or media.endswith("+json"):
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        exact = text is not None and json.detect_encoding(body) == "utf-8" and not _SURROGATE_ESCAPE.search(body)
+        try:
+            if text is not None and exact:
+                try:
+                    return _DECODE.decode(text), body
+                except _Infinite:
+                    return _LOOSE_DECODE.decode(text), None
+            return json.loads(body, parse_constant=_reject_constant), None
         except RecursionError:
             raise ValueError("nested too deeply") from None
         except ValueError:
@@ -215,6 +290,6 @@ def decode_answer(headers: Headers, body: bytes) -> Any:
             text = body.decode(charset or "utf-8", errors="replace")
         except LookupError:  # an unknown charset
             text = body.decode("utf-8", errors="replace")
-        return {"output": text}
+        return {"output": text}, None
     # Some other type: pass it on only if it is UTF-8 text.
-    return {"output": body.decode("utf-8")}
+    return {"output": body.decode("utf-8")}, None

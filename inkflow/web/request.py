@@ -12,7 +12,6 @@ the limits is refused from C{Content-Length} before any body byte is read
 from __future__ import annotations
 
 import unicodedata
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -22,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
-from inkflow.chat import ChatBody
+from inkflow.chat import ChatBody, new_request_id
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
@@ -75,7 +74,7 @@ class InkFlowRequest(server.Request):
 
     def __init__(self, channel: InkFlowChannel, *args: Any, **kw: Any) -> None:
         super().__init__(channel, *args, **kw)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = new_request_id()
         self.chat_body: ChatBody | None = None
         self.body_error: ApiError | None = None
         self._sink: BodySink | None = None

@@ -11,11 +11,11 @@ write (none for HEAD): Klein routes return them.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from inkflow.chat import new_request_id
 from inkflow.errors import ApiError, json_bytes
 from inkflow.web.twisted_hooks import reason_phrase
 
@@ -55,7 +55,7 @@ def request_id(request: IRequest) -> str:
     known = getattr(request, "request_id", None)
     if isinstance(known, str) and known:
         return known
-    new = uuid.uuid4().hex
+    new = new_request_id()
     request.setHeader(b"X-Request-ID", new.encode("ascii"))
     with contextlib.suppress(AttributeError):  # a request that takes no attributes
         request.request_id = new  # type: ignore[attr-defined]

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import tracemalloc
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,17 +25,20 @@ from typing import Any, cast
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import (
+    URI,
     RequestTransmissionFailed,
     ResponseDone,
     ResponseNeverReceived,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from zope.interface import implementer
@@ -45,6 +50,7 @@ from inkflow.n8n.client import (
     POOL_IDLE_TIMEOUT,
     Forwarder,
     ForwardResult,
+    _Endpoints,
     make_http_client,
 )
 from inkflow.settings import Settings
@@ -347,6 +353,15 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(call.header("X-N8N-Auth"), SECRET)
         self.assertIsNone(call.header("Cookie"))
 
+    def test_generated_key_is_the_request_id(self) -> None:
+        """
+        Without a client key, the Idempotency-Key is the (unguessable)
+        request id: one random draw per chat, not two.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder, message("0123abcd")))
+        self.assertEqual(self.agent.calls[0].header("Idempotency-Key"), "0123abcd")
+
     def test_idempotency_key_differs_per_message(self) -> None:
         """
         Two messages get two different Idempotency-Keys.
@@ -427,6 +442,18 @@ class ForwardRequestTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(failure.value.code, "internal_error")
         self.assertEqual(self.agent.calls, [])
 
+    def test_answered_attempt_logged_at_debug_only(self) -> None:
+        """
+        An answered attempt is logged (at debug) only when C{--log-level} is
+        debug: otherwise its event is not even built.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual(self.events, [])
+        forwarder = self.make(log_level="debug")
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual([(e["log_level"], e["outcome"]) for e in self.events], [(LogLevel.debug, "ok")])
+
     def test_logs_hold_no_secrets(self) -> None:
         """
         Neither header values nor URL credentials or query strings appear in
@@ -488,6 +515,29 @@ class ForwardResponseTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(
             result, ForwardResult(body={"output": "ש", "extra": [1, 2]}, status=201, attempts=1, url_index=0)
         )
+
+    def test_json_bytes_kept_when_exact(self) -> None:
+        """
+        n8n's JSON bytes come with the value when they may be sent unchanged;
+        not when re-encoding would change or refuse them (a surrogate escape,
+        a number beyond a float's range, a byte-order mark, UTF-16), nor for
+        text made into C{{"output"}}.
+        """
+        forwarder = self.make()
+        exact = b'{"output": "\xd7\xa9", "n": [1.5, 2]}'
+        self.agent.default = respond(body=exact)
+        result = self.successResultOf(self.send(forwarder))
+        self.assertEqual((result.body, result.raw), ({"output": "ש", "n": [1.5, 2]}, exact))
+        for body, value in (
+            (b'{"output": "\\ud83d\\ude00"}', {"output": "\U0001f600"}),
+            (b'{"output": 1e999}', {"output": float("inf")}),
+            (b'\xef\xbb\xbf{"output": "x"}', {"output": "x"}),
+            ('{"output": "x"}'.encode("utf-16-le"), {"output": "x"}),
+            (b"not json {", {"output": "not json {"}),
+        ):
+            self.agent.default = respond(body=body)
+            result = self.successResultOf(self.send(forwarder))
+            self.assertEqual((result.body, result.raw), (value, None), body)
 
     def test_any_json_value(self) -> None:
         """
@@ -556,6 +606,49 @@ class ForwardResponseTests(ForwarderTestsMixin, TestCase):
         forwarder = self.make(max_response_bytes=100)
         self.agent.default = respond(body=b"{}", length=10_000)
         self.assertEqual(self.failureResultOf(self.send(forwarder), ApiError).value.code, "upstream_error")
+
+    def test_asks_for_identity_encoding(self) -> None:
+        """
+        InkFlow asks n8n for an uncompressed answer (C{Accept-Encoding:
+        identity}): its answer cap counts the bytes as they come.
+        """
+        forwarder = self.make()
+        self.successResultOf(self.send(forwarder))
+        self.assertEqual(self.agent.calls[0].headers.getRawHeaders(b"Accept-Encoding"), [b"identity"])
+
+    def test_gzip_answer_is_not_inflated(self) -> None:
+        """
+        A gzip answer (sent although InkFlow asked for identity) is a 502,
+        not retried, and is never inflated: a 50 MB bomb in 50 KB allocates
+        nothing near its inflated size.
+        """
+        forwarder = self.make(webhook=(URL_A, URL_B), retries=2)
+        bomb = gzip.compress(b"0" * (50 * 1024 * 1024), compresslevel=9)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        self.agent.default = respond(body=bomb, headers=headers)
+        tracemalloc.start()
+        try:
+            error = self.failureResultOf(self.send(forwarder), ApiError).value
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual((error.status, error.code), (502, "upstream_error"))
+        self.assertEqual(len(self.agent.calls), 1)
+        self.assertLess(peak, 5 * 1024 * 1024)
+        self.assertTrue(self.agent.calls[0].response.transport.stopped)
+        # A streaming client's request the same.
+        streamed = ensureDeferred(forwarder.forward(message(), self.clock.seconds() + 60.0, stream=True))
+        self.assertEqual(self.failureResultOf(streamed, ApiError).value.code, "upstream_error")
+
+    def test_encoded_error_status_still_counts(self) -> None:
+        """
+        A non-2xx answer in a content encoding is judged by its status (a 503
+        moves on to the next URL); its body is not inflated.
+        """
+        forwarder = self.make(webhook=(URL_A, URL_B))
+        self.agent.script.append(respond(503, gzip.compress(b"busy"), {"Content-Encoding": "gzip"}))
+        self.assertEqual(self.successResultOf(self.send(forwarder)).url_index, 1)
+        self.assertEqual(self.agent.urls(), [URL_A, URL_B])
 
     def test_500_not_retried_by_default(self) -> None:
         """
@@ -949,6 +1042,20 @@ class MakeHttpClientTests(TestCase):
         self.assertLess(pool.cachedConnectionTimeout, 5)
         self.assertEqual(pool.cachedConnectionTimeout, POOL_IDLE_TIMEOUT)
         self.assertFalse(pool.retryAutomatically)
+
+    def test_endpoints_built_once(self) -> None:
+        """
+        The agent's endpoint for a webhook's scheme, host and port is built
+        once and reused; https gets TLS; another scheme is refused.
+        """
+        endpoints = _Endpoints(MemoryReactorClock(), 2.5)
+        first = endpoints.endpointForURI(URI.fromBytes(URL_A.encode()))
+        self.assertIs(endpoints.endpointForURI(URI.fromBytes(URL_A.encode() + b"?x=1")), first)
+        self.assertIsInstance(first, HostnameEndpoint)
+        self.assertIsNot(endpoints.endpointForURI(URI.fromBytes(URL_B.encode())), first)
+        secure = endpoints.endpointForURI(URI.fromBytes(b"https://n8n.test/webhook/chat"))
+        self.assertNotIsInstance(secure, HostnameEndpoint)
+        self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://n8n.test/x"))
 
     def test_connections_are_not_logged(self) -> None:
         """

@@ -12,6 +12,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
 from inkflow.chat import ChatMessage
@@ -40,16 +41,17 @@ class FakeForwarder:
     Answers every chat with a scripted value, recording the messages.
     """
 
-    def __init__(self, answer: Any = None, error: ApiError | None = None) -> None:
+    def __init__(self, answer: Any = None, error: ApiError | None = None, raw: bytes | None = None) -> None:
         self.answer = answer if answer is not None else {"output": "שלום"}
         self.error = error
+        self.raw = raw
         self.messages: list[ChatMessage] = []
 
     def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> defer.Deferred[ForwardResult]:
         self.messages.append(message)
         if self.error is not None:
             return defer.fail(self.error)
-        return defer.succeed(ForwardResult(body=self.answer, status=200, attempts=1, url_index=0))
+        return defer.succeed(ForwardResult(body=self.answer, status=200, attempts=1, url_index=0, raw=self.raw))
 
     def upstreams(self) -> list[UpstreamSnapshot]:
         return [
@@ -140,6 +142,39 @@ class RouteTests(TestCase):
         code, _, body = self.post(stub, {"chatInput": "hi", "sessionId": "s-1", "action": "sendMessage"})
         self.assertEqual((code, body), (200, {"output": "תשובה"}))
         self.assertEqual([(m.text, m.session_id) for m in forwarder.messages], [("hi", "s-1")])
+
+    def test_chat_passes_n8n_bytes_through(self) -> None:
+        """
+        n8n's JSON, when it may be sent unchanged, is answered byte for byte
+        (with its length and the JSON type); with a generated session id it
+        is written again with C{sessionId} added.
+        """
+        raw = b'{ "output" : "\xd7\xa9", "n": 1 }'
+        _, stub = make_app(self, FakeForwarder({"output": "ש", "n": 1}, raw=raw))
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=b'{"message": "hi", "sessionId": "s-1"}',
+                headers={"Content-Type": "application/json"},
+            )
+        )
+        self.assertEqual(self.successResultOf(response.content()), raw)
+        self.assertEqual(response.length, len(raw))
+        self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["application/json; charset=utf-8"])
+        _, headers, body = self.post(stub, {"message": "hi"})
+        self.assertEqual(body, {"output": "ש", "n": 1, "sessionId": headers.getRawHeaders("X-Session-ID")[0]})
+
+    def test_chat_answered_line_only_at_debug(self) -> None:
+        """
+        The per-chat "answered" line is debug (the access line records every
+        answer), and not even built below C{--log-level debug}.
+        """
+        for level, expected in (("info", []), ("debug", [LogLevel.debug])):
+            _, stub = make_app(self, FakeForwarder(), log_level=level)
+            with capturedLogs() as events:
+                self.assertEqual(self.post(stub, {"message": "hi", "sessionId": "s"})[0], 200)
+            answered = [e["log_level"] for e in events if "answered" in e.get("log_format", "")]
+            self.assertEqual(answered, expected)
 
     def test_chat_upstream_error_is_json(self) -> None:
         """A forwarder failure becomes the contract's JSON error."""

@@ -5,6 +5,7 @@ C{MemoryReactorClock} (nothing listens for real).
 
 from __future__ import annotations
 
+import gc
 import os
 
 from twisted.application.service import IServiceCollection
@@ -126,7 +127,6 @@ class GarbageCollectorTests(TestCase):
 
     def test_tuned_when_the_reactor_runs(self) -> None:
         """makeService leaves gc alone; the reactor's start freezes start-up objects and raises the thresholds."""
-        import gc
 
         from inkflow.server import service as service_module
 
