@@ -9,9 +9,9 @@ against L{bench.reference_proxy} (bare twisted.web + treq with a persistent
 pool) on the same backend:
 
  - requests/s for C{POST /api/chat} JSON with C{wrk -t2 -c50} (goal: InkFlow
-   at least 0.8x the reference);
+   at least 0.9x the reference);
  - p50 latency at one client (C{wrk -t1 -c1}) minus the backend's own p50
-   measured directly (goal: at most 2 ms added).
+   measured directly (goal: at most 0.1 ms more than the reference adds).
 
     python -m bench.proxy [--rounds 2] [--duration 10] [--latency-duration 4]
 """
@@ -39,8 +39,9 @@ from bench._common import (
 )
 
 SCRIPT = BENCH / "post_json.lua"
-GOAL_RATIO = 0.8
-GOAL_ADDED_MS = 2.0
+GOAL_RATIO = 0.9  # issue 15 (was 0.8)
+#: At most this much more added p50 latency than the bare proxy's, at one client (issue 15).
+GOAL_OVER_REFERENCE_MS = 0.1
 BODY = {"message": "x", "sessionId": "bench"}
 
 
@@ -122,8 +123,8 @@ def run(rounds: int = 2, duration: float = 10, latency_duration: float = 4) -> l
             f"+{fmt(ink_added, 'ms', 2)}",
             f"+{fmt(ref_added, 'ms', 2)} (bare treq proxy)",
             f"{ratio(ink_added, ref_added):.2f}x",
-            f"<= {GOAL_ADDED_MS:g} ms",
-            ink_added <= GOAL_ADDED_MS,
+            f"<= reference + {GOAL_OVER_REFERENCE_MS:g} ms",
+            ink_added <= ref_added + GOAL_OVER_REFERENCE_MS,
         ),
     ]
 
