@@ -50,9 +50,9 @@ from inkflow.n8n.client import (
     POOL_IDLE_TIMEOUT,
     Forwarder,
     ForwardResult,
-    _Endpoints,
     make_http_client,
 )
+from inkflow.n8n.pool import Endpoints
 from inkflow.settings import Settings
 
 URL_A = "http://n8n-a.test:5678/webhook/chat"
@@ -1048,7 +1048,7 @@ class MakeHttpClientTests(TestCase):
         The agent's endpoint for a webhook's scheme, host and port is built
         once and reused; https gets TLS; another scheme is refused.
         """
-        endpoints = _Endpoints(MemoryReactorClock(), 2.5)
+        endpoints = Endpoints(MemoryReactorClock(), 2.5)
         first = endpoints.endpointForURI(URI.fromBytes(URL_A.encode()))
         self.assertIs(endpoints.endpointForURI(URI.fromBytes(URL_A.encode() + b"?x=1")), first)
         self.assertIsInstance(first, HostnameEndpoint)

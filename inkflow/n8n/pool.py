@@ -1,0 +1,169 @@
+"""
+The connection side of the n8n client: its own persistent pool, an agent
+whose endpoints are built once per webhook origin, and each webhook URL's
+constant request parts (L{Target}) built once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http.cookiejar import Cookie
+from typing import Any, cast
+
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from zope.interface import implementer
+
+from inkflow import __version__
+from inkflow.settings import Settings
+
+__all__ = [
+    "ACCEPT",
+    "MAX_CONNECT_TIMEOUT",
+    "POOL_IDLE_TIMEOUT",
+    "USER_AGENT",
+    "Endpoints",
+    "Target",
+    "make_http_client",
+    "target",
+]
+
+#: Seconds a pooled connection may stay idle: below n8n's C{Keep-Alive:
+#: timeout=5}, so InkFlow never reuses a connection n8n is about to close.
+POOL_IDLE_TIMEOUT = 4
+
+#: The longest connect phase of one attempt, in seconds.
+MAX_CONNECT_TIMEOUT = 5.0
+
+USER_AGENT = f"InkFlow/{__version__}"
+
+#: What InkFlow accepts from n8n, in order of preference.
+ACCEPT = b"application/json, text/plain;q=0.9, */*;q=0.1"
+
+
+class _NoCookies(IndexableCookieJar):
+    """
+    A cookie jar that keeps nothing: a cookie n8n sets for one visitor must
+    never travel with another visitor's message.
+    """
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        pass
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    twisted.web's connection factory without its "Starting factory" /
+    "Stopping factory" log lines: two per n8n connection, which under many
+    concurrent streams cost more than the streams' own logging.
+    """
+
+    noisy = False
+
+
+@implementer(IAgentEndpointFactory)
+class Endpoints:
+    """
+    The endpoints of twisted.web's agent (TCP for http, TLS for https), each
+    built once per scheme, host and port: the agent asks for one on every
+    request, and building a C{HostnameEndpoint} (IDNA-encoding its host)
+    cost 4 % of a proxied chat.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._built: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._built.get(key)
+        if endpoint is None:
+            endpoint = self._built[key] = self._build(uri)
+        return endpoint
+
+    def _build(self, uri: URI) -> IStreamClientEndpoint:
+        if uri.scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
+        )
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
+def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """
+    Build the HTTP client for n8n over its own persistent connection pool
+    (never treq's global one).
+
+    @param reactor: provides C{IReactorTCP}, C{IReactorTime} and name
+        resolution (the real reactor).
+    @return: the client (the L{Forwarder} sends through its agent), and the
+        pool (call C{closeCachedConnections()} on shutdown).
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
+    pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
+    pool.retryAutomatically = False  # a POST must never be replayed behind our back
+    pool._factory = _QuietFactory
+    # Strictly inside the attempt: a host that is down must fail as "connect"
+    # (safe to fail over: nothing was sent) before the attempt timer calls it a
+    # timeout (not retried by default: n8n may have run the workflow).
+    connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
+    agent = Agent.usingEndpointFactory(reactor, Endpoints(reactor, connect_timeout), pool=pool)
+    return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    One webhook URL, ready to send to.
+
+    @ivar url: the URL as sent (encoded as treq encodes it).
+    @ivar headers: the headers every request to it carries (C{Host}, what
+        InkFlow accepts, C{User-Agent}, C{--webhook-header}).
+    """
+
+    url: bytes
+    headers: dict[bytes, list[bytes]]
+
+
+def target(url: str, extra_headers: tuple[tuple[str, str], ...]) -> Target:
+    encoded = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+    built = Headers()
+    built.setRawHeaders(b"Accept", [ACCEPT])
+    # An answer in a content encoding would be inflated before the cap counts it.
+    built.setRawHeaders(b"Accept-Encoding", [b"identity"])
+    built.setRawHeaders(b"User-Agent", [USER_AGENT.encode("ascii")])
+    for name, value in extra_headers:
+        built.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
+    if not built.hasHeader(b"Host"):
+        # Set here, the agent need not copy every request's headers to add it.
+        built.setRawHeaders(b"Host", [_host_value(URI.fromBytes(encoded))])
+    return Target(encoded, {name: list(values) for name, values in built.getAllRawHeaders()})
+
+
+def _host_value(uri: URI) -> bytes:
+    """
+    The C{Host} header for C{uri}, as twisted.web's agent writes it.
+    """
+    host = uri.host
+    if isIPv6Address(host.decode("ascii")):
+        host = b"[" + host + b"]"
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, uri.port)
