@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, cast
 
 from treq.client import HTTPClient
 from twisted.internet import task
@@ -82,15 +82,6 @@ __all__ = [
 
 #: The largest n8n answer read; a larger one is an C{upstream_error}.
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-
-
-class _Time(Protocol):
-    """
-    The part of L{IReactorTime} read here, spelled so that mypy (without the
-    zope plugin) can check calls on it; the reactor and C{Clock} both fit.
-    """
-
-    def seconds(self) -> float: ...
 
 
 #: Called once per attempt with (url_index, outcome label, seconds).
@@ -167,7 +158,7 @@ class Forwarder:
         # of a proxied chat for two of them): written only at --log-level debug.
         self._debug = settings.log_level == "debug"
         self._agent: IAgent = client._agent if isinstance(client, HTTPClient) else client
-        self._clock: _Time = clock
+        self._clock: IReactorTime = clock
         self._timer = clock
         self._random = random
         self._observer = observer

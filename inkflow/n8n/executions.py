@@ -11,7 +11,9 @@ after they were last used.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["DEFAULT_TTL", "MAX_EXECUTIONS", "ExecutionMap", "started_execution"]
 
@@ -22,10 +24,6 @@ MAX_EXECUTIONS = 10_000
 DEFAULT_TTL = 24 * 3600.0
 #: The longest execution id kept (n8n's are short decimal strings).
 MAX_ID_LENGTH = 128
-
-
-class _Time(Protocol):
-    def seconds(self) -> float: ...
 
 
 def started_execution(body: Any) -> str | None:
@@ -46,7 +44,7 @@ class ExecutionMap:
     execution id -> index of the webhook URL whose n8n started it.
     """
 
-    def __init__(self, clock: _Time, ttl: float = DEFAULT_TTL, max_entries: int = MAX_EXECUTIONS) -> None:
+    def __init__(self, clock: IReactorTime, ttl: float = DEFAULT_TTL, max_entries: int = MAX_EXECUTIONS) -> None:
         self._clock = clock
         self.ttl = ttl
         self.max_entries = max_entries

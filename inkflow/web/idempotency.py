@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from inkflow.chat import ChatBody, message_fields, session_fields
 from inkflow.errors import ApiError
@@ -70,10 +71,6 @@ REPLAYED_HEADERS = (b"Content-Type", b"X-Session-ID")
 FLIGHT = "flight"
 STREAMING = "streaming"
 DONE = "done"
-
-
-class _Time(Protocol):
-    def seconds(self) -> float: ...
 
 
 def parse_key(values: Sequence[bytes] | None) -> str | None:
@@ -181,7 +178,7 @@ class IdempotencyStore:
 
     def __init__(
         self,
-        clock: _Time,
+        clock: IReactorTime,
         ttl: float,
         *,
         max_entries: int = MAX_ENTRIES,
