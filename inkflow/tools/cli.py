@@ -23,7 +23,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from inkflow import __version__
-from inkflow import settings_parsers as parsers
+from inkflow.settings import parsers
 from inkflow.tools import healthcheck, monitor, watchdog
 
 __all__ = ["main"]
