@@ -180,7 +180,7 @@ class Settings:
         repeatable=True,
         metavar="ORIGIN",
     )
-    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket (issue 14)
+    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket
     chat_input_key: str = opt(
         field_name,
         "chatInput",

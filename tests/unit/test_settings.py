@@ -205,7 +205,7 @@ class DocumentationTests(TestCase):
 
 class WebhookCredentialsTests(TestCase):
     """
-    Issue 12, finding 9: user:password@ in a webhook URL.
+    user:password@ in a webhook URL: refused at start, never echoed.
     """
 
     def test_userinfo_in_a_webhook_is_refused_at_start(self) -> None:
@@ -218,9 +218,10 @@ class WebhookCredentialsTests(TestCase):
         self.assertNotIn("hunter2", str(error))
 
 
-class HostileClientOptionsTests(TestCase):
+class EdgeOptionsTests(TestCase):
     """
-    Issue 12's options.
+    The options of the connection edge: body and write deadlines, the admin
+    listener, a unix listener's proxy.
     """
 
     def test_defaults(self) -> None:
