@@ -3,7 +3,7 @@ InkFlow's request: bodies streamed into sinks, early refusals, security
 headers, the request id; and L{received_body}, the one way routes get a
 parsed body, from InkFlow's request or from any other C{IRequest}.
 
-What Twisted does not do by itself, and InkFlow needs (see TWISTED_NOTES.md):
+What Twisted does not do by itself, and InkFlow needs (the private parts in L{twisted_hooks}):
 each body goes to a L{BodySink} chosen when the headers are in; a body over
 the limits is refused from C{Content-Length} before any body byte is read
 (and no C{100 Continue} is sent), or while streaming otherwise.
