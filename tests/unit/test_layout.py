@@ -56,6 +56,18 @@ ENTRY_POINTS = {
 }
 
 
+#: The only modules that may import the global reactor: the entry points
+#: that start a process (the rest is handed a reactor or a clock).
+REACTOR_IMPORTERS = frozenset(
+    {
+        "inkflow.server.service",  # makeService(settings), the reactor defaulted for twistd
+        "inkflow.server.worker",  # a worker process's main
+        "inkflow.tools.cli",  # `inkflow monitor` / `inkflow watchdog`
+        "inkflow.tools.watchdog",  # the watchdog's main
+    }
+)
+
+
 @cache
 def modules() -> dict[str, Path]:
     """
@@ -170,6 +182,18 @@ class LayoutTests(TestCase):
     def test_no_pending_edge_is_left(self) -> None:
         """Every PENDING edge is gone: then this test, its marker and the entry go too."""
         self.assertEqual(sorted(set(PENDING) & set(edges())), [])
+
+    def test_only_the_entry_points_import_the_global_reactor(self) -> None:
+        """Library code is handed its reactor or clock; only REACTOR_IMPORTERS import the global one."""
+        importers = set()
+        for name, path in modules().items():
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "twisted.internet":
+                    if any(alias.name == "reactor" for alias in node.names):
+                        importers.add(name)
+                elif isinstance(node, ast.Import) and any(a.name == "twisted.internet.reactor" for a in node.names):
+                    importers.add(name)
+        self.assertLessEqual(importers, REACTOR_IMPORTERS)
 
     def test_no_import_cycle_between_modules(self) -> None:
         """No module reaches itself through its imports."""
