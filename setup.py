@@ -34,11 +34,23 @@ setup(
     version="0.1.0",
     description="A sturdy Twisted front for n8n: Hebrew RTL page, chat, uploads, retries, health",
     python_requires=">=3.11",
-    packages=["inkflow", "inkflow.server", "inkflow.web", "inkflow.n8n", "inkflow.tools", "twisted.plugins", *STATIC],
+    packages=[
+        "inkflow",
+        "inkflow.settings",
+        "inkflow.server",
+        "inkflow.web",
+        "inkflow.n8n",
+        "inkflow.tools",
+        "twisted.plugins",
+        *STATIC,
+    ],
     package_dir={name: path for name, path in STATIC.items()},
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
     install_requires=[
+        # Exact: InkFlow uses private parts of twisted.web (server and client side),
+        # every one listed, with the reason and a test, in inkflow/web/twisted_hooks.py;
+        # an upgrade is a change that runs tests/unit/test_twisted_hooks.py.
         "twisted[tls]==26.10.0",
         "wsproto==1.3.2",  # twisted.web.websocket (the /chat relay)
         "klein==24.8.0",

@@ -252,10 +252,10 @@ def makeService(
     forwarder = None
     pool = None
     if settings.mode == "proxy":
-        from inkflow.n8n.client import Forwarder, make_http_client
+        from inkflow.n8n.client import Forwarder, make_agent
 
-        client, pool = make_http_client(reactor, settings)
-        forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
+        agent, pool = make_agent(reactor, settings)
+        forwarder = Forwarder(settings, agent, reactor, observer=metrics.observe_attempt)
 
     def site_stats() -> SiteStats:
         # Admitted connections: those over the limit are being refused.

@@ -3,7 +3,7 @@ InkFlow's request: bodies streamed into sinks, early refusals, security
 headers, the request id; and L{received_body}, the one way routes get a
 parsed body, from InkFlow's request or from any other C{IRequest}.
 
-What Twisted does not do by itself, and InkFlow needs (see TWISTED_NOTES.md):
+What Twisted does not do by itself, and InkFlow needs (the private parts in L{twisted_hooks}):
 each body goes to a L{BodySink} chosen when the headers are in; a body over
 the limits is refused from C{Content-Length} before any body byte is read
 (and no C{100 Continue} is sent), or while streaming otherwise.
@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 
 from inkflow.chat import ChatBody, new_request_id
 from inkflow.errors import ApiError
+from inkflow.paths import HEALTH, READY
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
 from inkflow.web.responses import SECURITY_HEADERS, error_response, raw_error_response
@@ -45,7 +46,7 @@ log = Logger()
 
 #: Routes answered even on a connection over the limit (operators must see an
 #: overloaded server).
-ALWAYS_ANSWERED = (b"/api/health", b"/api/ready")
+ALWAYS_ANSWERED = (HEALTH.encode(), READY.encode())
 
 #: How long a refused upload may keep sending (its bytes are discarded) before
 #: the connection is cut.  Reading them lets the client see the answer instead

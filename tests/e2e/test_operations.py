@@ -21,7 +21,7 @@ from tests.support.server import ServerProcess, run_command, twistd
 def test_json_log_lines_carry_request_ids(tmp_path: Path) -> None:
     """
     --log-format json: every line is a JSON object; chat lines carry the request id the client got
-    (the per-chat line is debug since issue 15: the access line is the record at info).
+    (the per-chat line is at debug: the access line is the record at info).
     """
     with ServerProcess("--log-format", "json", "--log-level", "debug", "--upload-dir", str(tmp_path)) as s:
         status, headers, _ = s.post_json("/api/chat", {"message": "log me"})

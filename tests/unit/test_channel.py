@@ -257,7 +257,7 @@ class _Pausing(Echo):
 
 class HostileClientTests(_Connections, TestCase):
     """
-    Issue 12: progress-based deadlines in both directions, strict framing.
+    Progress-based deadlines in both directions, and strict framing, for slow and malformed clients.
     """
 
     def setUp(self) -> None:

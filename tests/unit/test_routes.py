@@ -198,7 +198,7 @@ class RouteTests(TestCase):
 
 class HostileInputTests(TestCase):
     """
-    Issue 12: no 500 from input, no cross-site chat, health without secrets.
+    No 500 from input, no cross-site chat, health without secrets.
     """
 
     def request(self, stub: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any, Any]:
@@ -319,7 +319,7 @@ class HostileInputTests(TestCase):
 
 class RateLimitFromTheHeadTests(TestCase):
     """
-    Issue 12, finding 5: a client over its limit gets 429 before any body byte.
+    A client over its limit gets 429 before any body byte.
     """
 
     def test_429_is_answered_from_the_head(self) -> None:
