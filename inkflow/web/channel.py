@@ -117,7 +117,7 @@ class InkFlowChannel(http.HTTPChannel):
         if self._in_head:
             if line[:1] in (b" ", b"\t"):
                 # obs-fold: a strict front proxy reads this head differently.
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return
         elif line:
             self._in_head = True  # the request line; headers follow
@@ -131,12 +131,12 @@ class InkFlowChannel(http.HTTPChannel):
         name = name.strip().lower()
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # Twisted ignores "identity" and reads the body as the next request.
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
             return False
         if name == b"host":
             self._hosts += 1
             if self._hosts > 1:
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return False
         return bool(super().headerReceived(line))
 
@@ -166,7 +166,7 @@ class InkFlowChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         hosts, self._hosts, self._in_head = self._hosts, 0, False
         if hosts == 0 and twisted_hooks.request_version(self) == b"HTTP/1.1":
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
             return
         super().allHeadersReceived()
         if self.refused:

@@ -21,7 +21,9 @@ The hooks, and why InkFlow needs them:
    the answer before them has left the send buffer;
  - L{BAD_REQUEST_METHOD}: the name of twisted.web's bare-400 answer
    (C{HTTPChannel._respondToBadRequestAndDisconnect}), which InkFlow's
-   channel overrides to answer the contract's JSON instead;
+   channel overrides to answer the contract's JSON instead, and
+   L{respond_bad_request}, the one way InkFlow's channel calls it (for the
+   framing checks Twisted does not make);
  - L{FINISH_BODY_METHOD}: C{HTTPChannel._finishRequestBody}, where a body's
    last byte arrives (checked only by the test: the channel's body deadline
    is cleared in the public C{allContentReceived} it calls).
@@ -37,11 +39,14 @@ from typing import Any
 
 from twisted.web import http
 
+# -- web: the server side (twisted.web.http, twisted.web.server) ---------------
+
 __all__ = [
     "BAD_REQUEST_METHOD",
     "FINISH_BODY_METHOD",
     "hold_input",
     "is_disconnected",
+    "respond_bad_request",
     "reason_phrase",
     "request_line",
     "request_version",
@@ -90,6 +95,15 @@ def hold_input(channel: http.HTTPChannel, hold: bool) -> None:
     itself: feed C{dataReceived(b"")} after.
     """
     channel.paused = hold
+
+
+def respond_bad_request(channel: http.HTTPChannel) -> None:
+    """
+    Answer the request whose head the channel is reading as malformed and
+    close: twisted.web's own bad-request path, which InkFlow's channel
+    overrides (L{BAD_REQUEST_METHOD}) to send the contract's JSON 400.
+    """
+    getattr(channel, BAD_REQUEST_METHOD)()
 
 
 def reason_phrase(status: int) -> bytes:
