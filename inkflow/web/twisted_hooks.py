@@ -39,17 +39,15 @@ from typing import Any
 
 from twisted.web import http
 
-# -- web: the server side (twisted.web.http, twisted.web.server) ---------------
-
 __all__ = [
     "BAD_REQUEST_METHOD",
     "FINISH_BODY_METHOD",
     "hold_input",
     "is_disconnected",
-    "respond_bad_request",
     "reason_phrase",
     "request_line",
     "request_version",
+    "respond_bad_request",
     "waiting_for_transport",
 ]
 
@@ -57,6 +55,9 @@ BAD_REQUEST_METHOD = "_respondToBadRequestAndDisconnect"
 FINISH_BODY_METHOD = "_finishRequestBody"
 
 _STDLIB_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+# -- web: the server side (twisted.web.http, twisted.web.server) ---------------
 
 
 def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes]:
