@@ -10,7 +10,8 @@ from typing import Any, get_type_hints, is_typeddict
 
 from twisted.trial.unittest import TestCase
 
-from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
+from inkflow.health import HealthInputs, SiteStats, build_health, readiness
+from inkflow.server.health import ProcessMetrics
 from inkflow.settings import Settings
 from inkflow.snapshot import Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot, read_health
 

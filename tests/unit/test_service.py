@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -17,7 +18,19 @@ from inkflow.server.service import InkFlowService, makeService
 from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
 from tests.support.processes import ProcessClock
+from tests.support.site_treq import SiteTreq
 from tests.unit.helpers import temp_path
+
+
+def health(http: Any) -> Any:
+    """
+    GET /api/health from the HTTP service's own site, in memory.
+    """
+    client = SiteTreq(http.factory)
+    response = client.get("http://inkflow.test/api/health")
+    result: list[Any] = []
+    response.addCallback(client.json_content).addCallback(result.append)
+    return result[0]
 
 
 class MakeServiceTests(TestCase):
@@ -45,8 +58,8 @@ class MakeServiceTests(TestCase):
         core = IServiceCollection(top).getServiceNamed("inkflow")
         http = IServiceCollection(core).getServiceNamed("http")
         stopped = top.stopService()
-        self.assertTrue(core.site.draining)
-        self.assertEqual(core.app.health_snapshot()["status"], "draining")
+        self.assertTrue(core.connections.draining)
+        self.assertEqual(health(http)["status"], "draining")
         reactor.advance(2.9)
         self.assertTrue(http.running)
         self.assertNoResult(stopped)
@@ -73,11 +86,11 @@ class MakeServiceTests(TestCase):
         reactor = MemoryReactorClock()
         top = makeService(self.settings(webhook=("http://127.0.0.1:9/webhook/a?t=1",)), reactor, install_signals=False)
         core = IServiceCollection(top).getServiceNamed("inkflow")
-        health = core.app.health_snapshot()
-        self.assertEqual(health["mode"], "proxy")
-        self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9")
-        self.assertEqual(health["upstreams"][0]["index"], 0)
-        self.assertEqual(health["upstreams"][0]["state"], "closed")
+        snapshot = health(IServiceCollection(core).getServiceNamed("http"))
+        self.assertEqual(snapshot["mode"], "proxy")
+        self.assertEqual(snapshot["upstreams"][0]["url"], "http://127.0.0.1:9")
+        self.assertEqual(snapshot["upstreams"][0]["index"], 0)
+        self.assertEqual(snapshot["upstreams"][0]["state"], "closed")
 
     def test_admin_listener_is_its_own_port(self) -> None:
         """With --admin-listen, a second port serves the admin resource."""
