@@ -164,6 +164,15 @@ class InkFlowRequest(server.Request):
         self.release_body()
         super().connectionLost(reason)
 
+    def finish(self) -> None:
+        # The one place a body is let go of when its request is answered,
+        # whatever answered it (a route, an early 400 or 404, the WebSocket
+        # resource, a replay); connectionLost does it for a client that left.
+        try:
+            super().finish()
+        finally:
+            self.release_body()
+
     def upload_paths(self) -> list[str]:
         """
         The temp files this request holds: those its sink is writing, and

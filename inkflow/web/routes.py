@@ -328,12 +328,9 @@ class InkFlowApp:
         handler = self.chat_handler
 
         async def answer() -> bytes | None:
-            try:
-                with handler.observed(ChatRun(self.clock.seconds(), state.request_id)) as run:
-                    message = handler.message(state.take_body(), run, key, request)
-                    return await (await handler.answer(message, stream, run)).write(request)
-            finally:
-                cast(Any, request).release_body()
+            with handler.observed(ChatRun(self.clock.seconds(), state.request_id)) as run:
+                message = handler.message(state.take_body(), run, key, request)
+                return await (await handler.answer(message, stream, run)).write(request)
 
         return await self.idempotency.run(cast(Any, request), key, state.body, answer)
 

@@ -33,8 +33,9 @@ from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
 from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import StreamAnswers
+from inkflow.web.websocket import ChatSocketResource, ChatSockets
 from tests.support.site_treq import SiteTreq
-from tests.unit.helpers import pinned, temp_path
+from tests.unit.helpers import temp_path
 
 
 class FakeProcess:
@@ -123,6 +124,9 @@ def make_app(
         rate_limiter=RateLimiter(settings.rate_limit, clock),
         reporter=reporter,
         static=StaticFiles(settings.static_dir),
+        chat_socket=ChatSocketResource(
+            settings, clock, ExecutionMap(clock), ChatSockets(), draining=lambda: connections.draining
+        ),
     )
     site = InkFlowSite(
         app.resource(), settings, clock, app.sink_for, admit_head=app.admit_head, connections=connections
@@ -464,14 +468,12 @@ class BodyOwnerTests(TestCase):
         self.assertEqual(self.send(stub, {}), 200)
         self.assertEqual(os.listdir(app.settings.upload_dir), [])
 
-    @pinned("issue 21 finding 1: a body answered by the WebSocket resource keeps its spooled files")
     def test_websocket_upgrade_on_a_multipart_chat_leaves_no_upload(self) -> None:
         """A multipart chat with Upgrade: websocket (not a route: answered by an early exit) leaves no file."""
         app, stub = self.app_with_uploads()
-        self.assertIn(self.send(stub, {b"Upgrade": [b"websocket"], b"Connection": [b"Upgrade"]}) // 100, (4,))
+        self.assertEqual(self.send(stub, {b"Upgrade": [b"websocket"], b"Connection": [b"Upgrade"]}) // 100, 4)
         self.assertEqual(os.listdir(app.settings.upload_dir), [])
 
-    @pinned("issue 21 finding 1: a body answered 400 for a non-UTF-8 Host keeps its spooled files")
     def test_non_utf8_host_on_a_multipart_chat_leaves_no_upload(self) -> None:
         """A multipart chat answered 400 for a Host that is not UTF-8 leaves no file."""
         app, stub = self.app_with_uploads()
