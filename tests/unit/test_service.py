@@ -105,6 +105,31 @@ class MakeServiceTests(TestCase):
         self.successResultOf(top.stopService())
 
 
+class LayoutTests(TestCase):
+    """
+    The composition root is the only place that knows both sides.
+    """
+
+    def test_web_and_n8n_never_import_the_server(self) -> None:
+        """No module of web/ or n8n/, nor the pure health reporter, imports inkflow.server (directly)."""
+        import ast
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[2] / "inkflow"
+        offenders = []
+        for path in [*sorted((root / "web").glob("*.py")), *sorted((root / "n8n").glob("*.py")), root / "health.py"]:
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                offenders += [f"{path.name}: {n}" for n in names if n.startswith("inkflow.server")]
+        self.assertEqual(offenders, [])
+
+
 class UploadFolderCheckTests(TestCase):
     """
     The start-up check of --upload-dir states the rule the uploads enforce.
