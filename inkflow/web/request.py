@@ -82,10 +82,6 @@ class InkFlowRequest(server.Request):
         self._sink: BodySink | None = None
         self._refused = False
 
-    @property
-    def request_id(self) -> str:
-        return self._state.request_id
-
     # -- body ---------------------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
@@ -120,7 +116,7 @@ class InkFlowRequest(server.Request):
             self._sink = None
             self._refuse(e)
         except Exception:
-            log.failure("Body sink failed", request_id=self.request_id)
+            log.failure("Body sink failed", request_id=self._state.request_id)
             sink, self._sink = self._sink, None
             sink.discard()
             self._refuse(ApiError("bad_request", "the body could not be read"))
@@ -137,7 +133,7 @@ class InkFlowRequest(server.Request):
             except ApiError as e:
                 self._state.body_error = e
             except Exception:
-                log.failure("Body sink failed at close", request_id=self.request_id)
+                log.failure("Body sink failed at close", request_id=self._state.request_id)
                 sink.discard()
                 self._state.body_error = ApiError("bad_request", "the body could not be read")
         super().requestReceived(command, path, version)
@@ -150,14 +146,14 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
+        self.channel.refuse(raw_error_response(error, self._state.request_id), linger=linger)
         # Debug: under a flood there is one per connection (counted in health
         # and /metrics as connections rejected).
         log.debug(
             "Refused request before its body: {status} {code}",
             status=error.status,
             code=error.code,
-            request_id=self.request_id,
+            request_id=self._state.request_id,
         )
 
     def connectionLost(self, reason: Failure) -> None:
@@ -202,7 +198,7 @@ class InkFlowRequest(server.Request):
     def process(self) -> None:
         for name, value in SECURITY_HEADERS:
             self.responseHeaders.setRawHeaders(name, [value])
-        self.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id.encode()])
+        self.responseHeaders.setRawHeaders(b"X-Request-ID", [self._state.request_id.encode()])
         if self.channel.over_limit:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             self.channel.persistent = False
@@ -256,7 +252,7 @@ class InkFlowRequest(server.Request):
         """
         Anything unexpected: log it, answer a generic JSON 500, never a traceback.
         """
-        log.failure("Unhandled error", failure=reason, request_id=self.request_id)
+        log.failure("Unhandled error", failure=reason, request_id=self._state.request_id)
         if self.finished or twisted_hooks.is_disconnected(self):
             return
         self._answer(ApiError("internal_error"))
