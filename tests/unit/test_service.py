@@ -17,6 +17,9 @@ from twisted.trial.unittest import TestCase
 from inkflow.server.service import InkFlowService, makeService
 from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
+from inkflow.web.admission import ChatQueue
+from inkflow.web.connections import Connections
+from inkflow.web.staticfiles import StaticFiles
 from tests.support.processes import ProcessClock
 from tests.support.site_treq import SiteTreq
 from tests.unit.helpers import temp_path
@@ -103,6 +106,77 @@ class MakeServiceTests(TestCase):
         top.startService()
         self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8123, 9123])
         self.successResultOf(top.stopService())
+
+
+class _Busy:
+    """
+    A connection that stays open until told, as a streaming one does.
+    """
+
+    over_limit = False
+
+    def __init__(self, connections: Connections) -> None:
+        self.requests: list[Any] = []
+        self.connections = connections
+        self.aborted = False
+
+    def close_when_idle(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.connections.gone(self)
+
+
+class _Sockets:
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+
+    def close_all(self, code: int) -> None:
+        self.closed.append(code)
+
+
+class _Streams:
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop_all(self, cause: str = "drain") -> int:
+        self.stopped.append(cause)
+        return 1
+
+
+class DrainTests(TestCase):
+    """
+    Drain is handed what it stops: the connection registry, the chat
+    sockets and the stream registry.
+    """
+
+    def test_drain_closes_sockets_ends_streams_then_cuts(self) -> None:
+        """Sockets get 1001 at once; after --drain-timeout streams end with their error line; then the rest is cut."""
+        reactor = MemoryReactorClock()
+        settings = Settings.defaults(upload_dir=temp_path(self), drain_timeout=3.0)
+        connections = Connections()
+        busy = _Busy(connections)
+        connections.opened(busy, settings.max_connections)
+        sockets, streams = _Sockets(), _Streams()
+        core = InkFlowService(
+            settings,
+            reactor,
+            connections,
+            ChatQueue(1, 1, 1.0, reactor),
+            static=StaticFiles(settings.static_dir),
+            chat_sockets=sockets,  # type: ignore[arg-type]
+            streams=streams,  # type: ignore[arg-type]
+        )
+        core.startService()
+        stopped = core.stopService()
+        self.assertEqual((sockets.closed, streams.stopped, connections.draining), ([1001], [], True))
+        reactor.advance(3.0)
+        self.assertEqual(streams.stopped, ["drain"])
+        self.assertNoResult(stopped)
+        reactor.advance(2.0)  # the streams' grace
+        self.assertTrue(busy.aborted)
+        self.successResultOf(stopped)
 
 
 class LayoutTests(TestCase):
