@@ -25,7 +25,9 @@ Web (the server side, twisted.web):
    the answer before them has left the send buffer;
  - L{BAD_REQUEST_METHOD}: the name of twisted.web's bare-400 answer
    (C{HTTPChannel._respondToBadRequestAndDisconnect}), which InkFlow's
-   channel overrides to answer the contract's JSON instead;
+   channel overrides to answer the contract's JSON instead, and
+   L{respond_bad_request}, the one way InkFlow's channel calls it (for the
+   framing checks Twisted does not make);
  - L{FINISH_BODY_METHOD}: C{HTTPChannel._finishRequestBody}, where a body's
    last byte arrives (checked only by the test: the channel's body deadline
    is cleared in the public C{allContentReceived} it calls).
@@ -60,6 +62,7 @@ __all__ = [
     "reason_phrase",
     "request_line",
     "request_version",
+    "respond_bad_request",
     "waiting_for_transport",
 ]
 
@@ -67,6 +70,9 @@ BAD_REQUEST_METHOD = "_respondToBadRequestAndDisconnect"
 FINISH_BODY_METHOD = "_finishRequestBody"
 
 _STDLIB_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+# -- web: the server side (twisted.web.http, twisted.web.server) ---------------
 
 
 def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes]:
@@ -105,6 +111,15 @@ def hold_input(channel: http.HTTPChannel, hold: bool) -> None:
     itself: feed C{dataReceived(b"")} after.
     """
     channel.paused = hold
+
+
+def respond_bad_request(channel: http.HTTPChannel) -> None:
+    """
+    Answer the request whose head the channel is reading as malformed and
+    close: twisted.web's own bad-request path, which InkFlow's channel
+    overrides (L{BAD_REQUEST_METHOD}) to send the contract's JSON 400.
+    """
+    getattr(channel, BAD_REQUEST_METHOD)()
 
 
 def reason_phrase(status: int) -> bytes:

@@ -100,6 +100,23 @@ class TwistedHooksTests(TestCase):
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
         self.assertEqual(calls, [True])
 
+    def test_respond_bad_request_answers_with_twisteds_bare_400_path(self) -> None:
+        """C{respond_bad_request} reaches twisted.web's own bad-request answer: a plain channel sends its bare 400 and closes."""
+        channel = http.HTTPChannel()
+        transport = _connect(channel)
+        twisted_hooks.respond_bad_request(channel)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_inkflow_channel_calls_the_bad_request_answer_only_through_the_hook(self) -> None:
+        """InkFlowChannel's framing checks call the private method through the hook, never by name."""
+        import inspect
+
+        from inkflow.web import channel as channel_module
+
+        source = inspect.getsource(channel_module)
+        self.assertNotIn("." + twisted_hooks.BAD_REQUEST_METHOD + "(", source)
+
     def test_finish_body_method_calls_all_content_received(self) -> None:
         """The end of a body goes through C{_finishRequestBody} to the public C{allContentReceived}."""
         self.assertTrue(callable(getattr(http.HTTPChannel, twisted_hooks.FINISH_BODY_METHOD, None)))
