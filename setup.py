@@ -34,7 +34,7 @@ setup(
     version="0.1.0",
     description="A sturdy Twisted front for n8n: Hebrew RTL page, chat, uploads, retries, health",
     python_requires=">=3.11",
-    packages=["inkflow", "inkflow.server", "inkflow.web", "inkflow.n8n", "inkflow.tools", "twisted.plugins", *STATIC],
+    packages=["inkflow", "inkflow.server", "inkflow.web", "inkflow.n8n", "inkflow.tools", "inkflow.state", "twisted.plugins", *STATIC],
     package_dir={name: path for name, path in STATIC.items()},
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
@@ -48,6 +48,7 @@ setup(
         "filetype==1.2.0",
         "prometheus-client==0.26.0",
         "rich==15.0.0",
+        "txredisapi>=1.6.0,<2",  # --redis (inkflow.state.redis)
     ],
     extras_require={
         "test": [

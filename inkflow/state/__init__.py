@@ -1,0 +1,3 @@
+"""
+Shared state across processes and instances: see L{inkflow.state.base}.
+"""
