@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
@@ -47,6 +51,7 @@ __all__ = [
     "CALL_TIMEOUT",
     "SOCKET_ENV",
     "BigBytes",
+    "ParentStateService",
     "StateServer",
     "StateServerFactory",
     "StateUnavailable",
@@ -491,3 +496,55 @@ def _unavailable(reason: Failure) -> Failure:
             return Failure(StateUnavailable("cancelled"))
         return reason
     return Failure(StateUnavailable(str(reason.value)))
+
+
+class ParentStateService(Service):
+    """
+    The parent's side, as a service: a private folder (0700) with the state
+    socket (0600) in it, served while the service runs; the workers get its
+    path in L{SOCKET_ENV}.
+
+    @ivar factory: the state server (its L{StateServerFactory.scrape} merges
+        the workers' metrics).
+    """
+
+    name = "state"
+
+    def __init__(self, store: MemoryState, reactor: Any) -> None:
+        self.reactor = reactor
+        self.factory = StateServerFactory(store, reactor)
+        self.folder = ""
+        self.path = ""
+        self._port: Any = None
+
+    def privilegedStartService(self) -> None:
+        # Before the workers' command is built (it names the socket).
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._port is not None:
+            return
+        self.folder = tempfile.mkdtemp(prefix="inkflow-state-")
+        self.path = os.path.join(self.folder, "state.sock")
+        self._port = self.reactor.listenUNIX(self.path, self.factory, mode=0o600)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        for conn in list(self.factory.connections):
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+        stopped = port.stopListening() if port is not None else None
+
+        def remove(_: object) -> None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+        if isinstance(stopped, Deferred):
+            return stopped.addCallback(remove)
+        remove(None)
+        return None
