@@ -345,8 +345,10 @@ class _WorkerClient(amp.AMP):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.callRemote(Hello, worker=self.owner.worker).addErrback(lambda _: None)
-        self.owner._connected(self)
+        # Connected once the parent knows this worker's label (its metrics
+        # are merged under it from then on).
+        hello: Deferred[dict[str, Any]] = self.callRemote(Hello, worker=self.owner.worker)
+        hello.addCallbacks(lambda _: self.owner._connected(self), lambda _: None)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
@@ -388,6 +390,7 @@ class WorkersState:
         self.metrics_text = metrics_text
         self.timeout = timeout
         self._protocol: _WorkerClient | None = None
+        self._ready: list[Deferred[None]] = []
         self._service = ClientService(
             endpoint,
             _ClientFactory(self),
@@ -402,9 +405,13 @@ class WorkersState:
 
     def when_connected(self) -> Deferred[None]:
         """
-        Fires once connected to the parent (start-up, tests).
+        Fires once connected to the parent, and introduced (start-up, tests).
         """
-        return self._service.whenConnected().addCallback(lambda _: None)
+        if self._protocol is not None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready.append(d)
+        return d
 
     @property
     def degraded(self) -> bool:
@@ -412,6 +419,9 @@ class WorkersState:
 
     def _connected(self, protocol: _WorkerClient) -> None:
         self._protocol = protocol
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(None)
 
     def _disconnected(self, protocol: _WorkerClient) -> None:
         if self._protocol is protocol:
