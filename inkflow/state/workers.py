@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from inkflow.state.aggregate import Aggregator
+from inkflow.state.aggregate import Aggregator, merge_health
 from inkflow.state.base import Claim, Outcome, StateUnavailable, Wake, outcome_from_json, outcome_to_json
 from inkflow.state.memory import MemoryState
 
@@ -172,6 +172,20 @@ class ScrapeAll(amp.Command):
     response: ClassVar[Args] = [(b"text", BigBytes())]
 
 
+class HealthAll(amp.Command):
+    """A worker asks for the whole server's health: totals and a section per worker."""
+
+    arguments: ClassVar[Args] = []
+    response: ClassVar[Args] = [(b"health", _Json())]
+
+
+class WorkerHealth(amp.Command):
+    """Parent -> worker: this worker's own health snapshot."""
+
+    arguments: ClassVar[Args] = []
+    response: ClassVar[Args] = [(b"health", _Json())]
+
+
 class WorkerMetrics(amp.Command):
     """Parent -> worker: this worker's own metrics text."""
 
@@ -294,6 +308,10 @@ class StateServer(amp.AMP):
     def scrape_all(self) -> Deferred[dict[str, Any]]:
         return self.factory.scrape().addCallback(lambda text: {"text": text})
 
+    @HealthAll.responder
+    def health_all(self) -> Deferred[dict[str, Any]]:
+        return self.factory.health().addCallback(lambda health: {"health": health})
+
 
 class StateServerFactory(Factory):
     """
@@ -334,6 +352,26 @@ class StateServerFactory(Factory):
         done = gatherResults([one(c) for c in list(self.connections) if c.worker is not None])
         return done.addCallback(lambda _: self.aggregator.render())
 
+    def health(self) -> Deferred[dict[str, Any]]:
+        """
+        Every connected worker's health snapshot (a worker that does not
+        answer in time is left out), merged: L{merge_health}.
+        """
+        snapshots: dict[str, dict[str, Any]] = {}
+
+        def one(conn: StateServer) -> Deferred[None]:
+            d = conn.callRemote(WorkerHealth)
+            d.addTimeout(METRICS_TIMEOUT, self.clock)
+
+            def got(result: dict[str, Any]) -> None:
+                if conn.worker is not None:
+                    snapshots[conn.worker] = result["health"]
+
+            return d.addCallbacks(got, lambda _: None)
+
+        done = gatherResults([one(c) for c in list(self.connections) if c.worker is not None])
+        return done.addCallback(lambda _: merge_health(dict(sorted(snapshots.items()))))
+
 
 # --- a worker
 
@@ -358,6 +396,10 @@ class _WorkerClient(amp.AMP):
     def metrics(self) -> dict[str, Any]:
         return {"text": self.owner.metrics_text()}
 
+    @WorkerHealth.responder
+    def health(self) -> dict[str, Any]:
+        return {"health": self.owner.health_snapshot()}
+
 
 class _ClientFactory(Factory):
     def __init__(self, state: WorkersState) -> None:
@@ -374,6 +416,7 @@ class WorkersState:
     @param endpoint: the parent's socket (C{UNIXClientEndpoint(reactor, path)}).
     @param worker: this worker's label in the merged metrics (its slot).
     @param metrics_text: this worker's own C{/metrics} text (for the parent).
+    @param health_snapshot: this worker's own health snapshot (for the parent).
     @param timeout: seconds per call before L{StateUnavailable}.
     """
 
@@ -384,10 +427,12 @@ class WorkersState:
         worker: str,
         metrics_text: Callable[[], bytes] = lambda: b"",
         timeout: float = CALL_TIMEOUT,
+        health_snapshot: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.clock = clock
         self.worker = worker
         self.metrics_text = metrics_text
+        self.health_snapshot = health_snapshot
         self.timeout = timeout
         self._protocol: _WorkerClient | None = None
         self._ready: list[Deferred[None]] = []
@@ -494,6 +539,12 @@ class WorkersState:
         The whole server's metrics text, merged by the parent.
         """
         return self._call(ScrapeAll, timeout=timeout).addCallback(lambda r: bytes(r["text"]))
+
+    def server_health(self, timeout: float = 2 * METRICS_TIMEOUT + CALL_TIMEOUT) -> Deferred[dict[str, Any]]:
+        """
+        The whole server's health: C{{"totals": ..., "workers": {slot: snapshot}}}.
+        """
+        return self._call(HealthAll, timeout=timeout).addCallback(lambda r: dict(r["health"]))
 
     def close(self) -> Deferred[None]:
         stopped = self._service.stopService()

@@ -156,3 +156,28 @@ class ScrapeOverAmpTests(TestCase):
             text = await workers[n % 2].scrape()
             totals.append(samples(text).get(CHAT))
         self.assertEqual(totals, [20.0] * 10)
+
+    @run
+    async def test_the_servers_health_has_every_worker(self) -> None:
+        """Health from any worker: the totals of both and a section per worker."""
+        parent = ParentStateService(MemoryState(Clock(), StateConfig()), reactor)
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        workers = []
+        for slot, processed in enumerate((3, 4)):
+            worker = WorkersState(
+                UNIXClientEndpoint(reactor, parent.path),
+                reactor,
+                str(slot),
+                health_snapshot=health_of(processed),
+            )
+            self.addCleanup(worker.close)
+            await worker.when_connected()
+            workers.append(worker)
+        health = await workers[1].server_health()
+        self.assertEqual(health["totals"], {"queue": {"processed_total": 7}})
+        self.assertEqual(sorted(health["workers"]), ["0", "1"])
+
+
+def health_of(processed: int) -> Callable[[], dict[str, Any]]:
+    return lambda: {"queue": {"processed_total": processed, "depth": 0}}
