@@ -201,6 +201,10 @@ class _Poll:
     def _decided(self, result: tuple[str, str]) -> None:
         self.busy = False
         if self.result.called:
+            if result[0] == "lead":
+                # Claimed for a request that left meanwhile: free it at once
+                # rather than after the lease.
+                self.state._release(self.name, result[1])
             return
         kind, value = result
         if kind == "wait":
@@ -354,6 +358,12 @@ class RedisState:
         payload = json.dumps(outcome_to_json(outcome))
         d = self._eval(FINISH, [entry, f"{entry}:end:{gen}"], [gen, mode, payload, _ms(ttl), _ms(END_TTL)])
         return d.addCallback(lambda _: self._wake_local(name))
+
+    def _release(self, name: str, gen: str) -> None:
+        entry = self._idem(name)
+        payload = json.dumps(outcome_to_json(None))
+        d = self._eval(FINISH, [entry, f"{entry}:end:{gen}"], [gen, "none", payload, 1, 1])
+        d.addCallbacks(lambda _: self._wake_local(name), lambda _: None)
 
     # --- rate limit
 

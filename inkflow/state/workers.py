@@ -207,8 +207,11 @@ class StateServer(amp.AMP):
         self.worker: str | None = None
         self._tickets: dict[int, Deferred[Wake]] = {}
         self._leading: set[tuple[str, str]] = set()
-        #: The key each open wait is on (a waiter woken to lead leads it).
-        self._waiting_on: dict[int, tuple[str, str]] = {}
+        #: The waits woken to lead, by ticket, until their key is finished.
+        self._lead_by_ticket: dict[int, tuple[str, str]] = {}
+        #: Wakes the worker has not asked for yet, and the asks not woken yet.
+        self._fired: dict[int, dict[str, Any]] = {}
+        self._awaiting: dict[int, Deferred[dict[str, Any]]] = {}
 
     @property
     def store(self) -> MemoryState:
@@ -224,7 +227,8 @@ class StateServer(amp.AMP):
         for d in list(self._tickets.values()):
             d.cancel()
         self._tickets.clear()
-        self._waiting_on.clear()
+        self._lead_by_ticket.clear()
+        self._fired.clear()
         # A worker gone mid-request: its keys end without an answer, so a
         # request waiting on one (in another worker) leads now.
         for owner, key in list(self._leading):
@@ -248,34 +252,54 @@ class StateServer(amp.AMP):
             assert claim.waiting is not None
             ticket = next(self.factory.tickets)
             self._tickets[ticket] = claim.waiting
-            self._waiting_on[ticket] = (owner, key)
+            claim.waiting.addCallbacks(
+                self._woken, self._left, callbackArgs=(ticket, (owner, key)), errbackArgs=(ticket,)
+            )
         return {"kind": claim.kind, "answer": outcome_to_json(claim.answer), "ticket": ticket}
+
+    def _woken(self, wake: Wake, ticket: int, owner_key: tuple[str, str]) -> None:
+        self._tickets.pop(ticket, None)
+        if isinstance(wake, str):
+            # This worker's request leads now (known here before the worker
+            # hears it: a worker that dies or leaves meanwhile still frees it).
+            self._leading.add(owner_key)
+            self._lead_by_ticket[ticket] = owner_key
+        reply = {"wake": outcome_to_json(wake)}
+        awaiting = self._awaiting.pop(ticket, None)
+        if awaiting is not None:
+            awaiting.callback(reply)
+        else:
+            self._fired[ticket] = reply
+
+    def _left(self, reason: Failure, ticket: int) -> None:
+        reason.trap(CancelledError)
+        self._tickets.pop(ticket, None)
+        awaiting = self._awaiting.pop(ticket, None)
+        if awaiting is not None:
+            awaiting.errback(StateUnavailable("the wait was left"))
 
     @AwaitKey.responder
     def await_key(self, ticket: int) -> Deferred[dict[str, Any]]:
-        waiting = self._tickets.get(ticket)
-        if waiting is None:
+        if ticket in self._fired:
+            return succeed(self._fired.pop(ticket))
+        if ticket not in self._tickets:
             return fail(StateUnavailable(f"no such wait: {ticket}"))
-
-        def woken(wake: Wake) -> dict[str, Any]:
-            self._tickets.pop(ticket, None)
-            owner_key = self._waiting_on.pop(ticket, None)
-            if isinstance(wake, str) and owner_key is not None:  # this worker's request leads now
-                self._leading.add(owner_key)
-            return {"wake": outcome_to_json(wake)}
-
-        def gone(reason: Failure) -> dict[str, Any]:
-            reason.trap(CancelledError)
-            raise StateUnavailable("the wait was left")
-
-        return waiting.addCallbacks(woken, gone)
+        awaiting: Deferred[dict[str, Any]] = Deferred()
+        self._awaiting[ticket] = awaiting
+        return awaiting
 
     @LeaveKey.responder
     def leave(self, ticket: int) -> dict[str, Any]:
+        self._fired.pop(ticket, None)
         waiting = self._tickets.pop(ticket, None)
-        self._waiting_on.pop(ticket, None)
         if waiting is not None:
             waiting.cancel()
+        # Woken to lead while it was leaving (the answer crossed the leave):
+        # nobody leads; the next waiter does.
+        owner_key = self._lead_by_ticket.pop(ticket, None)
+        if owner_key is not None and owner_key in self._leading:
+            self._leading.discard(owner_key)
+            self.store.finish_now(*owner_key, None)
         return {}
 
     @StreamingKey.responder
@@ -286,6 +310,8 @@ class StateServer(amp.AMP):
     @FinishKey.responder
     def finish(self, owner: str, key: str, outcome: dict[str, Any]) -> dict[str, Any]:
         self._leading.discard((owner, key))
+        for ticket in [t for t, ok in self._lead_by_ticket.items() if ok == (owner, key)]:
+            del self._lead_by_ticket[ticket]
         wake = outcome_from_json(outcome)
         self.store.finish_now(owner, key, None if isinstance(wake, str) else wake)
         return {}
