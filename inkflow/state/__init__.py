@@ -45,6 +45,8 @@ How the composition root wires it (C{makeService}, one place):
     C{await built.link.scrape()} (its own text when that fails) and
     C{/api/health} adds C{await built.link.server_health()}; health's C{state}
     section is C{built.fallback.snapshot()} and its status C{degraded} while
-    C{built.state.degraded}; C{InkFlowService.stopService} ends with
+    C{built.state.degraded} (the health reporter calls
+    C{built.fallback.probe()} so an idle process recovers);
+    C{InkFlowService.stopService} ends with
     C{built.state.close()} (and C{built.link.close()}).
 """

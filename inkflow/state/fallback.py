@@ -123,6 +123,17 @@ class FallbackState:
 
         return d.addCallbacks(ok, failed)
 
+    def probe(self) -> Deferred[None]:
+        """
+        While degraded, once C{retry_after} has passed: ask the shared store
+        (a cheap lookup), so an idle process does not stay degraded until its
+        next chat.  Call it from the health reporter or a C{LoopingCall}.
+        """
+        if self._down_until is None or self._skip_shared():
+            return succeed(None)
+        d = self._either("probe", lambda: self.shared.execution_lookup("-"), lambda: None)
+        return d.addCallback(lambda _: None)
+
     # --- idempotency
 
     def idem_claim(self, owner: str, key: str, fingerprint: str) -> Deferred[Claim]:

@@ -148,6 +148,19 @@ class FallbackTests(TestCase):
         self.assertFalse(self.state.degraded)
         self.assertTrue(any("reachable again" in e.get("log_format", "") for e in self.events))
 
+    def test_a_probe_ends_the_degraded_state_without_traffic(self) -> None:
+        """probe(): nothing while shared or within retry_after; after it, one cheap call that can end it."""
+        result_of(self.state.probe())
+        self.assertEqual(self.shared.calls, 0)
+        self.shared.up = False
+        result_of(self.state.rate_take("a"))
+        result_of(self.state.probe())
+        self.assertEqual(self.shared.calls, 1)
+        self.shared.up = True
+        self.clock.advance(1.0)
+        result_of(self.state.probe())
+        self.assertFalse(self.state.degraded)
+
     def test_a_key_led_locally_is_finished_locally(self) -> None:
         """A key claimed while degraded is finished in the process's store, even once the shared one is back."""
         self.shared.up = False
