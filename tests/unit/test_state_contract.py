@@ -117,19 +117,16 @@ class WorkersBackend(Backend):
 
 
 class RedisBackend(Backend):
-    server: ClassVar[RedisServer | None] = None
-
-    @classmethod
-    def ensure_server(cls) -> RedisServer:
-        if cls.server is None:
-            binary = redis_server_path()
-            if binary is None:
-                raise SkipTest("redis-server is not installed and cannot be (scripts/install-system-deps.sh redis)")
-            cls.server = RedisServer(binary).start()
-        return cls.server
+    """
+    A redis-server of its own for each test (it starts in milliseconds), so
+    none outlives its test under either runner.
+    """
 
     async def start(self, config: StateConfig) -> None:
-        self.redis_server = self.ensure_server()
+        binary = redis_server_path()
+        if binary is None:
+            raise SkipTest("redis-server is not installed and cannot be (scripts/install-system-deps.sh redis)")
+        self.redis_server = RedisServer(binary).start()
         self.config = config
         self.prefix = f"test:{secrets.token_hex(4)}:"
         self.connections: list[Any] = []
@@ -159,8 +156,11 @@ class RedisBackend(Backend):
                     await self.admin.execute_command("PEXPIRE", key, pttl - ms)
 
     async def stop(self) -> None:
-        for conn in self.connections:
+        for conn in getattr(self, "connections", []):
             await conn.disconnect()
+        server = getattr(self, "redis_server", None)
+        if server is not None:
+            server.close()
 
 
 class StateContract(TestCase):
@@ -337,12 +337,6 @@ class WorkersStateContractTests(StateContract):
 
 class RedisStateContractTests(StateContract):
     backend = RedisBackend
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        server, RedisBackend.server = RedisBackend.server, None
-        if server is not None:
-            server.close()
 
 
 del StateContract
