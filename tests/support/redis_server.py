@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,7 +106,17 @@ class RedisServer:
             ready, _, _ = select.select([self.process.stdout], [], [], left)
             if ready:
                 self._output += os.read(self.process.stdout.fileno(), 65536)
+        # Keep reading its log so a full pipe never blocks it.
+        threading.Thread(target=self._drain, args=(self.process.stdout.fileno(),), daemon=True).start()
         return self
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 65536):
+                pass
+        except OSError:
+            pass
 
     def stop(self) -> None:
         """
