@@ -41,6 +41,7 @@ setup(
         "inkflow.web",
         "inkflow.n8n",
         "inkflow.tools",
+        "inkflow.state",
         "twisted.plugins",
         *STATIC,
     ],
@@ -60,6 +61,7 @@ setup(
         "filetype==1.2.0",
         "prometheus-client==0.26.0",
         "rich==15.0.0",
+        "txredisapi>=1.6.0,<2",  # --redis (inkflow.state.redis)
     ],
     extras_require={
         "test": [

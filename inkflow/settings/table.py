@@ -40,6 +40,7 @@ from inkflow.settings.parsers import (
     webhook,
 )
 from inkflow.settings.urls import redact_url
+from inkflow.state.address import redacted_redis_url, redis_prefix_option, redis_url_option
 
 __all__ = [
     "OPTIONS",
@@ -272,6 +273,18 @@ class Settings:
     )
     access_log: bool = opt(flag, True, "log one line per request (false to turn off)", metavar="BOOL")
     workers: int = opt(int_in(1, 64), 1, "processes sharing the listening socket", metavar="N")
+    # --- shared state across processes and instances (issue 20)
+    redis: str = opt(
+        redis_url_option,
+        "",
+        "Redis (or Valkey) shared by every process of every instance: Idempotency-Keys, rate limit, executions"
+        " (redis://host:port/db, rediss://..., unix:///path); none = per server",
+        metavar="URL",
+        show=redacted_redis_url,
+    )
+    redis_prefix: str = opt(
+        redis_prefix_option, "inkflow:", "prefix of every key InkFlow writes in --redis", metavar="PREFIX"
+    )
 
     @property
     def mode(self) -> str:
