@@ -38,7 +38,7 @@ itself uses to take the connection over).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from hyperlink import URL
@@ -61,7 +61,6 @@ from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
 from inkflow.errors import ApiError
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.snapshot import WebSocketsSnapshot
 from inkflow.web.responses import error_response
 
@@ -373,6 +372,15 @@ async def connect_upstream(reactor: Any, url: str, side: WebSocketProtocol, max_
     return wire
 
 
+class ExecutionLookup(Protocol):
+    """
+    Which upstream started an execution (its index, or C{None}), as the
+    shared state answers it (L{inkflow.state.chat.SharedExecutions}).
+    """
+
+    def lookup(self, execution_id: str) -> defer.Deferred[int | None]: ...
+
+
 class ChatSocketResource(Resource):
     """
     C{/chat}: the WebSocket relay (see the module docstring).
@@ -390,7 +398,7 @@ class ChatSocketResource(Resource):
         self,
         settings: Settings,
         reactor: Any,
-        executions: ExecutionMap,
+        executions: ExecutionLookup,
         sockets: ChatSockets,
         draining: Callable[[], bool],
         connect: Callable[..., Any] = connect_upstream,
@@ -428,7 +436,14 @@ class ChatSocketResource(Resource):
             raise ApiError("not_found", "no n8n is configured")
         if self.draining():
             raise ApiError.retry_later("busy", 5, "the server is shutting down")
-        index = self._upstream(request)
+        # The execution map may be shared (the workers' parent, Redis): its
+        # answer can come later.
+        d: defer.Deferred[int] = self._upstream(request)
+        d.addCallback(self._open, request)
+        d.addErrback(self._failed_early, request)
+        return NOT_DONE_YET
+
+    def _open(self, index: int, request: Any) -> None:
         handshake = H11Handshake(ConnectionType.SERVER)
         headers = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
         try:
@@ -445,17 +460,29 @@ class ChatSocketResource(Resource):
             lambda wire: self._accept(request, handshake, relay, wire),
             lambda failure: self._refused(request, failure, index),
         )
-        return NOT_DONE_YET
 
-    def _upstream(self, request: Any) -> int:
+    def _upstream(self, request: Any) -> defer.Deferred[int]:
         execution = (request.args.get(b"executionId") or [b""])[0].decode("utf-8", "replace")
-        if execution:
-            index = self.executions.lookup(execution)
-            if index is not None:
-                return index
+        found = self.executions.lookup(execution) if execution else defer.succeed(None)
+        return found.addCallback(self._known)
+
+    def _known(self, index: int | None) -> int:
+        if index is not None:
+            return index
         if len(self._origins) == 1:
             return 0
         raise ApiError("unknown_execution", "this execution was not started through this server")
+
+    def _failed_early(self, failure: Failure, request: Any) -> None:
+        if request.finished or request._disconnected:
+            return
+        if isinstance(failure.value, ApiError):
+            body = error_response(request, failure.value)
+        else:
+            log.failure("The WebSocket upgrade failed", failure=failure)
+            body = error_response(request, ApiError("internal_error"))
+        request.write(body)
+        request.finish()
 
     def _refused(self, request: Any, failure: Failure, index: int) -> None:
         if failure.check(defer.CancelledError) and (request.finished or request._disconnected):

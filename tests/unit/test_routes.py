@@ -22,13 +22,14 @@ from inkflow.errors import ApiError
 from inkflow.health import HealthReporter, SiteStats
 from inkflow.n8n.client import ForwardResult
 from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.settings import Settings
 from inkflow.snapshot import UpstreamSnapshot
-from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.state.base import StateConfig
+from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
+from inkflow.state.memory import MemoryState
+from inkflow.web.admission import ChatQueue
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
-from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
 from inkflow.web.staticfiles import StaticFiles
@@ -96,7 +97,10 @@ def make_app(
     connections = Connections()
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock)
     streams = StreamAnswers(clock, idle_timeout=settings.stream_idle_timeout, stream_timeout=settings.stream_timeout)
-    store = IdempotencyStore(clock, settings.idempotency_ttl)
+    state = MemoryState(clock, StateConfig(idempotency_ttl=settings.idempotency_ttl, rate_limit=settings.rate_limit))
+    idempotency = SharedIdempotentChat(
+        state, settings.chat_input_key, settings.chat_session_key, client=lambda r: r.getClientAddress().host
+    )
     reporter = HealthReporter(
         settings,
         clock,
@@ -113,19 +117,19 @@ def make_app(
         demo=DemoResponder(),
         queue=queue,
         streams=streams,
-        executions=ExecutionMap(clock),
-        idempotency=store,
+        executions=SharedExecutions(state),
+        idempotency=idempotency,
     )
     app = InkFlowApp(
         settings,
         clock,
         chat=chat,
-        idempotency=IdempotentChat(store, settings.chat_input_key, settings.chat_session_key),
-        rate_limiter=RateLimiter(settings.rate_limit, clock),
+        idempotency=idempotency,
+        rate_take=state.rate_take,
         reporter=reporter,
         static=StaticFiles(settings.static_dir),
         chat_socket=ChatSocketResource(
-            settings, clock, ExecutionMap(clock), ChatSockets(), draining=lambda: connections.draining
+            settings, clock, SharedExecutions(state), ChatSockets(), draining=lambda: connections.draining
         ),
     )
     site = InkFlowSite(
