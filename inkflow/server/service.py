@@ -207,6 +207,22 @@ class InkFlowService(service.MultiService):
         return defer.Deferred.fromCoroutine(self._drain())
 
 
+class _StopLastFirst(service.MultiService):
+    """
+    The C{--workers} parent: its children stop one after another, the last
+    started first, so the workers drain while the parent still serves their
+    shared state (a C{MultiService} stops them all at once).
+    """
+
+    async def _stop(self) -> None:
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            await defer.maybeDeferred(child.stopService)
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())
+
+
 def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRequest], None]:
     """
     Called once per finished request: counts it, and writes the access log
@@ -273,16 +289,16 @@ def makeService(
         # workers, each of which calls makeService with worker_fd.
         # The parent holds the shared state and serves it to the workers over
         # AMP (it also merges their metrics and health, under --redis too).
-        top = service.MultiService()
+        parent = _StopLastFirst()
         parent_state = ParentStateService(MemoryState(reactor, state_config(settings)), reactor)
-        parent_state.setServiceParent(top)  # before the workers: their command names its socket
+        parent_state.setServiceParent(parent)  # before the workers: their command names its socket
         WorkerSupervisor(settings, IReactorProcess(reactor), state_socket=lambda: parent_state.path).setServiceParent(
-            top
+            parent
         )
         if install_signals:
             reactor.callWhenRunning(install_rotation_signals, reactor)
         reactor.callWhenRunning(tune_gc)
-        return top
+        return parent
 
     # Built in order, each from those before it: no callback looks up a
     # name bound later.

@@ -88,6 +88,35 @@ class MakeServiceTests(TestCase):
         assert isinstance(supervisor, WorkerSupervisor)
         self.assertIsNotNone(supervisor.state_socket)
 
+    def test_the_workers_parent_stops_the_state_after_the_workers(self) -> None:
+        """The parent's state is served until every worker has drained: its stop waits for the supervisor's."""
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred
+
+        from inkflow.server.service import _StopLastFirst
+
+        calls: list[str] = []
+        drained: Deferred[None] = Deferred()
+
+        class State(Service):
+            def stopService(self) -> None:
+                calls.append("state")
+
+        class Workers(Service):
+            def stopService(self) -> Deferred[None]:
+                calls.append("workers")
+                return drained
+
+        parent = _StopLastFirst()
+        State().setServiceParent(parent)
+        Workers().setServiceParent(parent)
+        parent.startService()
+        stopped = parent.stopService()
+        self.assertEqual(calls, ["workers"])
+        drained.callback(None)
+        self.assertEqual(calls, ["workers", "state"])
+        self.successResultOf(stopped)
+
     def test_one_process_keeps_its_state_in_memory(self) -> None:
         """One process: health's state section says memory, shared, and the status stays ok."""
         reactor = MemoryReactorClock()
