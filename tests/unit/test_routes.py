@@ -37,7 +37,7 @@ from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import StreamAnswers
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
 from tests.support.site_treq import SiteTreq
-from tests.unit.helpers import temp_path
+from tests.unit.helpers import pinned, temp_path
 
 
 class FakeProcess:
@@ -451,6 +451,20 @@ class SharedRateLimitTests(TestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), head)
         self.assertIn(b"Retry-After: 13\r\n", head)
         self.assertIn(b'"rate_limited"', head)
+
+    @pinned("a client gone while the shared rate limit answers: the route ran on and failed on the released body")
+    def test_client_gone_before_the_answer_ends_quietly(self) -> None:
+        """The client leaves while the shared state has not answered: nothing runs, nothing is logged as an error."""
+        from twisted.python.failure import Failure
+
+        answers: list[Deferred[float]] = []
+        channel, _ = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        with capturedLogs() as events:
+            channel.connectionLost(Failure(ConnectionError("client gone")))
+            answers[0].callback(0.0)
+        errors = [e for e in events if e["log_level"] in (LogLevel.error, LogLevel.critical)]
+        self.assertEqual(errors, [])
 
     def test_refused_while_the_body_streams_cuts_it(self) -> None:
         """A refusal that arrives while the body is still coming answers 429 at once; the rest is not read."""
