@@ -175,6 +175,10 @@ def _later(request: IRequest, answer: defer.Deferred[bytes]) -> bytes | int:
 
 
 def _allowed_on_error(reason: Failure) -> float:
+    # The request went away (its route was cancelled while it waited): the
+    # cancellation goes on.
+    if reason.check(defer.CancelledError):
+        reason.raiseException()
     # The state answers from this process when the shared one fails; anything
     # else is a defect, and chat goes on without the limit rather than a 500.
     log.failure("The rate limit could not be checked", failure=reason)

@@ -37,7 +37,7 @@ from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import StreamAnswers
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
 from tests.support.site_treq import SiteTreq
-from tests.unit.helpers import pinned, temp_path
+from tests.unit.helpers import temp_path
 
 
 class FakeProcess:
@@ -452,7 +452,6 @@ class SharedRateLimitTests(TestCase):
         self.assertIn(b"Retry-After: 13\r\n", head)
         self.assertIn(b'"rate_limited"', head)
 
-    @pinned("a client gone while the shared rate limit answers: the route ran on and failed on the released body")
     def test_client_gone_before_the_answer_ends_quietly(self) -> None:
         """The client leaves while the shared state has not answered: nothing runs, nothing is logged as an error."""
         from twisted.python.failure import Failure
