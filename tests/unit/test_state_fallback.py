@@ -28,7 +28,7 @@ from inkflow.state.memory import MemoryState
 from inkflow.state.redis import RedisState, connect
 from inkflow.state.workers import SOCKET_ENV, ParentStateService
 from tests.support.redis_server import RedisServer, redis_server_path
-from tests.unit.helpers import temp_path
+from tests.unit.helpers import pinned, temp_path
 
 reactor: Any = _reactor
 CONFIG = StateConfig(idempotency_ttl=60.0, rate_limit=2, lease=30.0)
@@ -133,6 +133,31 @@ class FallbackTests(TestCase):
         warnings = [e for e in self.events if "unreachable" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(self.state.snapshot()["error"], "down")
+
+    @pinned("a caller's cancel became the store's failure: degraded, and the local answer went to a gone caller")
+    def test_a_caller_that_leaves_is_not_an_outage(self) -> None:
+        """
+        The caller cancels a call the shared store has not answered (its
+        client left): the cancellation reaches the caller, the store's own
+        call is cancelled, and nothing counts as a fallback.
+        """
+        from twisted.internet.defer import CancelledError
+
+        cancelled: list[bool] = []
+
+        def cancel(d: Deferred[float]) -> None:
+            # As RedisState does: a cancelled call fails with StateUnavailable.
+            cancelled.append(True)
+            d.errback(StateUnavailable("cancelled"))
+
+        def never(bucket: str) -> Deferred[float]:
+            return Deferred(cancel)
+
+        self.shared.rate_take = never  # type: ignore[method-assign]
+        d = self.state.rate_take("a")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((cancelled, self.state.degraded, self.state.fallbacks_total), ([True], False, 0))
 
     def test_left_alone_while_down_then_tried_again(self) -> None:
         """After a failure the shared store is not asked for retry_after seconds; then once, and it is back."""
