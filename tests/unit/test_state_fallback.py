@@ -28,7 +28,7 @@ from inkflow.state.memory import MemoryState
 from inkflow.state.redis import RedisState, connect
 from inkflow.state.workers import SOCKET_ENV, ParentStateService
 from tests.support.redis_server import RedisServer, redis_server_path
-from tests.unit.helpers import pinned, temp_path
+from tests.unit.helpers import temp_path
 
 reactor: Any = _reactor
 CONFIG = StateConfig(idempotency_ttl=60.0, rate_limit=2, lease=30.0)
@@ -134,7 +134,6 @@ class FallbackTests(TestCase):
         self.assertEqual(len(warnings), 1)
         self.assertEqual(self.state.snapshot()["error"], "down")
 
-    @pinned("a caller's cancel became the store's failure: degraded, and the local answer went to a gone caller")
     def test_a_caller_that_leaves_is_not_an_outage(self) -> None:
         """
         The caller cancels a call the shared store has not answered (its
