@@ -35,6 +35,7 @@ from bench._common import (
     WrkResult,
     arguments,
     have_wrk,
+    http_get,
     inkflow,
     logdir,
     median,
@@ -80,6 +81,18 @@ def redis_server() -> Iterator[tuple[str, int]]:
         server.close()
 
 
+def _fallbacks(server: Proc) -> float:
+    """
+    C{inkflow_state_fallbacks_total}: the shared-state calls this server
+    answered alone (the store did not answer within its timeout).
+    """
+    status, body = http_get(server.port, "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("inkflow_state_fallbacks_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def _cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -104,6 +117,7 @@ def measured(
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     redis = [redis_pid] if redis_pid is not None else []
+    fallbacks0 = _fallbacks(server)
     ink0, back0, redis0, t0 = _cpu([server.pid]), _cpu([backend.pid]), _cpu(redis), time.monotonic()
     result = wrk(server.url("/api/chat"), connections=connections, duration=duration, script=script)
     elapsed = time.monotonic() - t0
@@ -113,6 +127,7 @@ def measured(
         "backend": (_cpu([backend.pid]) - back0) / elapsed,
         "inkflow": (_cpu([server.pid]) - ink0) / elapsed,
         "redis": (_cpu(redis) - redis0) / elapsed,
+        "fallbacks": (_fallbacks(server) - fallbacks0) / max(result.requests, 1),
     }
     return result, cores
 
@@ -148,14 +163,16 @@ def _compare(
             say(
                 f"  round {r + 1} {name} -c{connections}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                 f"cores: inkflow {used['inkflow']:.2f}, wrk {used['wrk']:.2f}, backend {used['backend']:.2f}, "
-                f"redis {used['redis']:.2f}; "
+                f"redis {used['redis']:.2f}; answered alone {used['fallbacks']:.1%}; "
                 f"non-2xx {result.non_2xx}, socket errors {result.socket_errors}"
             )
     return rps, cores, errors
 
 
 def _cores_note(cores: list[dict[str, float]]) -> str:
-    return ", ".join(f"{k} {median([c[k] for c in cores]):.2f}" for k in ("inkflow", "wrk", "backend", "redis"))
+    used = ", ".join(f"{k} {median([c[k] for c in cores]):.2f}" for k in ("inkflow", "wrk", "backend", "redis"))
+    alone = median([c["fallbacks"] for c in cores])
+    return used + (f" (calls answered without the shared store: {alone:.1%})" if alone else "")
 
 
 def _per_core(rps: list[float], cores: list[dict[str, float]]) -> float:
