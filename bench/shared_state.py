@@ -86,7 +86,7 @@ def _fallbacks(server: Proc) -> float:
     C{inkflow_state_fallbacks_total}: the shared-state calls this server
     answered alone (the store did not answer within its timeout).
     """
-    status, body = http_get(server.port, "/metrics")
+    _, body = http_get(server.port, "/metrics")
     for line in body.decode().splitlines():
         if line.startswith("inkflow_state_fallbacks_total "):
             return float(line.split()[1])
