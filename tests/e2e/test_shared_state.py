@@ -165,6 +165,23 @@ async def another_client_gets_its_own(fake: FakeN8n, servers: list[ServerProcess
     assert n8n_runs(fake, message) == 3
 
 
+# -- one process ---------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_process_another_client_never_gets_the_first_ones_answer(
+    fake: FakeN8n, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One process (memory): another address or session reusing a key gets its own answer."""
+    s = ServerProcess(*server_args(fake, tmp_path_factory.mktemp("single")))
+    await threads.deferToThread(s.start)
+    try:
+        await another_client_gets_its_own(fake, [s], "p-scope")
+    finally:
+        await threads.deferToThread(s.stop)
+    assert "Traceback" not in s.output()
+
+
 # -- --workers 2 ---------------------------------------------------------------------------------
 
 
