@@ -5,7 +5,7 @@ import sys
 
 from twisted.application import service
 
-from inkflow.server import logs
+from inkflow.server import logs, startup
 from inkflow.server.service import makeService
 from inkflow.settings import ConfigError, load_settings
 
@@ -17,4 +17,5 @@ except ConfigError as e:
 
 application = service.Application("inkflow")
 logs.set_up(settings, application=application)
-makeService(settings).setServiceParent(application)
+# A port in use and the like: one line and status 2 (inkflow.server.startup).
+startup.guarded(makeService(settings)).setServiceParent(application)

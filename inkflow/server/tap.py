@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from inkflow.server import logs
+from inkflow.server import logs, startup
 from inkflow.settings import OPTIONS, ConfigError, Option, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
@@ -67,6 +67,7 @@ class _OptionsBase(usage.Options):
         parent = getattr(self, "parent", None)
         if parent is not None:
             logs.set_up(self.settings, twistd_options=parent)
+            startup.use_twistd_options(parent)
 
 
 class _Handled(usage.UsageError):
@@ -96,4 +97,5 @@ Options = _build_options_class()
 def makeService(options: usage.Options) -> IService:
     from inkflow.server.service import makeService as make
 
-    return make(options.settings)  # type: ignore[attr-defined]
+    # A port in use and the like: one line and status 2 (inkflow.server.startup).
+    return startup.guarded(make(options.settings))  # type: ignore[attr-defined]

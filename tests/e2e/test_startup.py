@@ -55,14 +55,12 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_port_in_use_is_one_line_and_status_2(busy_port: int, tmp_path: Path) -> None:
     """twistd -n inkflow on a port in use: one line naming the address and the reason."""
     result = _plugin("--listen", f"tcp:{busy_port}:interface=127.0.0.1", "--upload-dir", str(tmp_path))
     _assert_one_line(result, f"127.0.0.1:{busy_port}", "ddress already in use")
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_admin_port_in_use_is_one_line_and_status_2(busy_port: int, tmp_path: Path) -> None:
     """--admin-listen on a port in use: the same one line."""
     result = _plugin(
@@ -76,7 +74,6 @@ def test_admin_port_in_use_is_one_line_and_status_2(busy_port: int, tmp_path: Pa
     _assert_one_line(result, f"127.0.0.1:{busy_port}", "ddress already in use")
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_port_in_use_with_workers_is_one_line_and_status_2(busy_port: int, tmp_path: Path) -> None:
     """--workers 2: the parent opens the socket; a port in use is the same one line."""
     result = _plugin(
@@ -85,14 +82,12 @@ def test_port_in_use_with_workers_is_one_line_and_status_2(busy_port: int, tmp_p
     _assert_one_line(result, f"127.0.0.1:{busy_port}", "ddress already in use")
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_port_in_use_in_the_tac_is_one_line_and_status_2(busy_port: int, tmp_path: Path) -> None:
     """twistd -ny inkflow.tac on a port in use: the same one line."""
     result = _tac({"INKFLOW_LISTEN": f"tcp:{busy_port}:interface=127.0.0.1", "INKFLOW_UPLOAD_DIR": str(tmp_path)})
     _assert_one_line(result, f"127.0.0.1:{busy_port}", "ddress already in use")
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_permission_denied_on_a_privileged_port_is_one_line(tmp_path: Path) -> None:
     """A port below 1024 for an unprivileged user: one line saying permission denied."""
     command = [twistd(), "-n", "--pidfile=", "inkflow", "--listen", "tcp:1:interface=127.0.0.1"]
@@ -107,7 +102,6 @@ def test_permission_denied_on_a_privileged_port_is_one_line(tmp_path: Path) -> N
     _assert_one_line(result, "127.0.0.1:1", "ermission denied")
 
 
-@pytest.mark.xfail(strict=True, reason="start-up failures print a traceback")
 def test_upload_folder_that_cannot_be_made_is_one_line() -> None:
     """An --upload-dir that cannot be created (here under read-only /sys): one line naming it."""
     if not os.path.isdir("/sys/kernel"):

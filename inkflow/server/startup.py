@@ -1,0 +1,118 @@
+"""
+Start-up failures as one line: L{guarded} wraps the whole service so that a
+port in use, permission denied, or a folder that cannot be made stops
+start-up with one line on stderr and exit status 2, never twistd's traceback.
+
+Bad option values never get this far: L{inkflow.settings.load_settings}
+refuses them (a bad endpoint string, an unreadable config file) with the same
+one line.  What is left fails only when the service starts: twistd opens the
+ports in C{privilegedStartService} and starts the rest in C{startService},
+both before the reactor runs, both wrapped here.
+
+Under a daemonizing twistd (no C{-n}) the failure is raised as an exception
+instead, which twistd reports through its start-up pipe to the parent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+__all__ = ["StartupError", "StartupGuard", "describe_failure", "guarded", "use_twistd_options"]
+
+log = Logger()
+
+#: Set from twistd's own options by the plugin (L{use_twistd_options}); the
+#: .tac runs in the foreground (C{twistd -ny}).
+_daemon = False
+_pidfile: str | None = None
+
+
+class StartupError(Exception):
+    """
+    A start-up failure already put into one line (raised under a daemonizing
+    twistd, which reports it).
+    """
+
+
+def use_twistd_options(options: dict[str, object] | object) -> None:
+    """
+    Remember whether twistd daemonizes and which pid file it wrote.
+    """
+    global _daemon, _pidfile
+    get = getattr(options, "get", None)
+    if get is None:
+        return
+    _daemon = not get("nodaemon")
+    _pidfile = get("pidfile") or None
+
+
+def describe_failure(error: BaseException) -> str | None:
+    """
+    The one line for a start-up failure, or C{None} when C{error} is not one
+    (a defect, which keeps its traceback).
+    """
+    if isinstance(error, CannotListenError):
+        reason = error.socketError
+        text = getattr(reason, "strerror", None) or str(reason)
+        # A unix socket's "port" is its path, with no interface.
+        where = str(error.port) if error.interface is None else f"{error.interface or '*'}:{error.port}"
+        return f"cannot listen on {where}: {text}"
+    if isinstance(error, OSError) and error.strerror:
+        if error.filename is not None:
+            return f"{error.strerror}: {error.filename}"
+        return error.strerror
+    return None
+
+
+def _fail(line: str) -> None:
+    log.critical("Start-up failed: {reason}", reason=line)
+    if _daemon:
+        raise StartupError(line)
+    stderr = sys.__stderr__ or sys.stderr
+    stderr.write(f"inkflow: error: {line}\n")
+    stderr.flush()
+    if _pidfile:
+        try:
+            with open(_pidfile) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.remove(_pidfile)
+        except OSError:
+            pass
+    raise SystemExit(2)
+
+
+class StartupGuard(service.MultiService):
+    """
+    The top of InkFlow's services: a start-up failure of any service below is
+    one line and exit status 2.
+    """
+
+    def _guard(self, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except (CannotListenError, OSError) as e:
+            line = describe_failure(e)
+            if line is None:
+                raise
+            _fail(line)
+
+    def privilegedStartService(self) -> None:
+        self._guard(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._guard(super().startService)
+
+
+def guarded(inner: service.IService) -> StartupGuard:
+    """
+    C{inner} under a L{StartupGuard}.
+    """
+    top = StartupGuard()
+    service.IService(inner).setServiceParent(top)
+    return top
