@@ -4,6 +4,7 @@ import os
 import sys
 
 from twisted.application import service
+from twisted.internet import reactor
 
 from inkflow.server import logs, startup
 from inkflow.server.service import makeService
@@ -17,5 +18,5 @@ except ConfigError as e:
 
 application = service.Application("inkflow")
 logs.set_up(settings, application=application)
-# A port in use and the like: one line and status 2 (inkflow.server.startup).
-startup.guarded(makeService(settings)).setServiceParent(application)
+# A port in use and the like: one line and status 2; under systemd, READY=1 and WATCHDOG=1.
+startup.guarded(makeService(settings, reactor), reactor).setServiceParent(application)

@@ -38,6 +38,16 @@ setup(
     package_dir={name: path for name, path in STATIC.items()},
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
+    # The docs, under <prefix>/share/doc/inkflow: deploy/inkflow.service's Documentation= points there.
+    data_files=[
+        (
+            "share/doc/inkflow",
+            [
+                "README.md",
+                *sorted(f"docs/{name}" for name in os.listdir(os.path.join(HERE, "docs")) if name.endswith(".md")),
+            ],
+        )
+    ],
     install_requires=[
         "twisted[tls]==26.10.0",
         "wsproto==1.3.2",  # twisted.web.websocket (the /chat relay)

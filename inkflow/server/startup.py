@@ -21,7 +21,10 @@ from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from inkflow.server.systemd import SystemdNotifier
 
 __all__ = ["StartupError", "StartupGuard", "describe_failure", "guarded", "use_twistd_options"]
 
@@ -109,10 +112,13 @@ class StartupGuard(service.MultiService):
         self._guard(super().startService)
 
 
-def guarded(inner: service.IService) -> StartupGuard:
+def guarded(inner: service.IService, clock: IReactorTime | None = None) -> StartupGuard:
     """
-    C{inner} under a L{StartupGuard}.
+    C{inner} under a L{StartupGuard}; with C{clock} (the reactor), and under
+    systemd, beside a L{SystemdNotifier} (C{READY=1}, C{WATCHDOG=1}).
     """
     top = StartupGuard()
     service.IService(inner).setServiceParent(top)
+    if clock is not None:
+        SystemdNotifier(clock).setServiceParent(top)
     return top

@@ -95,7 +95,10 @@ Options = _build_options_class()
 
 
 def makeService(options: usage.Options) -> IService:
+    from twisted.internet import reactor
+
     from inkflow.server.service import makeService as make
 
-    # A port in use and the like: one line and status 2 (inkflow.server.startup).
-    return startup.guarded(make(options.settings))  # type: ignore[attr-defined]
+    # A port in use and the like: one line and status 2; under systemd, READY=1 and WATCHDOG=1
+    # (inkflow.server.startup, inkflow.server.systemd).
+    return startup.guarded(make(options.settings, reactor), reactor)  # type: ignore[attr-defined]

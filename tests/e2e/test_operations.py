@@ -5,6 +5,7 @@ log file, log rotation on SIGUSR1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -148,3 +149,29 @@ def test_monitor_once_unreachable_is_one_line_and_status_1() -> None:
     result = _monitor("--url", f"http://127.0.0.1:{port}", "--once", "--json")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == f"inkflow monitor: cannot read http://127.0.0.1:{port}/api/health: connection refused\n"
+
+
+def test_systemd_notify_ready_once_listening_and_watchdog(tmp_path: Path) -> None:
+    """
+    Under Type=notify (a $NOTIFY_SOCKET, here a local datagram socket): READY=1 arrives once the port
+    answers, then WATCHDOG=1 every half of WatchdogSec, and STOPPING=1 on SIGTERM.
+    """
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        s = ServerProcess(
+            "--upload-dir", str(tmp_path / "uploads"), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+        )
+        with s:
+            assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
+            assert s.get_json("/api/health")[0] == 200
+            assert [sock.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3
+            s.stop()
+        messages = []
+        sock.setblocking(False)  # the process has exited: what it sent is all in the buffer
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(sock.recv(4096))
+        assert messages[-1] == b"STOPPING=1"
+        assert set(messages[:-1]) <= {b"WATCHDOG=1"}
