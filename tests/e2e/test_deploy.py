@@ -69,7 +69,6 @@ def test_the_documentation_the_unit_names_is_installed() -> None:
     assert installed.read_text() == (REPO / "docs" / installed.name).read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="haproxy.cfg names scripts/install-haproxy.sh, which does not exist")
 def test_haproxy_cfg_names_only_files_that_exist() -> None:
     """Every scripts/... path deploy/haproxy.cfg mentions is in the checkout."""
     text = (REPO / "deploy" / "haproxy.cfg").read_text()
