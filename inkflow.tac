@@ -15,6 +15,9 @@ try:
 except ConfigError as e:
     sys.stderr.write(f"inkflow: error: {e}\n")
     raise SystemExit(2) from None
+if (problem := startup.unsupported(settings)) is not None:
+    sys.stderr.write(f"inkflow: error: {problem}\n")
+    raise SystemExit(2)
 
 application = service.Application("inkflow")
 logs.set_up(settings, application=application)

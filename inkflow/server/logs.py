@@ -285,6 +285,9 @@ def install_rotation_signals(reactor: IReactorFromThreads) -> None:
     """
     SIGUSR1 and SIGHUP rotate the log file (SIGHUP would otherwise kill twistd
     silently: it installs no handler for it).  Main thread only.
+
+    Where they do not exist (Windows), one line says so: the file still
+    rotates by size (L{ROTATE_BYTES}).
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -292,11 +295,18 @@ def install_rotation_signals(reactor: IReactorFromThreads) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         reactor.callFromThread(_rotate_and_log, signal.Signals(signum).name)
 
-    signal.signal(signal.SIGHUP, on_signal)
+    hup, usr1 = getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)
+    if hup is None or usr1 is None:
+        log.info(
+            "No SIGHUP or SIGUSR1 on this system: the log file rotates at {size} MB only",
+            size=ROTATE_BYTES // (1024 * 1024),
+        )
+        return
+    signal.signal(hup, on_signal)
     if _current_file is not None:
         # Only when InkFlow owns the file; otherwise twistd's own SIGUSR1
         # handler (for its --logfile) stays.
-        signal.signal(signal.SIGUSR1, on_signal)
+        signal.signal(usr1, on_signal)
 
 
 def _rotate_and_log(name: str) -> None:

@@ -25,8 +25,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from inkflow.server.systemd import SystemdNotifier
+from inkflow.settings import Settings
 
-__all__ = ["StartupError", "StartupGuard", "describe_failure", "guarded", "use_twistd_options"]
+__all__ = ["StartupError", "StartupGuard", "describe_failure", "guarded", "posix", "unsupported", "use_twistd_options"]
 
 log = Logger()
 
@@ -53,6 +54,23 @@ def use_twistd_options(options: dict[str, object] | object) -> None:
         return
     _daemon = not get("nodaemon")
     _pidfile = get("pidfile") or None
+
+
+def posix() -> bool:
+    """
+    Whether this system has what C{--workers} needs (inheriting a listening
+    socket, POSIX signals).
+    """
+    return os.name == "posix"
+
+
+def unsupported(settings: Settings) -> str | None:
+    """
+    The one line refusing an option this system cannot honour, or C{None}.
+    """
+    if settings.workers > 1 and not posix():
+        return "invalid value for --workers: more than one worker needs a POSIX system (Linux, macOS, BSD)"
+    return None
 
 
 def describe_failure(error: BaseException) -> str | None:

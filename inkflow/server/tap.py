@@ -64,6 +64,10 @@ class _OptionsBase(usage.Options):
         except ConfigError as e:
             sys.stderr.write(f"inkflow: error: {e}\n")
             raise _Handled(str(e)) from None
+        problem = startup.unsupported(self.settings)
+        if problem is not None:
+            sys.stderr.write(f"inkflow: error: {problem}\n")
+            raise _Handled(problem)
         parent = getattr(self, "parent", None)
         if parent is not None:
             logs.set_up(self.settings, twistd_options=parent)
