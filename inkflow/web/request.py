@@ -25,7 +25,7 @@ from inkflow.chat import ChatBody, new_request_id
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
-from inkflow.web.responses import SECURITY_HEADERS, error_response, raw_error_response
+from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response, raw_error_response
 
 if TYPE_CHECKING:
     from inkflow.web.channel import InkFlowChannel
@@ -195,6 +195,8 @@ class InkFlowRequest(server.Request):
     def process(self) -> None:
         for name, value in SECURITY_HEADERS:
             self.responseHeaders.setRawHeaders(name, [value])
+        if self.isSecure():
+            self.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [HSTS])
         self.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id.encode()])
         if self.channel.over_limit:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])

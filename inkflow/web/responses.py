@@ -22,6 +22,7 @@ from inkflow.web.twisted_hooks import reason_phrase
 __all__ = [
     "CSP",
     "JSON_TYPE",
+    "HSTS",
     "SECURITY_HEADERS",
     "bytes_response",
     "error_response",
@@ -43,6 +44,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"X-Frame-Options", b"DENY"),
     (b"Cross-Origin-Opener-Policy", b"same-origin"),
 )
+
+#: Sent on every response to a request that came over TLS (C{--listen ssl:...}): browsers then
+#: use HTTPS for this host for a year.  Not on plain HTTP, where it means nothing (RFC 6797 7.2);
+#: not includeSubDomains, which is the domain owner's decision.
+HSTS = b"max-age=31536000"
 
 JSON_TYPE = b"application/json; charset=utf-8"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STARTED = re.compile(r"(?:InkFlowSite starting on|InkFlow listening on) (\d+)")
+STARTED = re.compile(r"(?:InkFlowSite starting on|InkFlowSite \(TLS\) starting on|InkFlow listening on) (\d+)")
 
 
 def twistd() -> str:
