@@ -21,8 +21,8 @@ from inkflow.web.twisted_hooks import reason_phrase
 
 __all__ = [
     "CSP",
-    "JSON_TYPE",
     "HSTS",
+    "JSON_TYPE",
     "SECURITY_HEADERS",
     "bytes_response",
     "error_response",
