@@ -135,3 +135,17 @@ def test_bad_endpoint_is_one_line(endpoint: str) -> None:
 def test_bad_endpoint_in_the_tac_is_one_line() -> None:
     """INKFLOW_LISTEN that is not an endpoint, in the .tac: one line naming it."""
     _assert_one_line(_tac({"INKFLOW_LISTEN": "nonsense:1"}), "INKFLOW_LISTEN")
+
+
+def test_daemon_start_up_failure_is_reported_by_twistds_parent(busy_port: int, tmp_path: Path) -> None:
+    """
+    Daemonizing (no -n): twistd's parent reports the failure its own way (status 1, the one line inside
+    its message, no traceback on stderr) and the pid file is gone (docs/operations.md says so).
+    """
+    pidfile, logfile = tmp_path / "inkflow.pid", tmp_path / "inkflow.log"
+    command = [twistd(), "--pidfile", str(pidfile), "--logfile", str(logfile), "inkflow"]
+    result = _run([*command, "--listen", f"tcp:{busy_port}:interface=127.0.0.1", "--upload-dir", str(tmp_path)])
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{busy_port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not pidfile.exists()
