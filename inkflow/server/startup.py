@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
@@ -44,16 +45,14 @@ class StartupError(Exception):
     """
 
 
-def use_twistd_options(options: dict[str, object] | object) -> None:
+def use_twistd_options(options: Mapping[str, Any]) -> None:
     """
-    Remember whether twistd daemonizes and which pid file it wrote.
+    Remember whether twistd daemonizes and which pid file it writes (from
+    twistd's own options, a mapping).
     """
     global _daemon, _pidfile
-    get = getattr(options, "get", None)
-    if get is None:
-        return
-    _daemon = not get("nodaemon")
-    _pidfile = get("pidfile") or None
+    _daemon = not options.get("nodaemon")
+    _pidfile = options.get("pidfile") or None
 
 
 def posix() -> bool:
