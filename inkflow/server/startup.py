@@ -11,6 +11,11 @@ both before the reactor runs, both wrapped here.
 
 Under a daemonizing twistd (no C{-n}) the failure is raised as an exception
 instead, which twistd reports through its start-up pipe to the parent.
+
+The guard (and the systemd notifier beside it) wrap what C{makeService}
+builds, in the plugin and the .tac, not inside it: they belong to the twistd
+process, and a C{--workers} worker, which calls C{makeService} too, must not
+notify systemd (C{NotifyAccess=main}) nor exit on its own terms.
 """
 
 from __future__ import annotations
