@@ -152,7 +152,7 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
+        self.channel.refuse(raw_error_response(error, self.request_id, secure=self.isSecure()), linger=linger)
         # Debug: under a flood there is one per connection (counted in health
         # and /metrics as connections rejected).
         log.debug(

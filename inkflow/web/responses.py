@@ -105,14 +105,18 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     return json_response(request, error.body(request_id(request)), error.status)
 
 
-def raw_error_response(error: ApiError, request_id: str | None) -> bytes:
+def raw_error_response(error: ApiError, request_id: str | None, *, secure: bool = False) -> bytes:
     """
     A complete HTTP/1.1 error response with C{Connection: close}, for answers
     given before (or instead of) the normal request processing.
+
+    @param secure: the connection is TLS (adds C{Strict-Transport-Security}).
     """
     body = json_bytes(error.body(request_id))
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason_phrase(error.status))]
     lines.extend(name + b": " + value for name, value in SECURITY_HEADERS)
+    if secure:
+        lines.append(b"Strict-Transport-Security: " + HSTS)
     lines.append(b"Content-Type: " + JSON_TYPE)
     lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Cache-Control: no-store")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import socket
 import ssl
 from pathlib import Path
 
@@ -67,6 +68,20 @@ def test_tls_listener_serves_with_strict_transport_security(tmp_path: Path) -> N
             response = _get(server.port, context, path)
             assert response.status == status, path
             assert response.getheader("Strict-Transport-Security") == HSTS, path
+        # Answers written before the request is parsed (malformed framing: the contract's JSON 400) too.
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert b"\r\nStrict-Transport-Security: " + HSTS.encode() + b"\r\n" in head
 
 
 def test_plain_http_has_no_strict_transport_security(tmp_path: Path) -> None:
