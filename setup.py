@@ -34,7 +34,17 @@ setup(
     version="0.1.0",
     description="A sturdy Twisted front for n8n: Hebrew RTL page, chat, uploads, retries, health",
     python_requires=">=3.11",
-    packages=["inkflow", "inkflow.server", "inkflow.web", "inkflow.n8n", "inkflow.tools", "twisted.plugins", *STATIC],
+    packages=[
+        "inkflow",
+        "inkflow.settings",
+        "inkflow.server",
+        "inkflow.web",
+        "inkflow.n8n",
+        "inkflow.tools",
+        "inkflow.state",
+        "twisted.plugins",
+        *STATIC,
+    ],
     package_dir={name: path for name, path in STATIC.items()},
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
@@ -53,8 +63,9 @@ setup(
     # and requirements-test.lock, which `make install` / `make install-test` install from (`make lock`
     # rewrites them after a change here).
     install_requires=[
-        # Exact: inkflow/web/twisted_hooks.py reaches into private parts of twisted.web
-        # (HTTPChannel._command, Request._disconnected, ...), which any release may change.
+        # Exact: InkFlow uses private parts of twisted.web (server and client side),
+        # every one listed, with the reason and a test, in inkflow/web/twisted_hooks.py;
+        # an upgrade is a change that runs tests/unit/test_twisted_hooks.py.
         "twisted[tls]==26.10.0",
         "wsproto>=1.3.2,<2",  # twisted.web.websocket (the /chat relay)
         "klein>=24.8.0,<26",
@@ -64,6 +75,7 @@ setup(
         "filetype>=1.2.0,<2",
         "prometheus-client>=0.26.0,<1",
         "rich>=15.0.0,<16",
+        "txredisapi>=1.6.0,<2",  # --redis (inkflow.state.redis)
     ],
     extras_require={
         "test": [
