@@ -87,7 +87,14 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.spawn()
-        self.port = int(self.wait_for(STARTED, timeout).group(1))
+        try:
+            self.port = int(self.wait_for(STARTED, timeout).group(1))
+        except BaseException:
+            # Never started as far as the test knows: no `with` block will stop it.
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+            raise
         return self
 
     def spawn(self) -> None:
