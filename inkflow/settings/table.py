@@ -68,9 +68,11 @@ def default_static_dir() -> str:
 
 def default_upload_dir() -> str:
     """
-    A private folder under the system temp folder, one per user.
+    A private folder under the system temp folder, one per user (Windows has
+    no uid; its temp folder is per user already).
     """
-    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{os.getuid()}")
+    getuid = getattr(os, "getuid", None)
+    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{getuid()}" if getuid else "inkflow-uploads")
 
 
 DEFAULT_ALLOWED_TYPES = (
