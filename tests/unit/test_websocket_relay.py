@@ -14,6 +14,7 @@ from wsproto.connection import ConnectionState
 
 from inkflow.n8n.executions import ExecutionMap, started_execution
 from inkflow.web.websocket import ChatSockets, Relay, origin_allowed, upstream_socket_url
+from tests.unit.helpers import pinned
 
 
 class ExecutionMapTests(TestCase):
@@ -168,3 +169,27 @@ class RelayTests(TestCase):
         self.relay.browser.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(self.sockets.open, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RelayFindingTests(TestCase):
+    """
+    Findings of the hostile-clients review, pinned on the relay.
+    """
+
+    setUp = RelayTests.setUp
+
+    @pinned("n8n ending its socket without a close status closes the browser with 1011")
+    def test_upstream_end_without_status_is_1000(self) -> None:
+        """n8n's socket ending without a close status (1005/1006): the browser's side gets 1000."""
+        self.relay.browser_opened()
+        self.relay.upstream.connectionLost(None)  # type: ignore[arg-type]
+        self.assertEqual(self.browser.closed_with, 1000)
+
+    @pinned("n8n's heartbeat keeps an idle browser's socket open")
+    def test_idle_is_measured_on_the_browser(self) -> None:
+        """Only the browser's traffic keeps the socket: n8n's heartbeats alone do not."""
+        self.relay.browser_opened()
+        for _ in range(4):
+            self.clock.advance(25)
+            self.relay.upstream.textMessageReceived("n8n|heartbeat")
+        self.assertEqual((self.browser.closed_with, self.upstream.closed_with), (1000, 1000))
