@@ -180,8 +180,9 @@ class RelayFindingTests(TestCase):
 
     @pinned("n8n ending its socket without a close status closes the browser with 1011")
     def test_upstream_end_without_status_is_1000(self) -> None:
-        """n8n's socket ending without a close status (1005/1006): the browser's side gets 1000."""
+        """n8n's close frame without a status (1005): the browser's side gets 1000, not 1011."""
         self.relay.browser_opened()
+        self.upstream.close_code = 1005
         self.relay.upstream.connectionLost(None)  # type: ignore[arg-type]
         self.assertEqual(self.browser.closed_with, 1000)
 
