@@ -35,7 +35,7 @@ from inkflow.web.admission import ChatQueue, RateLimiter, rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
-from inkflow.web.origin import check_origin
+from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import (
     JSON_TYPE,
@@ -192,7 +192,12 @@ class InkFlowApp:
         file cache (the page is the hot path), everything else through Klein.
         """
         websocket = ChatSocketResource(
-            self.settings, self.clock, self.executions, self.chat_sockets, draining=lambda: self.site_stats().draining
+            self.settings,
+            self.clock,
+            self.executions,
+            self.chat_sockets,
+            draining=lambda: self.site_stats().draining,
+            rate_limiter=self.rate_limiter,
         )
         return _StaticFirst(self.static, self.app.resource(), websocket)
 
@@ -263,7 +268,15 @@ class InkFlowApp:
         if not origin or not self._cors:
             return False
         request.setHeader(b"Vary", b"Origin")
-        if origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
         request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")

@@ -6,6 +6,7 @@ a Twisted upgrade that moves one of them fails here, by name.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -129,3 +130,37 @@ class TwistedHooksTests(TestCase):
         twisted_hooks.hold_input(channel, False)
         channel.dataReceived(b"")
         self.assertEqual(seen, [b"/1", b"/2"])
+
+    def test_take_over_connection_hands_bytes_and_end_to_the_protocol(self) -> None:
+        """
+        C{_protocolUpgradeForWebsockets}: the protocol gets the channel's
+        transport and every later byte; at the end its connectionLost runs,
+        then the channel's own (its bookkeeping).
+        """
+        self.assertTrue(callable(getattr(http.HTTPChannel, twisted_hooks.UPGRADE_METHOD, None)))
+        ended: list[str] = []
+
+        class Channel(http.HTTPChannel):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("channel")
+                super().connectionLost(reason)
+
+        class Taker(Protocol):
+            def __init__(self) -> None:
+                self.data: list[bytes] = []
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data.append(data)
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("protocol")
+
+        channel = Channel()
+        transport = _connect(channel)
+        taker = Taker()
+        twisted_hooks.take_over_connection(channel, taker)
+        self.assertIs(taker.transport, transport)
+        channel.dataReceived(b"\x81\x00")
+        self.assertEqual(taker.data, [b"\x81\x00"])
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(ended, ["protocol", "channel"])

@@ -21,7 +21,6 @@ from inkflow.n8n.executions import ExecutionMap
 from inkflow.settings import load_settings
 from inkflow.web.admission import RateLimiter
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
-from tests.unit.helpers import pinned
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -38,8 +37,8 @@ def upgrade_head(target: bytes = b"/chat?executionId=1", version: bytes = b"HTTP
     for name, value in headers.items():
         if name.decode().replace("-", "_").lower() not in extra:
             lines.append(name + b": " + value)
-    for name, value in extra.items():
-        lines.append(name.replace("_", "-").encode() + b": " + value)
+    for key, value in extra.items():
+        lines.append(key.replace("_", "-").encode() + b": " + value)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
@@ -76,9 +75,10 @@ class Harness:
         channel.requestFactory = server.Request
         transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5000))
         channel.makeConnection(transport)
+        self.last_channel, self.last_transport = channel, transport
         channel.dataReceived(raw)
         out = transport.value()
-        if not out:
+        if not out or out.startswith(b"HTTP/1.1 101"):
             return 0, {}
         head, _, body = out.partition(b"\r\n\r\n")
         status = int(head.split()[1])
@@ -94,27 +94,24 @@ class UpgradeRefusalTests(TestCase):
 
     def assertRefused(self, raw: bytes, status: int, code: str, harness: Harness | None = None) -> None:
         h = harness or Harness()
+        before = list(h.urls)
         got = h.request(raw)
         self.assertEqual((got[0], got[1].get("error", {}).get("code")), (status, code))
-        self.assertEqual(h.urls, [])
+        self.assertEqual(h.urls, before)
 
-    @pinned("an h11 LocalProtocolError on the upgrade path is a 500")
     def test_del_byte_in_target_is_400(self) -> None:
         """A DEL byte in the request target: 400 bad_request, never a 500."""
         self.assertRefused(upgrade_head(b"/chat?executionId=1&x=\x7f"), 400, "bad_request")
 
-    @pinned("an HTTP/1.0 upgrade is accepted")
     def test_http_10_upgrade_is_400(self) -> None:
         """WebSockets need HTTP/1.1: an HTTP/1.0 upgrade is 400."""
         self.assertRefused(upgrade_head(version=b"HTTP/1.0"), 400, "bad_request")
 
-    @pinned("a duplicated Sec-WebSocket-Key is accepted")
     def test_two_keys_are_400(self) -> None:
         """Exactly one Sec-WebSocket-Key: two (even equal) are 400."""
         raw = upgrade_head().replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n")
         self.assertRefused(raw, 400, "bad_request")
 
-    @pinned("a malformed Sec-WebSocket-Key is accepted")
     def test_malformed_key_is_400(self) -> None:
         """A key that is not 16 bytes in base64 is 400."""
         for key in (b"short", b"not base64 at all!!!!!!!", b"AAAAAAAAAAAAAAAAAAAAAAAAAAAA"):
@@ -125,17 +122,14 @@ class UpgradeRefusalTests(TestCase):
         raw = upgrade_head().replace(b"Sec-WebSocket-Key: " + KEY + b"\r\n", b"")
         self.assertRefused(raw, 400, "bad_request")
 
-    @pinned("the WebSocket accepts an Origin with a non-http scheme")
     def test_non_http_origin_is_403(self) -> None:
         """An Origin that is not http(s) is refused, as for chat."""
         self.assertRefused(upgrade_head(origin=b"chrome-extension://site.example"), 403, "forbidden_origin")
 
-    @pinned("the WebSocket ignores Sec-Fetch-Site")
     def test_cross_site_fetch_is_403(self) -> None:
         """Sec-Fetch-Site: cross-site without a listed Origin is refused, as for chat."""
         self.assertRefused(upgrade_head(sec_fetch_site=b"cross-site"), 403, "forbidden_origin")
 
-    @pinned("the WebSocket's Origin check ignores default ports")
     def test_default_ports_are_the_own_origin(self) -> None:
         """Host with :443 (or :80) and an Origin without a port: the request's own origin."""
         for host, origin in (
@@ -146,7 +140,6 @@ class UpgradeRefusalTests(TestCase):
             self.assertEqual(h.request(upgrade_head(host=host, origin=origin)), (0, {}))
             self.assertEqual(len(h.urls), 1)
 
-    @pinned("upgrades do not count against the rate limit")
     def test_upgrades_are_rate_limited(self) -> None:
         """Past the limit an upgrade is 429 rate_limited, before n8n is asked."""
         clock = Clock()
