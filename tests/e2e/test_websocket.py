@@ -17,6 +17,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from wsproto.frame_protocol import CloseReason
 
 from inkflow.web.websocket import Wire, connect_upstream
 from tests.support.fake_n8n import FakeN8n, json_reply, listen_fake_n8n, status_reply
@@ -292,3 +293,28 @@ async def test_idle_timeout_and_drain(upstreams) -> None:
         assert code in (0, -signal.SIGTERM)  # twistd re-raises SIGTERM after an orderly stop
     finally:
         s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_passed_and_a_close_without_status_is_1000(server, upstreams) -> None:
+    """
+    n8n 2.41's token reaches n8n unchanged; n8n closing without a status
+    (its response nodes' normal end) closes the browser's side with 1000.
+    """
+    a, sa, _, _ = upstreams
+    await start_execution(server, a, "34")
+    client = await open_socket(server, "sessionId=s&executionId=34&token=970493fc%2Bab")
+    conn = await sa.next_connection()
+    assert conn.query["token"] == "970493fc+ab"
+    conn.transport.loseConnection(CloseReason.NO_STATUS_RCVD)
+    assert await client.lost.addTimeout(TIMEOUT, reactor) == 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_handshakes_are_json_400s(server) -> None:
+    """A DEL byte in the target, HTTP/1.0, two keys: 400 bad_request, never a 500."""
+    status, body = await _raw_in_thread(server, "/chat?executionId=42&x=\x7f", UPGRADE)
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    status, body = await _raw_in_thread(server, "/chat?executionId=42", {**UPGRADE, "Sec-WebSocket-Key": "short"})
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert "Traceback" not in server.output()
