@@ -107,6 +107,35 @@ class LifeCycleTests(TestCase):
     An accepted socket, through the resource, to its end.
     """
 
+    def accepted(self) -> tuple[Harness, Wire, StringTransport]:
+        h = Harness()
+        upstream_transport = StringTransport()
+        upstream = Wire(Connection(ConnectionType.CLIENT), Recorder())
+
+        def connect(reactor: Any, url: str, handler: Any) -> Any:
+            upstream.handler = handler
+            upstream.makeConnection(upstream_transport)
+            return succeed(upstream)
+
+        h.resource.connect = connect
+        h.request(upgrade_head())
+        return h, upstream, upstream_transport
+
+    def test_browser_not_reading_stops_both_sides_being_read(self) -> None:
+        """
+        The browser's send buffer full (the transport pauses the channel, as
+        when pongs back up): neither the browser nor n8n is read until it drains.
+        """
+        h, _, upstream_transport = self.accepted()
+        channel = h.last_channel
+        channel.pauseProducing()  # what the transport does when its buffer is full
+        self.assertEqual((h.last_transport.producerState, upstream_transport.producerState), ("paused", "paused"))
+        channel.resumeProducing()
+        self.assertEqual((h.last_transport.producerState, upstream_transport.producerState), ("producing", "producing"))
+        assert upstream_transport.producer is not None
+        upstream_transport.producer.pauseProducing()  # n8n not reading
+        self.assertEqual(h.last_transport.producerState, "paused")
+
     def test_closed_socket_leaves_no_unhandled_deferred(self) -> None:
         """The browser and n8n sockets opened and closed, then gc: no "Unhandled error in Deferred"."""
         events = captured_log(self)

@@ -213,6 +213,8 @@ class Relay:
         first = not self.closed
         self.closed = True
         self._stop_timer()
+        if first and not self.browser_open:
+            return  # n8n's socket of an upgrade that never completed
         if first:
             code = passed_on_code(side.wire.close_code if side.wire is not None else None)
             if side is self.browser and (side.wire is None or side.wire.close_code is None):

@@ -10,7 +10,7 @@ Only public APIs: wsproto, and Twisted's L{IProtocol} / L{ITransport}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer
@@ -226,12 +226,16 @@ class Wire(ByteProtocol):
         self._lose()
 
     def pause_reading(self) -> None:
+        """
+        Stop reading from the peer (TCP and TLS transports alike are push
+        producers, though TLS's does not declare it).
+        """
         if self.transport is not None:
-            IPushProducer(self.transport).pauseProducing()
+            cast(IPushProducer, self.transport).pauseProducing()
 
     def resume_reading(self) -> None:
         if self.transport is not None:
-            IPushProducer(self.transport).resumeProducing()
+            cast(IPushProducer, self.transport).resumeProducing()
 
     def _send(self, event: Event) -> None:
         try:
