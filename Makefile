@@ -25,7 +25,7 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
 	$(BIN)/python -m pip install --quiet ".[test]"
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-	sh scripts/install-system-deps.sh browser haproxy
+	sh scripts/install-system-deps.sh browser haproxy redis
 	sh scripts/install-n8n-chat.sh
 
 run: install

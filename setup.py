@@ -36,11 +36,13 @@ setup(
     python_requires=">=3.11",
     packages=[
         "inkflow",
+        "inkflow.settings",
         "inkflow.server",
         "inkflow.web",
         "inkflow.web.websocket",
         "inkflow.n8n",
         "inkflow.tools",
+        "inkflow.state",
         "twisted.plugins",
         *STATIC,
     ],
@@ -48,6 +50,9 @@ setup(
     package_data={name: ["*"] for name in STATIC},
     include_package_data=False,
     install_requires=[
+        # Exact: InkFlow uses private parts of twisted.web (server and client side),
+        # every one listed, with the reason and a test, in inkflow/web/twisted_hooks.py;
+        # an upgrade is a change that runs tests/unit/test_twisted_hooks.py.
         "twisted[tls]==26.10.0",
         "wsproto==1.3.2",  # twisted.web.websocket (the /chat relay)
         "klein==24.8.0",
@@ -57,6 +62,7 @@ setup(
         "filetype==1.2.0",
         "prometheus-client==0.26.0",
         "rich==15.0.0",
+        "txredisapi>=1.6.0,<2",  # --redis (inkflow.state.redis)
     ],
     extras_require={
         "test": [

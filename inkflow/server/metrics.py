@@ -108,7 +108,7 @@ class Metrics:
     """
     InkFlow's metrics.
 
-    @param snapshot: returns the health snapshot (see L{inkflow.server.health}).
+    @param snapshot: returns the health snapshot (see L{inkflow.health}).
     """
 
     def __init__(self, snapshot: Callable[[], Health] | None = None) -> None:
@@ -168,7 +168,18 @@ class Metrics:
             registry=self.registry,
         )
         if snapshot is not None:
-            self.registry.register(_SnapshotCollector(snapshot))
+            self.read_health(snapshot)
+
+    #: The Content-Type of L{render}.
+    content_type = CONTENT_TYPE
+
+    def read_health(self, snapshot: Callable[[], Health]) -> None:
+        """
+        Export the health snapshot's figures too (read at each scrape).  The
+        composition root calls it once the health reporter is built: the
+        reporter reads the forwarder, which reports its attempts here.
+        """
+        self.registry.register(_SnapshotCollector(snapshot))
 
     def observe_request(self, path: bytes, status: int) -> None:
         self.requests.labels(route_label(path), str(status)).inc()

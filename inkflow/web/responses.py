@@ -10,13 +10,12 @@ write (none for HEAD): Klein routes return them.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from inkflow.chat import new_request_id
 from inkflow.errors import ApiError, json_bytes
+from inkflow.web.state import request_state
 from inkflow.web.twisted_hooks import reason_phrase
 
 __all__ = [
@@ -49,17 +48,11 @@ JSON_TYPE = b"application/json; charset=utf-8"
 
 def request_id(request: IRequest) -> str:
     """
-    The request's id: InkFlow's request carries one; any other request gets
-    one here, sent back as C{X-Request-ID}.
+    The request's id (from its L{inkflow.web.state.RequestState}): InkFlow's
+    request carries one; any other request gets one here, sent back as
+    C{X-Request-ID}.
     """
-    known = getattr(request, "request_id", None)
-    if isinstance(known, str) and known:
-        return known
-    new = new_request_id()
-    request.setHeader(b"X-Request-ID", new.encode("ascii"))
-    with contextlib.suppress(AttributeError):  # a request that takes no attributes
-        request.request_id = new  # type: ignore[attr-defined]
-    return new
+    return request_state(request).request_id
 
 
 def set_status(request: IRequest, status: int) -> None:

@@ -110,7 +110,7 @@ def test_assets_are_served_with_cache_control(server: ServerProcess) -> None:
         "/.git/config",
         "/.gitignore",
         "/%00index.html",
-        "/inkflow/settings.py",
+        "/inkflow/settings/table.py",
     ],
 )
 def test_nothing_outside_the_static_folder(server: ServerProcess, path: str) -> None:

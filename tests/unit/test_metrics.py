@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from inkflow import paths
-from inkflow.server.health import SiteStats, build_health
+from inkflow.health import SiteStats, build_health
 from inkflow.server.metrics import Metrics, route_label
 from inkflow.snapshot import Health
 from tests.unit.test_health import health_inputs, upstream

@@ -48,6 +48,7 @@ from inkflow.web.admission import RateLimiter, rate_key
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.origin import judge_origin
 from inkflow.web.responses import error_response
+from inkflow.web.state import request_state
 from inkflow.web.websocket.relay import ChatSockets, Relay
 from inkflow.web.websocket.wire import (
     GOING_AWAY,
@@ -201,7 +202,7 @@ class ChatSocketResource(Resource):
             self.settings.websocket_idle_timeout,
             self.settings.websocket_message_limit,
             address=address,
-            request_id=getattr(request, "request_id", None),
+            request_id=request_state(request).request_id,
             access_log=self.settings.access_log,
         )
         d: defer.Deferred[Wire] = defer.ensureDeferred(self.connect(self.reactor, url, relay.upstream))  # type: ignore[arg-type]
