@@ -35,10 +35,10 @@ from inkflow.health import HealthReporter
 from inkflow.n8n.demo import DemoResponder
 from inkflow.server.cleanup import Cleaner
 from inkflow.server.health import ProcessMetrics
-from inkflow.server.logs import install_rotation_signals, write_access_line
+from inkflow.server.logs import install_rotation_signals, settings_summary, write_access_line
 from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
-from inkflow.settings import Settings, describe
+from inkflow.settings import Settings
 from inkflow.state.build import Built, build_state, state_config
 from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
 from inkflow.state.fallback import StateCollector
@@ -158,7 +158,7 @@ class InkFlowService(service.MultiService):
             version=__version__,
             mode=self.settings.mode,
             listen=self.settings.listen,
-            settings=describe(self.settings),
+            settings=settings_summary(self.settings),  # the options that differ from their defaults
         )
         if not self.static.exists():
             log.warn("The page is missing: no index.html in {static_dir}", static_dir=self.settings.static_dir)
@@ -387,7 +387,12 @@ def makeService(
         reporter=reporter,
         static=StaticFiles(settings.static_dir),
         chat_socket=ChatSocketResource(
-            settings, reactor, executions, chat_sockets, draining=lambda: connections.draining
+            settings,
+            reactor,
+            executions,
+            chat_sockets,
+            draining=lambda: connections.draining,
+            rate_take=built.state.rate_take,
         ),
         metrics=metrics,
         server_view=built.link,

@@ -291,6 +291,23 @@ def render(view: View, interval: float | None = None) -> RenderableType:
         ],
         dim,
     )
+    st = health["streams"]
+    endings = st.get("endings") or {}
+    streams = _pairs(
+        "Streams",
+        [
+            ("in flight", format_of(st.get("in_flight"), None)),
+            ("total", format_of(st.get("total"), None)),
+            *((f"ended: {cause}", format_of(count, None)) for cause, count in sorted(endings.items())),
+        ],
+        dim,
+    )
+    ws = health["websockets"]
+    websockets = _pairs(
+        "WebSockets (/chat)",
+        [("open", format_of(ws.get("open"), None)), ("opened", format_of(ws.get("opened_total"), None))],
+        dim,
+    )
     top = Table.grid(expand=True, padding=(0, 1))
     for _ in range(3):
         top.add_column(ratio=1)
@@ -299,8 +316,12 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     middle.add_column(ratio=1)
     middle.add_column(ratio=1)
     middle.add_row(totals, cleanup)
+    lower = Table.grid(expand=True, padding=(0, 1))
+    lower.add_column(ratio=1)
+    lower.add_column(ratio=1)
+    lower.add_row(streams, websockets)
     workers = _workers_table(view, dim)
-    parts: list[RenderableType] = [header, top, middle]
+    parts: list[RenderableType] = [header, top, middle, lower]
     if workers is not None:
         parts.append(workers)
     return Group(*parts, _upstream_table(view, dim))
