@@ -20,6 +20,7 @@ Rounds interleaved; medians reported.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import time
 from collections.abc import Iterator
@@ -81,16 +82,25 @@ def redis_server() -> Iterator[tuple[str, int]]:
         server.close()
 
 
-def _fallbacks(server: Proc) -> float:
+CHAT_STATUS = re.compile(r'^inkflow_http_requests_total\{route="/api/chat",status="(\d+)"\} (\S+)$', re.M)
+
+
+def _figures(server: Proc) -> tuple[float, dict[str, float]]:
     """
-    C{inkflow_state_fallbacks_total}: the shared-state calls this server
-    answered alone (the store did not answer within its timeout).
+    From C{/metrics}: C{inkflow_state_fallbacks_total} (the shared-state
+    calls this server answered alone: the store did not answer within its
+    timeout), and the chats answered by status.
     """
     _, body = http_get(server.port, "/metrics")
-    for line in body.decode().splitlines():
+    text = body.decode()
+    fallbacks = 0.0
+    for line in text.splitlines():
         if line.startswith("inkflow_state_fallbacks_total "):
-            return float(line.split()[1])
-    return 0.0
+            fallbacks = float(line.split()[1])
+    statuses: dict[str, float] = {}
+    for status, value in CHAT_STATUS.findall(text):
+        statuses[status] = statuses.get(status, 0.0) + float(value)
+    return fallbacks, statuses
 
 
 def _cpu(pids: list[int]) -> float:
@@ -117,17 +127,21 @@ def measured(
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     redis = [redis_pid] if redis_pid is not None else []
-    fallbacks0 = _fallbacks(server)
+    fallbacks0, statuses0 = _figures(server)
     ink0, back0, redis0, t0 = _cpu([server.pid]), _cpu([backend.pid]), _cpu(redis), time.monotonic()
     result = wrk(server.url("/api/chat"), connections=connections, duration=duration, script=script)
     elapsed = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fallbacks1, statuses1 = _figures(server)
+    other = {k: v - statuses0.get(k, 0.0) for k, v in statuses1.items() if k != "200" and v > statuses0.get(k, 0.0)}
+    if other:
+        say(f"    statuses other than 200 at InkFlow: {other}")
     cores = {
         "wrk": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / elapsed,
         "backend": (_cpu([backend.pid]) - back0) / elapsed,
         "inkflow": (_cpu([server.pid]) - ink0) / elapsed,
         "redis": (_cpu(redis) - redis0) / elapsed,
-        "fallbacks": (_fallbacks(server) - fallbacks0) / max(result.requests, 1),
+        "fallbacks": (fallbacks1 - fallbacks0) / max(result.requests, 1),
     }
     return result, cores
 
@@ -163,7 +177,7 @@ def _compare(
             say(
                 f"  round {r + 1} {name} -c{connections}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
                 f"cores: inkflow {used['inkflow']:.2f}, wrk {used['wrk']:.2f}, backend {used['backend']:.2f}, "
-                f"redis {used['redis']:.2f}; answered alone {used['fallbacks']:.1%}; "
+                f"redis {used['redis']:.2f}; shared-state calls answered alone per chat {used['fallbacks']:.1%}; "
                 f"non-2xx {result.non_2xx}, socket errors {result.socket_errors}"
             )
     return rps, cores, errors
@@ -172,7 +186,7 @@ def _compare(
 def _cores_note(cores: list[dict[str, float]]) -> str:
     used = ", ".join(f"{k} {median([c[k] for c in cores]):.2f}" for k in ("inkflow", "wrk", "backend", "redis"))
     alone = median([c["fallbacks"] for c in cores])
-    return used + (f" (calls answered without the shared store: {alone:.1%})" if alone else "")
+    return used + (f" (shared-state calls answered without the shared store, per chat: {alone:.1%})" if alone else "")
 
 
 def _per_core(rps: list[float], cores: list[dict[str, float]]) -> float:
