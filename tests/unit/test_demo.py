@@ -1,0 +1,27 @@
+"""
+The demo responder's Hebrew (L{inkflow.n8n.demo}).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from inkflow.chat import ChatMessage, UploadedFile
+from inkflow.n8n.demo import DemoResponder
+
+
+def _message(names: list[str]) -> ChatMessage:
+    files = tuple(UploadedFile("/nonexistent", name, "text/plain", 1) for name in names)
+    return ChatMessage(request_id="r", session_id="s", action="sendMessage", text="שלום", metadata={}, files=files)
+
+
+@pytest.mark.xfail(strict=True, reason="the demo says 'וגם 1 קבצים'")
+def test_one_file_is_named_in_the_singular() -> None:
+    output = DemoResponder().answer(_message(["a.txt"]))["output"]
+    assert "וגם קובץ אחד: a.txt" in output
+    assert "1 קבצים" not in output
+
+
+def test_several_files_are_counted_in_the_plural() -> None:
+    output = DemoResponder().answer(_message(["a.txt", "b.txt"]))["output"]
+    assert "וגם 2 קבצים: a.txt, b.txt" in output
