@@ -33,12 +33,13 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from inkflow.n8n.retry import DEFAULT_RETRY_ON as _RETRY_POLICY_DEFAULT
 from inkflow.options import ENV_PREFIX, ConfigError, Option, opt, options_of
+from inkflow.page import PageConfig, page_config, page_table
 from inkflow.settings_parsers import (
     RETRY_ON_CHOICES,
     choice,
@@ -301,6 +302,8 @@ class Settings:
     )
     access_log: bool = opt(flag, True, "log one line per request (false to turn off)", metavar="BOOL")
     workers: int = opt(int_in(1, 64), 1, "processes sharing the listening socket", metavar="N")
+    #: Not an option: the config file's [page] table and INKFLOW_PAGE_* (L{inkflow.page}).
+    page: PageConfig = field(default_factory=PageConfig)
 
     @property
     def mode(self) -> str:
@@ -414,8 +417,9 @@ def load_settings(
     environ = environ or {}
     file_values: dict[str, Any] = {}
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    page_values = None
     if path:
-        file_values = _read_toml(path)
+        file_values, page_values = _read_toml(path)
 
     values: dict[str, Any] = {}
     for option in OPTIONS:
@@ -427,6 +431,7 @@ def load_settings(
             values[option.attr] = _parse_raw(option, file_values[option.name], "file")
         else:
             values[option.attr] = option.default_value()
+    values["page"] = page_config(page_values, environ)
     for key, value in (overrides or {}).items():
         if key not in values:
             raise ConfigError(f"unknown setting {key!r}")
@@ -434,7 +439,7 @@ def load_settings(
     return _validated(values)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def _read_toml(path: str) -> tuple[dict[str, Any], Any]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -447,11 +452,13 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid value for --config: [inkflow] in {path!r} is not a table")
     result: dict[str, Any] = {}
     for key, value in section.items():
+        if key == "page" and section is data:
+            continue  # the [page] table (inkflow.page)
         name = key.replace("_", "-")
         if name not in OPTIONS_BY_NAME:
             raise ConfigError(f"invalid value for --config: unknown key {key!r} in {path!r}")
         result[name] = value
-    return result
+    return result, page_table(data, path)
 
 
 def _doc_default(option: Option) -> str:

@@ -36,6 +36,7 @@ from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
 from inkflow.web.origin import check_origin
+from inkflow.web.page import PageFiles
 from inkflow.web.request import received_body, release_body
 from inkflow.web.responses import (
     JSON_TYPE,
@@ -83,7 +84,7 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
+    def __init__(self, static: PageFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
@@ -194,7 +195,7 @@ class InkFlowApp:
         websocket = ChatSocketResource(
             self.settings, self.clock, self.executions, self.chat_sockets, draining=lambda: self.site_stats().draining
         )
-        return _StaticFirst(self.static, self.app.resource(), websocket)
+        return _StaticFirst(PageFiles.from_settings(self.static, self.settings), self.app.resource(), websocket)
 
     def admin_resource(self) -> IResource:
         """
