@@ -41,7 +41,9 @@ def check_origin(
     """
     Refuse a state-changing request a browser sent on another site's
     behalf: a present C{Origin} that is neither allow-listed (C{--cors-origin})
-    nor the request's own origin, or C{Sec-Fetch-Site: cross-site}.  No
+    nor the request's own origin, or C{Sec-Fetch-Site: cross-site} from an
+    origin that is not allow-listed (the embed on the owner's site posts
+    cross-site from an allow-listed origin).  No
     C{Origin} at all (curl, server-to-server) is allowed.
 
     The request's own origin is its C{Host} with either scheme: behind a
@@ -49,12 +51,12 @@ def check_origin(
 
     @raise ApiError: 403 C{forbidden_origin}.
     """
+    text = origin[0].decode("latin-1").strip().lower().rstrip("/") if origin else None
+    if text is not None and text in allowed:
+        return  # the owner's own site (the embed), cross-site or not
     if fetch_site and fetch_site[0].strip().lower() == b"cross-site":
         raise ApiError("forbidden_origin", "Sec-Fetch-Site is cross-site")
-    if not origin:
-        return
-    text = origin[0].decode("latin-1").strip().lower().rstrip("/")
-    if text in allowed:
+    if text is None:
         return
     scheme, sep, netloc = text.partition("://")
     if sep and scheme in ("http", "https") and host:
