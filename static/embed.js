@@ -40,7 +40,9 @@
     var host = make("div");
     host.id = "inkflow-chat";
     var root = host.attachShadow({ mode: "open" });
-    var frame = make("div", "embed");
+    // A landmark of its own, so the chat is not loose content on the host page.
+    var frame = make("aside", "embed");
+    frame.setAttribute("aria-label", "צ'אט");
     frame.dir = "rtl";
     frame.lang = "he";
     frame.dataset.position = data.position === "start" ? "start" : "end";

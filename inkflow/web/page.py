@@ -88,10 +88,14 @@ def _darker(color: str, factor: float = 0.82) -> str:
 
 def theme_css(page: PageConfig) -> str:
     """
-    The accent colour for the page (C{:root}) and the embed (C{:host}).
+    The accent colour for the page (C{:root}) and the embed (C{:host}): the
+    buttons, the visitor's bubbles and the links; the default colour leaves
+    the stylesheets' own palette as it is.
     """
     accent = page.accent_color
-    return f":root,\n:host {{\n  --ink-600: {accent};\n  --ink-700: {_darker(accent)};\n}}\n"
+    if accent == PageConfig.accent_color:
+        return "/* the default palette (no accent_color in [page]) */\n"
+    return f":root,\n:host {{\n  --ink-600: {accent};\n  --ink-700: {_darker(accent)};\n  --ink-800: {accent};\n}}\n"
 
 
 def _fragments(page: PageConfig) -> dict[str, str]:
