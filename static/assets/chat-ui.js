@@ -72,9 +72,9 @@ export function problemParts(problem) {
   if (problem.kind === "count") return [`אפשר לצרף עד ${problem.max} קבצים להודעה.`];
   if (problem.kind === "size") {
     const [size, max] = formatSizes(problem.file.size, problem.max);
-    return ["הקובץ ", name, " גדול מדי (", { ltr: size }, "). הגודל המרבי הוא ", { ltr: max }, "."];
+    return ["הקובץ ", name, ` גדול מדי (${size}). הגודל המרבי הוא ${max}.`];
   }
-  return ["לא ניתן לצרף את ", name, ": אפשר לצרף רק תמונות (", { ltr: "JPEG, PNG, GIF, WebP" }, "), ", { ltr: "PDF" }, " או קובצי טקסט."];
+  return ["לא ניתן לצרף את ", name, ": אפשר לצרף רק תמונות (JPEG, PNG, GIF, WebP), PDF או קובצי טקסט."];
 }
 
 // "צורף הקובץ x" / "צורפו 3 קבצים" (what is said when files are attached).
@@ -160,7 +160,7 @@ export function mountChat(container, options = {}) {
     const chip = make("li", "file-chip");
     const name = make("bdi", null, file.name || "ללא שם");
     name.title = file.name;
-    chip.append(name, make("bdi", "file-size", formatSize(file.size)));
+    chip.append(name, make("span", "file-size", formatSize(file.size)));
     if (onRemove) {
       const remove = make("button", "file-remove", "×");
       remove.type = "button";
