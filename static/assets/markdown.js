@@ -563,18 +563,22 @@ export function plainText(node) {
 export const COPY_LABEL = "העתקת הקוד";
 
 // The levels the headings of an answer are drawn at (set as outLevel on each
-// heading block): # is base (h3 under the chat's h2), deeper marks one level
-// deeper, but never more than one level below the heading before, so an
-// answer that starts with ## or skips from # to ### leaves no gap in the
-// page's outline. A heading's level depends only on the blocks before it, so
-// the kept blocks of a streamed answer keep theirs.
+// heading block): the first is base (h3 under the chat's h2), a deeper mark is
+// one level deeper than the heading it falls under, a mark seen before goes
+// back to that heading's level; so an answer that starts with ## or skips from
+// # to ### leaves no gap in the page's outline. A heading's level depends only
+// on the blocks before it, so the kept blocks of a streamed answer keep theirs.
 export function headingLevels(tree, base = 3) {
-  let previous = base - 1;
+  const open = []; // {mark, level} of the headings the next one may fall under
   const walk = (blocks) => {
     for (const block of blocks) {
       if (block.type === "heading") {
-        block.outLevel = Math.max(base, Math.min(6, block.level + base - 1, previous + 1));
-        previous = block.outLevel;
+        while (open.length && open.at(-1).mark > block.level) open.pop();
+        let level;
+        if (open.length && open.at(-1).mark === block.level) level = open.pop().level;
+        else level = open.length ? open.at(-1).level + 1 : base;
+        block.outLevel = Math.min(6, level);
+        open.push({ mark: block.level, level: block.outLevel });
       } else if (block.type === "quote") walk(block.children);
       else if (block.type === "list") for (const item of block.items) walk(item.children);
     }

@@ -64,7 +64,7 @@ describe("answer headings", () => {
     const levels = (text) => headingLevels(parse(text)).children.filter((b) => b.type === "heading").map((b) => b.outLevel);
     assert.deepEqual(levels("## a\n\n#### b\n\n# c"), [3, 4, 3]);
     assert.deepEqual(levels("### a\n\n### b"), [3, 3]);
-    assert.deepEqual(levels("> ## quoted\n\n### next"), [3, 4]);
+    assert.deepEqual(levels("> ## quoted\n\n### next"), [4], "under the quoted heading");
     assert.deepEqual(headingLevels(parse("# a\n\n## b"), 2).children.map((b) => b.outLevel), [2, 3]);
   });
 });
