@@ -187,9 +187,12 @@ def test_embed_on_a_foreign_page_sends_streams_and_uploads(
     page.screenshot(path=artifact(f"embed-{name}-closed.png"))
     open_embed(page, host)
     assert page.evaluate("document.querySelector('#inkflow-chat').shadowRoot !== null")
-    assert page.evaluate(
-        "getComputedStyle(document.querySelector('#inkflow-chat').shadowRoot.querySelector('.chat')).direction"
-    ) == "rtl"
+    assert (
+        page.evaluate(
+            "getComputedStyle(document.querySelector('#inkflow-chat').shadowRoot.querySelector('.chat')).direction"
+        )
+        == "rtl"
+    )
     expect(page.get_by_role("dialog")).to_have_accessible_name("נועה <i>הבוטית</i>")
     expect(page.locator("#inkflow-chat .msg-greeting")).to_have_text("שלום מ<קפה נועה>! מה תרצו לדעת?")
 
@@ -285,7 +288,9 @@ def test_one_idempotency_key_across_an_automatic_retry(server: ServerProcess, n8
     assert keys[-1] != keys[0]
 
 
-def test_a_refused_file_is_named_in_isolation_with_its_size_to_one_decimal(server: ServerProcess, contexts: Any) -> None:
+def test_a_refused_file_is_named_in_isolation_with_its_size_to_one_decimal(
+    server: ServerProcess, contexts: Any
+) -> None:
     """
     An 11,000,000-byte file: "10.5 מ"ב", not "10"; its name in a <bdi> so
     red-square.png stays whole inside the Hebrew sentence.
@@ -339,4 +344,3 @@ def test_axe_finds_nothing_idle_answered_and_streamed(
     found["streamed"] = axe_violations(page)
     page.screenshot(path=artifact(f"axe-{surface}-{where}.png"))
     assert found == {"idle": [], "answered": [], "streamed": []}
-
