@@ -28,8 +28,10 @@ install-test: $(BIN)/python
 	sh scripts/install-system-deps.sh browser haproxy
 	sh scripts/install-n8n-chat.sh
 
+# The checkout's static/ (with the @n8n/chat example's widget, fetched here when npm is at hand).
 run: install
-	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)
+	-sh scripts/install-n8n-chat.sh
+	$(BIN)/twistd -n --pidfile= inkflow --static-dir static $(ARGS)
 
 lint:
 	$(BIN)/ruff check .

@@ -12,7 +12,9 @@ C{tests/a11y/node_modules} is (C{scripts/install-system-deps.sh browser}).
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -344,3 +346,37 @@ def test_axe_finds_nothing_idle_answered_and_streamed(
     found["streamed"] = axe_violations(page)
     page.screenshot(path=artifact(f"axe-{surface}-{where}.png"))
     assert found == {"idle": [], "answered": [], "streamed": []}
+
+
+# -- the official widget's example page -------------------------------------------------
+
+
+def test_example_page_says_exactly_what_to_run_without_the_widget(tmp_path: Path, contexts: Any) -> None:
+    """Served from a static folder without the fetched widget, the page names the commands, no notes file."""
+    static = tmp_path / "static"
+    shutil.copytree(REPO / "static", static, ignore=shutil.ignore_patterns("vendor"))
+    with start_inkflow("--static-dir", str(static)) as running:
+        page = contexts().new_page()
+        page.goto(running.url("/examples/n8n-chat.html"))
+        status = page.locator("#example-status")
+        expect(status).to_contain_text("אינו מותקן")
+        expect(status.locator("code")).to_have_text(
+            ["make run", "sh scripts/install-n8n-chat.sh", "--static-dir static"]
+        )
+        assert "NOTES" not in status.inner_text()
+
+
+@pytest.mark.skipif(
+    not (REPO / "static" / "examples" / "vendor" / "n8n-chat" / "chat.bundle.umd.js").exists(),
+    reason="the widget is not fetched (sh scripts/install-n8n-chat.sh)",
+)
+def test_example_page_works_as_make_run_serves_it(contexts: Any) -> None:
+    """make run serves the checkout's static/ (with the fetched widget): the example chats in demo mode."""
+    with start_inkflow("--static-dir", str(REPO / "static")) as running:
+        page = contexts().new_page()
+        page.goto(running.url("/examples/n8n-chat.html"))
+        expect(page.locator("html")).to_have_attribute("data-chat-ready", "true")
+        box = page.locator("#n8n-chat textarea")
+        box.fill("שלום מהדוגמה")
+        box.press("Enter")
+        expect(page.locator("#n8n-chat .chat-message-from-bot").last).to_contain_text("קיבלתי: «שלום מהדוגמה»")
