@@ -139,6 +139,19 @@ def test_page_title_and_statement_show_the_owners_names_as_text(server: ServerPr
     assert problems == []
 
 
+@pytest.mark.parametrize(("name", "viewport"), [("desktop", DESKTOP), ("phone", PHONE)])
+def test_page_and_statement_fit_the_width(
+    server: ServerProcess, contexts: Any, name: str, viewport: ViewportSize
+) -> None:
+    """Nothing overflows sideways; screenshots of both pages in test-artifacts/."""
+    page = contexts(viewport).new_page()
+    for path, shot in (("/", "page"), ("/accessibility.html", "statement")):
+        page.goto(server.url(path))
+        page.wait_for_load_state("load")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+        page.screenshot(path=artifact(f"owner-{shot}-{name}.png"), full_page=True)
+
+
 def test_the_page_and_embed_revalidate_with_an_etag_of_their_content(server: ServerProcess) -> None:
     """
     The rendered page and /embed.js carry a strong ETag of what was sent
@@ -380,3 +393,11 @@ def test_example_page_works_as_make_run_serves_it(contexts: Any) -> None:
         box.fill("שלום מהדוגמה")
         box.press("Enter")
         expect(page.locator("#n8n-chat .chat-message-from-bot").last).to_contain_text("קיבלתי: «שלום מהדוגמה»")
+
+
+@pytest.mark.skipif(not AXE.exists(), reason="axe-core missing: run scripts/install-system-deps.sh browser")
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE])
+def test_axe_finds_nothing_on_the_statement(server: ServerProcess, contexts: Any, viewport: ViewportSize) -> None:
+    page = contexts(viewport, bypass_csp=True).new_page()
+    page.goto(server.url("/accessibility.html"))
+    assert axe_violations(page) == []
