@@ -19,8 +19,10 @@ configuration, and C{/theme.css} with the accent colour.
 
 Rendered bodies are made once per file version and kept with a strong ETag
 taken from the rendered bytes, so a change of the file or of the
-configuration is a new ETag; they are sent with C{no-cache} and without
-C{Last-Modified} (the file's date says nothing about the configuration).
+configuration is a new ETag; they are sent with C{no-cache} and a
+C{Last-Modified} that is the later of the file's date and the time the
+configuration was read (it is read at start-up, so a new configuration is
+newer than anything a cache holds).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import hashlib
 import html
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.iweb import IRequest
@@ -57,6 +61,8 @@ class Rendered:
     gzipped: bytes | None
     etag: str
     content_type: str
+    #: Seconds since the epoch (whole seconds, as HTTP dates are).
+    modified: int
 
 
 def page_json(page: PageConfig, extra: Mapping[str, Any] | None = None) -> str:
@@ -130,8 +136,8 @@ def _gzip(body: bytes) -> bytes | None:
     return packed if len(packed) < len(body) else None
 
 
-def _rendered(body: bytes, content_type: str) -> Rendered:
-    return Rendered(body, _gzip(body), '"' + hashlib.sha256(body).hexdigest()[:32] + '"', content_type)
+def _rendered(body: bytes, content_type: str, modified: int) -> Rendered:
+    return Rendered(body, _gzip(body), '"' + hashlib.sha256(body).hexdigest()[:32] + '"', content_type, modified)
 
 
 class PageFiles:
@@ -143,10 +149,18 @@ class PageFiles:
     @param chat: what the embed is told about the chat: C{mode} and the
         limits (C{max_file_size}, C{max_files}, C{max_message_chars},
         C{allowed_types}).
+    @param loaded: when the configuration was read (seconds since the epoch).
     """
 
-    def __init__(self, static: StaticFiles, page: PageConfig, chat: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        static: StaticFiles,
+        page: PageConfig,
+        chat: Mapping[str, Any] | None = None,
+        loaded: float | None = None,
+    ) -> None:
         self.static = static
+        self.loaded = int(time.time() if loaded is None else loaded)
         self.page = page
         self.chat = dict(chat or {})
         self._values: dict[bytes, bytes] = {
@@ -154,7 +168,7 @@ class PageFiles:
         }
         self._values.update({key.encode(): value.encode() for key, value in _fragments(page).items()})
         self._values[b"json"] = page_json(page).encode()
-        self._theme = _rendered(theme_css(page).encode(), "text/css; charset=utf-8")
+        self._theme = _rendered(theme_css(page).encode(), "text/css; charset=utf-8", self.loaded)
         #: path -> (the file's ETag, its rendered form)
         self._cache: dict[str, tuple[str, Rendered]] = {}
 
@@ -210,7 +224,8 @@ class PageFiles:
         if cached is not None and cached[0] == entry.etag:
             return cached[1]
         body = make(entry.body)
-        rendered = _rendered(body, entry.content_type) if body is not None else None
+        modified = max(self.loaded, entry.mtime_ns // 1_000_000_000)
+        rendered = _rendered(body, entry.content_type, modified) if body is not None else None
         if rendered is not None:
             self._cache[entry.path] = (entry.etag, rendered)
         return rendered
@@ -219,19 +234,16 @@ class PageFiles:
     def _respond(request: IRequest, rendered: Rendered, *, public: bool = False) -> bytes:
         request.setHeader(b"Content-Type", rendered.content_type.encode())
         request.setHeader(b"ETag", rendered.etag.encode())
+        request.setHeader(b"Last-Modified", formatdate(rendered.modified, usegmt=True).encode())
         request.setHeader(b"Cache-Control", b"no-cache")
         if public:
             # Read from the host pages of the embed.
             request.setHeader(b"Access-Control-Allow-Origin", b"*")
         if rendered.gzipped is not None:
             request.setHeader(b"Vary", b"Accept-Encoding")
-        inm = request.getHeader(b"If-None-Match")
-        if inm is not None:
-            text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
-            tags = {t.strip().removeprefix("W/") for t in text.split(",")}
-            if rendered.etag in tags or "*" in tags:
-                request.setResponseCode(304)
-                return b""
+        if _not_modified(request, rendered):
+            request.setResponseCode(304)
+            return b""
         body = rendered.body
         if rendered.gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
             body = rendered.gzipped
@@ -240,3 +252,19 @@ class PageFiles:
         if request.method == b"HEAD":
             return b""
         return body
+
+
+def _not_modified(request: IRequest, rendered: Rendered) -> bool:
+    inm = request.getHeader(b"If-None-Match")
+    if inm is not None:
+        text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
+        tags = {t.strip().removeprefix("W/") for t in text.split(",")}
+        return rendered.etag in tags or "*" in tags
+    ims = request.getHeader(b"If-Modified-Since")
+    if ims is None:
+        return False
+    try:
+        since = parsedate_to_datetime(ims.decode("latin-1") if isinstance(ims, bytes) else ims).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return False
+    return rendered.modified <= since

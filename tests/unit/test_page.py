@@ -101,9 +101,11 @@ class PageFilesTests(TestCase):
         (self.root / "embed.js").write_text('var CONFIG = "{{page.json}}";\n', encoding="utf-8")
         (self.root / "assets" / "chat-ui.js").write_text("export const x = 1;\n", encoding="utf-8")
         self.static = StaticFiles(str(self.root))
+        #: The configuration was read after the files were written (start-up).
+        self.loaded = 4_000_000_000.0
 
     def files(self, **page: Any) -> PageFiles:
-        return PageFiles(self.static, PageConfig(**page), {"mode": "demo", "max_files": 5})
+        return PageFiles(self.static, PageConfig(**page), {"mode": "demo", "max_files": 5}, loaded=self.loaded)
 
     def get(self, files: PageFiles, path: bytes, headers: dict[bytes, bytes] | None = None) -> tuple[Any, bytes]:
         request: Any = DummyRequest([b""])
@@ -137,14 +139,15 @@ class PageFilesTests(TestCase):
         assert etag is not None
         self.assertNotEqual(etag, self.header(other, b"ETag"))
         self.assertEqual(self.header(first, b"Cache-Control"), b"no-cache")
-        self.assertIsNone(self.header(first, b"Last-Modified"))
+        # Last-Modified: when the configuration was read (later than the file).
+        self.assertEqual(self.header(first, b"Last-Modified"), b"Tue, 02 Oct 2096 07:06:40 GMT")
         again, body = self.get(self.files(site_name="אחת"), b"/index.html", {b"If-None-Match": etag})
         self.assertEqual((again.responseCode, body), (304, b""))
-        # If-Modified-Since alone never gets a 304 for a rendered page.
-        since, body = self.get(
-            self.files(site_name="אחת"), b"/", {b"If-Modified-Since": b"Fri, 01 Jan 2100 00:00:00 GMT"}
-        )
-        self.assertNotEqual(since.responseCode, 304)
+        cached, body = self.get(self.files(), b"/", {b"If-Modified-Since": b"Tue, 02 Oct 2096 07:06:40 GMT"})
+        self.assertEqual((cached.responseCode, body), (304, b""))
+        # A copy from before the configuration was read (an older one) is sent again.
+        stale, body = self.get(self.files(), b"/", {b"If-Modified-Since": b"Fri, 01 Jan 2066 00:00:00 GMT"})
+        self.assertNotEqual(stale.responseCode, 304)
         self.assertTrue(body)
 
     def test_a_page_without_markers_is_served_as_a_file(self) -> None:
