@@ -224,7 +224,12 @@ class InkFlowApp:
             request.isSecure(),
             self._cors,
         )
-        self.rate_limiter.check(rate_key(self._client(request)))
+        try:
+            self.rate_limiter.check(rate_key(self._client(request)))
+        except ApiError as e:
+            # Refused before any route: an allow-listed page (the embed) must still read it.
+            e.headers.update(self._cors_for(request.getHeader(b"Origin")))
+            raise
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -255,6 +260,18 @@ class InkFlowApp:
         raise ApiError("unsupported_type", "send application/json or multipart/form-data")
 
     # -- responses ------------------------------------------------------------
+
+    def _cors_for(self, origin: bytes | None) -> dict[str, str]:
+        """
+        The CORS headers of an answer to C{origin} (none when it is not allow-listed).
+        """
+        if not origin or origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin.decode("latin-1"),
+            "Access-Control-Expose-Headers": "X-Request-ID, X-Session-ID, Retry-After",
+            "Vary": "Origin",
+        }
 
     def _cors_headers(self, request: IRequest) -> bool:
         """

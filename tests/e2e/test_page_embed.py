@@ -403,9 +403,6 @@ def test_axe_finds_nothing_on_the_statement(server: ServerProcess, contexts: Any
     assert axe_violations(page) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a 429 decided from the head carries no CORS headers: the embed sees a network error"
-)
 def test_a_rate_limited_embed_reads_the_429(host: HostSite) -> None:
     """
     The rate limit refuses from the request head; for an allow-listed origin
