@@ -103,6 +103,7 @@
       function (module) {
         mounted = module.mountChat(chat, {
           page: page,
+          base: base.href,
           client: {
             chatUrl: new URL("api/chat", base).href,
             healthUrl: new URL("api/health", base).href,

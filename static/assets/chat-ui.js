@@ -100,9 +100,10 @@ function partNodes(parts) {
 }
 
 // Mount the chat in container (an element, in a document or a shadow root).
-// options: page ({bot_name, greeting, privacy_note}), client (ChatClient
-// options: chatUrl, healthUrl, preset), headingBase (the level of the answers'
-// top headings), onLimits(limits), onReady(mode), storage.
+// options: page ({bot_name, greeting, privacy_note, logo}), client (ChatClient
+// options: chatUrl, healthUrl, preset), base (the server's URL, for the logo),
+// headingBase (the level of the answers' top headings), onLimits(limits),
+// onReady(mode), storage.
 export function mountChat(container, options = {}) {
   const page = options.page ?? {};
   container.classList.add("chat");
@@ -142,6 +143,13 @@ export function mountChat(container, options = {}) {
   let disabled = false;
 
   el.name.textContent = page.bot_name || "העוזר הדיגיטלי";
+  if (page.logo) {
+    // The owner's logo (decorative: the name is beside it), resolved on the server's origin.
+    const logo = make("img", "chat-logo");
+    logo.alt = "";
+    logo.src = new URL(page.logo, options.base ?? document.baseURI).href;
+    container.querySelector(".chat-avatar").replaceChildren(logo);
+  }
   if (page.privacy_note) {
     el.privacy.textContent = page.privacy_note;
     el.privacy.hidden = false;

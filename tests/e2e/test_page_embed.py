@@ -43,6 +43,7 @@ greeting = "שלום מ<קפה נועה>! מה תרצו לדעת?"
 accent_color = "#0b6e4f"
 privacy_note = "ההודעות נשמרות 30 יום."
 statement_email = "access@noa.example"
+logo = "/assets/favicon.svg"
 """
 
 
@@ -210,6 +211,12 @@ def test_embed_on_a_foreign_page_sends_streams_and_uploads(
     )
     expect(page.get_by_role("dialog")).to_have_accessible_name("נועה <i>הבוטית</i>")
     expect(page.locator("#inkflow-chat .msg-greeting")).to_have_text("שלום מ<קפה נועה>! מה תרצו לדעת?")
+    # The owner's logo, from InkFlow's origin (img-src in the host's CSP).
+    logo = page.locator("#inkflow-chat .chat-logo")
+    expect(logo).to_have_attribute("src", f"{server.base}/assets/favicon.svg")
+    page.wait_for_function(
+        "document.querySelector('#inkflow-chat').shadowRoot.querySelector('.chat-logo').naturalWidth > 0"
+    )
 
     send(page, f"שלום מהמאפייה {name}")
     expect(bot_answers(page).last).to_have_text(f"n8n: שלום מהמאפייה {name} (0 files)")

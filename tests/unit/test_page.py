@@ -181,3 +181,16 @@ class PageFilesTests(TestCase):
         request: Any = DummyRequest([b""])
         request.method = b"GET"
         self.assertIsNone(self.files().render(request, b"/nothing.html"))
+
+
+class ShippedPagesTests(TestCase):
+    def test_every_marker_of_the_shipped_pages_is_known(self) -> None:
+        """static/'s pages and embed.js leave no {{page.…}} marker behind and name no product."""
+        static = Path(__file__).resolve().parents[2] / "static"
+        files = PageFiles(StaticFiles(str(static)), PageConfig(), {"mode": "demo"})
+        for name in ("index.html", "accessibility.html"):
+            rendered = files.render_text((static / name).read_bytes()).decode()
+            self.assertNotIn("{{page.", rendered, name)
+            self.assertNotIn("twistd", rendered, name)
+            self.assertNotIn("InkFlow", rendered, name)
+        self.assertIn('"{{page.json}}"', (static / "embed.js").read_text(encoding="utf-8"))
