@@ -433,3 +433,14 @@ def test_a_rate_limited_embed_reads_the_429(host: HostSite) -> None:
             statuses.append((response.status, response.getheader("Access-Control-Allow-Origin")))
             conn.close()
         assert statuses == [(200, host.origin), (429, host.origin)]
+
+
+def test_workers_serve_the_owners_names(tmp_path: Path) -> None:
+    """With --workers 2 the [page] table reaches every worker (it travels with the options)."""
+    config = tmp_path / "inkflow.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+    with start_inkflow("--workers", "2", "--config", str(config)) as running:
+        for _ in range(4):
+            status, _, body = running.request("GET", "/", headers={"Connection": "close"})
+            assert status == 200
+            assert "<title>Café &lt;b&gt;Noa&lt;/b&gt; &amp; co · צ'אט</title>" in body.decode()
