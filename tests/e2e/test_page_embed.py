@@ -326,6 +326,15 @@ def test_a_refused_file_is_named_in_isolation_with_its_size_to_one_decimal(
     error = page.get_by_role("alert")
     expect(error).to_have_text('הקובץ red-square.png גדול מדי (10.5 מ"ב). הגודל המרבי הוא 10 מ"ב.')
     expect(error.locator("bdi").first).to_have_text("red-square.png")
+    # However the sentence wraps, the name is one box, read left to right
+    # (as a plain inline <bdi> it would break at its hyphen at some width).
+    count = """(b, [width, display]) => {
+      b.style.display = display; b.parentElement.style.width = `${width}px`; return b.getClientRects().length;
+    }"""
+    name = error.locator("bdi").first
+    widths = range(60, 420, 3)
+    assert all(name.evaluate(count, [width, ""]) == 1 for width in widths)
+    assert any(name.evaluate(count, [width, "inline"]) > 1 for width in widths)
 
 
 # -- axe-core ---------------------------------------------------------------------------
