@@ -19,11 +19,18 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from inkflow.options import ENV_PREFIX, ConfigError
+__all__ = ["PAGE_ENV_PREFIX", "PageConfig", "PageConfigError", "contrast_ratio", "page_config", "page_table"]
 
-__all__ = ["PAGE_ENV_PREFIX", "PageConfig", "contrast_ratio", "page_config", "page_table"]
+#: C{INKFLOW_} and C{PAGE_}: the environment's keys for the table.
+PAGE_ENV_PREFIX = "INKFLOW_PAGE_"
 
-PAGE_ENV_PREFIX = ENV_PREFIX + "PAGE_"
+
+class PageConfigError(ValueError):
+    """
+    A bad C{[page]} table: one line naming the key (the settings turn it
+    into their C{ConfigError}).
+    """
+
 
 _HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
 # Control characters (tab and newline aside) have no place in a name or a greeting.
@@ -159,11 +166,11 @@ def page_table(data: Mapping[str, Any], where: str) -> Mapping[str, Any] | None:
     """
     The C{[page]} table of a parsed config file (C{None} when it has none).
 
-    @raise ConfigError: C{page} is not a table.
+    @raise PageConfigError: C{page} is not a table.
     """
     table = data.get("page")
     if table is not None and not isinstance(table, dict):
-        raise ConfigError(f"invalid value for --config: [page] in {where!r} is not a table")
+        raise PageConfigError(f"invalid value for --config: [page] in {where!r} is not a table")
     return table
 
 
@@ -172,19 +179,19 @@ def page_config(table: Mapping[str, Any] | None = None, environ: Mapping[str, st
     The page's configuration from the config file's C{[page]} table and the
     C{INKFLOW_PAGE_*} environment variables (which win).
 
-    @raise ConfigError: one line naming the key (an unknown key, a bad value).
+    @raise PageConfigError: one line naming the key (an unknown key, a bad value).
     """
     values: dict[str, str] = {}
     for key, raw in (table or {}).items():
         if key not in _PARSERS:
-            raise ConfigError(f"invalid value for --config: unknown key {key!r} in [page]")
+            raise PageConfigError(f"invalid value for --config: unknown key {key!r} in [page]")
         values[key] = _parse(key, raw, f"{key} in [page] (config file)")
     for name, raw in (environ or {}).items():
         if not name.startswith(PAGE_ENV_PREFIX):
             continue
         key = name[len(PAGE_ENV_PREFIX) :].lower()
         if key not in _PARSERS:
-            raise ConfigError(f"invalid value for {name}: no such [page] key")
+            raise PageConfigError(f"invalid value for {name}: no such [page] key")
         values[key] = _parse(key, raw, name)
     return PageConfig(**values)
 
@@ -193,4 +200,4 @@ def _parse(key: str, raw: Any, where: str) -> str:
     try:
         return str(_PARSERS[key](raw))
     except ValueError as e:
-        raise ConfigError(f"invalid value for {where}: {e}") from None
+        raise PageConfigError(f"invalid value for {where}: {e}") from None

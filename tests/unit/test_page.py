@@ -12,9 +12,10 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from inkflow.page import PageConfig, contrast_ratio, page_config
+from inkflow.page import PageConfig, PageConfigError, contrast_ratio, page_config
 from inkflow.server.workers import settings_from_env, settings_to_env
 from inkflow.settings import ConfigError, Settings, load_settings
+from inkflow.settings.table import load_page
 from inkflow.web.page import PageFiles, page_json, theme_css
 from inkflow.web.staticfiles import StaticFiles
 from tests.unit.helpers import temp_path
@@ -54,8 +55,11 @@ class PageConfigTests(TestCase):
             ({}, {"INKFLOW_PAGE_ACCENT_COLOR": "#fff"}, "INKFLOW_PAGE_ACCENT_COLOR"),
         ]
         for table, environ, expected in cases:
-            with self.assertRaises(ConfigError, msg=repr(table)) as caught:
+            with self.assertRaises(PageConfigError, msg=repr(table)) as caught:
                 page_config(table, environ)
+            # The settings turn it into their one-line start-up error.
+            with self.assertRaises(ConfigError):
+                load_page(table, environ)
             self.assertIn(expected, str(caught.exception))
 
     def test_contrast(self) -> None:
