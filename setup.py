@@ -39,6 +39,7 @@ setup(
         "inkflow.settings",
         "inkflow.server",
         "inkflow.web",
+        "inkflow.web.websocket",
         "inkflow.n8n",
         "inkflow.tools",
         "inkflow.state",

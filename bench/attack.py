@@ -10,7 +10,10 @@ read from the server's own C{/api/health} every 0.25 s; and a probe client
 that sends C{GET /} on a new connection ten times, once a second, during the
 attack (answered = HTTP 200 within 3 s).
 
-    python -m bench.attack [--cap 45]
+    python -m bench.attack [--cap 45] [--websocket-only]
+
+The C{/chat} WebSocket classes (a 64 MiB message, an upgrade burst, a ping
+flood) are in L{bench.attack_websocket}.
 
 Bounded: every class ends when the server has let every attack socket go,
 or after C{--cap} seconds; everything listens on 127.0.0.1 only.
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import attack_websocket
 from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, say
 
 MB = 1024 * 1024
@@ -408,9 +412,13 @@ def run(cap: float = 45.0) -> list[Row]:
 def main() -> None:
     def extra(p: object) -> None:
         p.add_argument("--cap", type=float, default=45.0, help="seconds per class at most")  # type: ignore[attr-defined]
+        p.add_argument(  # type: ignore[attr-defined]
+            "--websocket-only", action="store_true", help="only the /chat WebSocket classes (bench.attack_websocket)"
+        )
 
     args = arguments(__doc__ or "", extra)
-    print_rows("attack", run(args.cap))
+    rows = [] if args.websocket_only else run(args.cap)
+    print_rows("attack", rows + attack_websocket.run(args.cap))
 
 
 if __name__ == "__main__":

@@ -320,7 +320,12 @@ def makeService(
         reporter=reporter,
         static=StaticFiles(settings.static_dir),
         chat_socket=ChatSocketResource(
-            settings, reactor, executions, chat_sockets, draining=lambda: connections.draining
+            settings,
+            reactor,
+            executions,
+            chat_sockets,
+            draining=lambda: connections.draining,
+            rate_limiter=rate_limiter,
         ),
         metrics=metrics,
     )

@@ -229,7 +229,7 @@ class Settings:
     websocket_idle_timeout: float = opt(
         seconds(0.001, 86400),
         90.0,
-        "seconds a /chat WebSocket may stay without a frame either way (n8n's heartbeat: 30)",
+        "seconds a /chat WebSocket may stay without a data frame from the browser (the widget answers n8n's 30 s heartbeat)",
         metavar="SECONDS",
     )
     websocket_max_message: int = opt(

@@ -30,7 +30,7 @@ from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import IdempotentChat, parse_key
-from inkflow.web.origin import check_origin
+from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.page import PageFiles
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
@@ -207,7 +207,7 @@ class InkFlowApp:
             self.rate_limiter.check(rate_key(self._client(request)))
         except ApiError as e:
             # Refused before any route: an allow-listed page (the embed) must still read it.
-            e.headers.update(self._cors_for(request.getHeader(b"Origin")))
+            e.headers.update(self._cors_for(request))
             raise
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
@@ -240,11 +240,22 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
-    def _cors_for(self, origin: bytes | None) -> dict[str, str]:
+    def _cors_for(self, request: IRequest) -> dict[str, str]:
         """
-        The CORS headers of an answer to C{origin} (none when it is not allow-listed).
+        The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
         """
-        if not origin or origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+        origin = request.getHeader(b"Origin")
+        if not origin:
+            return {}
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
             return {}
         return {
             "Access-Control-Allow-Origin": origin.decode("latin-1"),
@@ -260,7 +271,15 @@ class InkFlowApp:
         if not origin or not self._cors:
             return False
         request.setHeader(b"Vary", b"Origin")
-        if origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
         request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")
