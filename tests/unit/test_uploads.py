@@ -34,6 +34,7 @@ from inkflow.web.uploads import (
     sanitize_filename,
     sniff_type,
 )
+from tests.unit.helpers import pinned
 
 BOUNDARY = b"----inkflowTestBoundary7MA4YWxkTrZu0gW"
 CONTENT_TYPE = b"multipart/form-data; boundary=" + BOUNDARY
@@ -417,6 +418,17 @@ class RoundTripTests(SinkTestCase):
                 self.assertEqual(file_sha(uploaded.path), sha(content), label)
             result.cleanup()
             self.assertEqual(self.leftovers(), [], label)
+
+    @pinned("the file's digest is not computed while spooling")
+    def test_each_file_carries_the_sha256_of_its_bytes(self) -> None:
+        """Every chunking gives each file the sha256 of its bytes, computed while it was spooled."""
+        settings = self.make_settings(max_file_size=200_000)
+        contents = [payload(PNG_MAGIC, 70_000, 4), ("שורה\r\n" * 50).encode()]
+        data = body(field("message", "x"), *(file_part(c, f"f{i}") for i, c in enumerate(contents)))
+        for label, chunks in chunkings(data):
+            result = self.feed(MultipartSink(settings, CONTENT_TYPE), chunks)
+            self.assertEqual([f.sha256 for f in result.files], [sha(c) for c in contents], label)
+            result.cleanup()
 
     def test_widget_fields(self) -> None:
         """
