@@ -16,7 +16,6 @@ from twisted.web.http_headers import Headers
 from inkflow.chat import ChatBody, UploadedFile
 from inkflow.errors import ApiError
 from inkflow.web.idempotency import Answer, IdempotencyStore, IdempotentChat, fingerprint, parse_key
-from tests.unit.helpers import pinned
 
 OK = Answer(200, b'{"output":"hi"}', ((b"Content-Type", b"application/json"),))
 
@@ -46,8 +45,9 @@ class KeyTests(TestCase):
         self.assertNotEqual(a, fingerprint(ChatBody({"chatInput": "ho", "sessionId": "s"}), "chatInput", "sessionId"))
         self.assertNotEqual(a, fingerprint(ChatBody({"chatInput": "hi", "sessionId": "t"}), "chatInput", "sessionId"))
         self.assertEqual(a, fingerprint(ChatBody({"message": "hi", "sessionId": "s"}), "chatInput", "sessionId"))
+        other_metadata = ChatBody({"chatInput": "hi", "sessionId": "s", "metadata": {"page": "/b"}})
+        self.assertNotEqual(a, fingerprint(other_metadata, "chatInput", "sessionId"))
 
-    @pinned("the fingerprint sees only the files' names and sizes")
     def test_fingerprint_covers_the_bytes_of_each_file(self) -> None:
         """The same file name and size with other bytes is another fingerprint; the same bytes the same."""
 

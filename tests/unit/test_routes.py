@@ -35,7 +35,7 @@ from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import StreamAnswers
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
 from tests.support.site_treq import SiteTreq
-from tests.unit.helpers import pinned, temp_path
+from tests.unit.helpers import temp_path
 
 
 class FakeProcess:
@@ -537,7 +537,6 @@ class IdempotencyAtTheRouteTests(TestCase):
         self.assertEqual(self.post_file(stub, 1), first)
         self.assertEqual(len(forwarder.messages), 1)
 
-    @pinned("the fingerprint sees only the files' names and sizes")
     def test_same_key_same_file_name_and_size_other_bytes_is_a_mismatch(self) -> None:
         """The same key, text, file name and size but other bytes: 422 idempotency_mismatch, never the first answer."""
         forwarder = FakeForwarder({"output": "first"})

@@ -34,7 +34,6 @@ from inkflow.web.uploads import (
     sanitize_filename,
     sniff_type,
 )
-from tests.unit.helpers import pinned
 
 BOUNDARY = b"----inkflowTestBoundary7MA4YWxkTrZu0gW"
 CONTENT_TYPE = b"multipart/form-data; boundary=" + BOUNDARY
@@ -419,7 +418,6 @@ class RoundTripTests(SinkTestCase):
             result.cleanup()
             self.assertEqual(self.leftovers(), [], label)
 
-    @pinned("the file's digest is not computed while spooling")
     def test_each_file_carries_the_sha256_of_its_bytes(self) -> None:
         """Every chunking gives each file the sha256 of its bytes, computed while it was spooled."""
         settings = self.make_settings(max_file_size=200_000)
