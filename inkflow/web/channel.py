@@ -7,13 +7,20 @@ InkFlow's HTTP channel: deadlines, the connection limit, early refusals.
  - B{a connection limit that answers}: a connection over C{--max-connections}
    gets C{503 busy} with C{Retry-After} and C{Connection: close}, except for
    C{/api/health} and C{/api/ready};
- - B{framing errors} get the contract's JSON 400, not twisted.web's bare one.
+ - B{framing errors} get the contract's JSON 400, not twisted.web's bare one;
+ - B{request targets} (RFC 9112 3.2): only visible ASCII (a DEL, a control or
+   a byte over 0x7e is a JSON 400: Twisted lets 0x7f-0xb0 through); the
+   absolute form (C{http://host/path}) is served like the origin form when
+   its authority is the request's C{Host} (the server's own name), a JSON 400
+   otherwise (InkFlow is not a proxy).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -29,12 +36,66 @@ from inkflow.web.state import request_state
 if TYPE_CHECKING:
     from inkflow.web.site import InkFlowSite
 
-__all__ = ["MIN_BODY_RATE", "InkFlowChannel"]
+__all__ = ["MIN_BODY_RATE", "InkFlowChannel", "origin_form"]
 
 log = Logger()
 
 #: Slowest accepted request body, in bytes per second, once the head is in.
 MIN_BODY_RATE = 64 * 1024
+
+#: A byte no request target may hold: anything but visible ASCII.
+_NOT_VISIBLE = re.compile(rb"[^\x21-\x7e]")
+#: An absolute-form target: scheme, authority, and the rest (path and query).
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+_DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
+
+
+def _host_and_port(authority: bytes, scheme: bytes) -> tuple[bytes, bytes]:
+    """
+    An authority (C{host}, C{host:port}, C{[v6]:port}) as a lower-case host
+    and a port (the scheme's default when none is given).
+    """
+    authority = authority.strip().lower()
+    if authority.startswith(b"["):
+        host, _, rest = authority.partition(b"]")
+        host += b"]"
+        port = rest[1:] if rest.startswith(b":") else b""
+    elif authority.count(b":") == 1:
+        host, _, port = authority.partition(b":")
+    else:
+        host, port = authority, b""
+    return host, port or _DEFAULT_PORTS.get(scheme, b"")
+
+
+def origin_form(line: bytes) -> tuple[bytes, tuple[bytes, bytes] | None] | None:
+    """
+    A request line with its target checked and, in the absolute form, turned
+    into the origin form.
+
+    @return: C{None} when the target is refused (a byte that is not visible
+        ASCII, or an absolute form whose scheme is not http/https or that
+        has no host or carries user information); else the line to parse
+        and, for an absolute form, its scheme and authority (to be checked
+        against C{Host} once the headers are in).  A line that is not three
+        parts is returned as it is (Twisted's parser refuses it).
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return line, None
+    method, target, version = parts
+    if _NOT_VISIBLE.search(target):
+        return None
+    if target[:1] == b"/" or target == b"*":
+        return line, None
+    match = _ABSOLUTE.fullmatch(target)
+    if match is None:
+        return line, None  # not a form InkFlow serves: routed (and refused) as before
+    scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
+    if scheme not in _DEFAULT_PORTS or not authority or b"@" in authority:
+        return None
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return b" ".join((method, rest, version)), (scheme, authority)
 
 
 class InkFlowChannel(http.HTTPChannel):
@@ -70,6 +131,7 @@ class InkFlowChannel(http.HTTPChannel):
         self._holding = False
         self._in_head = False
         self._hosts = 0
+        self._absolute: tuple[bytes, bytes] | None = None
         self._body_started = 0.0
         self._body_received = 0
         self.clock: IReactorTime | None = None
@@ -122,6 +184,11 @@ class InkFlowChannel(http.HTTPChannel):
             if self.state == "idle":
                 self.state = "head"
                 self._arm(self.site.settings.header_timeout)
+            checked = origin_form(line)
+            if checked is None:
+                twisted_hooks.respond_bad_request(self)
+                return
+            line, self._absolute = checked
         super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
@@ -163,7 +230,11 @@ class InkFlowChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         hosts, self._hosts, self._in_head = self._hosts, 0, False
+        absolute, self._absolute = self._absolute, None
         if hosts == 0 and twisted_hooks.request_version(self) == b"HTTP/1.1":
+            twisted_hooks.respond_bad_request(self)
+            return
+        if absolute is not None and not self._own_authority(*absolute):
             twisted_hooks.respond_bad_request(self)
             return
         super().allHeadersReceived()
@@ -176,6 +247,21 @@ class InkFlowChannel(http.HTTPChannel):
         limit = self._body_limit()
         self._arm(settings.header_timeout + limit / MIN_BODY_RATE)
         self._arm_progress()
+
+    def _own_authority(self, scheme: bytes, authority: bytes) -> bool:
+        """
+        Whether an absolute-form target names this server: its authority is
+        the request's C{Host} (or, without one, the address the client
+        connected to).
+        """
+        host = (self.requests[-1].requestHeaders.getRawHeaders(b"Host") or [None])[0] if self.requests else None
+        if host is None:
+            local = self.transport.getHost() if self.transport is not None else None
+            if not isinstance(local, (IPv4Address, IPv6Address)):
+                return False
+            address = f"[{local.host}]" if isinstance(local, IPv6Address) else local.host
+            host = f"{address}:{local.port}".encode()
+        return _host_and_port(authority, scheme) == _host_and_port(host, scheme)
 
     def _body_limit(self) -> int:
         """

@@ -16,7 +16,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
-from tests.unit.helpers import pinned
 from tests.unit.test_routes import FakeForwarder, make_app
 
 CHAT = b'{"message":"hi"}'
@@ -51,38 +50,32 @@ class RequestTargetTests(TestCase):
             b"Content-Length: " + str(len(CHAT)).encode() + b"\r\n"
         )
 
-    @pinned("an absolute-form target is routed as a path: 405 / 404")
     def test_absolute_form_for_the_own_host_is_served(self) -> None:
         """POST http://<Host>/api/chat is the chat route (RFC 9112 3.2.2: a server must accept the absolute form)."""
         status, body, _ = self.exchange(self.chat_head(b"http://inkflow.test/api/chat"), CHAT)
         self.assertEqual((status, body and body["output"]), (200, "שלום"))
 
-    @pinned("an absolute-form target is routed as a path: 405 / 404")
     def test_absolute_form_keeps_the_query_and_default_port(self) -> None:
         """http://host:80/api/health?x=1 with Host: host is /api/health."""
         status, body, _ = self.exchange(b"GET http://inkflow.test:80/api/health?x=1 HTTP/1.1\r\nHost: INKFLOW.test\r\n")
         self.assertEqual((status, body and body["status"]), (200, "ok"))
 
-    @pinned("an absolute-form target for another host is answered as a path (404), not refused")
     def test_absolute_form_for_another_host_is_a_json_400(self) -> None:
         """http://evil.example/... on a connection whose Host is InkFlow's: 400 bad_request (InkFlow is no proxy)."""
         status, body, _ = self.exchange(self.chat_head(b"http://evil.example/api/chat"), CHAT)
         self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"))
 
-    @pinned("an absolute-form target with another scheme is answered as a path")
     def test_absolute_form_with_another_scheme_is_a_json_400(self) -> None:
         """ftp://inkflow.test/api/health: 400 bad_request."""
         status, body, _ = self.exchange(b"GET ftp://inkflow.test/api/health HTTP/1.1\r\nHost: inkflow.test\r\n")
         self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"))
 
-    @pinned("a DEL byte in a target is routed (404) or reaches the route")
     def test_del_byte_in_any_target_is_a_json_400(self) -> None:
         """A DEL byte in the path or the query of any target (chat, health, a file, /chat): 400 bad_request JSON."""
         for target in (b"/api/chat\x7f", b"/api/health?x=\x7f", b"/\x7f", b"/chat?token=\x7f"):
             status, body, _ = self.exchange(b"GET " + target + b" HTTP/1.1\r\nHost: inkflow.test\r\n")
             self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"), target)
 
-    @pinned("a DEL byte in an upgrade's target reaches the WebSocket resource")
     def test_del_byte_in_a_websocket_upgrade_target_is_a_json_400(self) -> None:
         """An upgrade to /chat?\\x7f is refused by the channel before the WebSocket resource sees it."""
         head = (
@@ -92,9 +85,22 @@ class RequestTargetTests(TestCase):
         status, body, _ = self.exchange(head)
         self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"))
 
-    @pinned("bytes 0x7f-0xb0 in a target's query are let through (/api/health?\\xb0 is a 200)")
     def test_control_and_high_bytes_in_a_target_are_json_400s(self) -> None:
         """C0 controls and bytes over 0x7e (what Twisted lets through: 0x7f-0xb0) are 400 bad_request JSON."""
         for target in (b"/\x01", b"/api/\x80", b"/api/health?\xb0", b"/\x1b[31m"):
             status, body, _ = self.exchange(b"GET " + target + b" HTTP/1.1\r\nHost: inkflow.test\r\n")
             self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"), target)
+
+    def test_absolute_form_without_host_names_the_listening_address(self) -> None:
+        """HTTP/1.0 with no Host: the absolute form is accepted for the address connected to, else 400."""
+        status, body, _ = self.exchange(b"GET http://127.0.0.1:8000/api/health HTTP/1.0\r\n")
+        self.assertEqual((status, body and body["status"]), (200, "ok"))
+        status, body, _ = self.exchange(b"GET http://127.0.0.1:9999/api/health HTTP/1.0\r\n")
+        self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"))
+
+    def test_user_information_is_refused_and_an_empty_path_is_the_root(self) -> None:
+        """http://user@host/ (user information) is a 400; http://host with no path is "/" (the page)."""
+        status, body, _ = self.exchange(b"GET http://me@inkflow.test/api/health HTTP/1.1\r\nHost: inkflow.test\r\n")
+        self.assertEqual((status, body and body["error"]["code"]), (400, "bad_request"))
+        status, body, _ = self.exchange(b"GET http://inkflow.test HTTP/1.1\r\nHost: inkflow.test\r\n")
+        self.assertEqual(status, 200)  # the page: "/" for an empty path
