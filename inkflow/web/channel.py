@@ -7,6 +7,11 @@ InkFlow's HTTP channel: deadlines, the connection limit, early refusals.
  - B{a connection limit that answers}: a connection over C{--max-connections}
    gets C{503 busy} with C{Retry-After} and C{Connection: close}, except for
    C{/api/health} and C{/api/ready};
+ - B{a limit per client address} (C{--max-connections-per-ip}, keyed like the
+   rate limit): counted when the connection opens (its peer is the client),
+   or from each request's head when the peer is a trusted proxy; over it,
+   C{503 too_many_connections_from_address} the same way.  The connection
+   stays counted while it is open (kept alive, streaming, a WebSocket);
  - B{framing errors} get the contract's JSON 400, not twisted.web's bare one;
  - B{request targets} (RFC 9112 3.2): only visible ASCII (a DEL, a control or
    a byte over 0x7e is a JSON 400: Twisted lets 0x7f-0xb0 through); the
@@ -18,9 +23,10 @@ InkFlow's HTTP channel: deadlines, the connection limit, early refusals.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -29,6 +35,8 @@ from twisted.web import http
 
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
+from inkflow.web.admission import rate_key
+from inkflow.web.client_address import UNIX, client_ip, is_trusted_peer
 from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
 from inkflow.web.responses import raw_error_response
 from inkflow.web.state import request_state
@@ -42,6 +50,9 @@ log = Logger()
 
 #: Slowest accepted request body, in bytes per second, once the head is in.
 MIN_BODY_RATE = 64 * 1024
+
+#: Retry-After (seconds) of a connection over C{--max-connections-per-ip}.
+ADDRESS_RETRY_AFTER = 5
 
 #: A byte no request target may hold: anything but visible ASCII.
 _NOT_VISIBLE = re.compile(rb"[^\x21-\x7e]")
@@ -118,6 +129,9 @@ class InkFlowChannel(http.HTTPChannel):
 
     site: InkFlowSite
     over_limit = False
+    #: Over C{--max-connections-per-ip} (only this connection's health
+    #: requests are answered).
+    over_address = False
     refused = False
     _dropping = False
 
@@ -145,11 +159,20 @@ class InkFlowChannel(http.HTTPChannel):
         # Only admitted connections count: one already answered 503 (and
         # closing) must not keep a newcomer out.
         self.over_limit = site.connections.opened(self, site.settings.max_connections)
-        # A connection over the limit gets one short chance to say what it
+        if not self.over_limit:
+            # A peer that is not a trusted proxy is the client: count it now,
+            # silent sockets included.  A proxy's requests are counted from
+            # their heads (check_address).
+            host = self._peer_host()
+            if not is_trusted_peer(host, site.settings.trusted_proxy):
+                key = rate_key(client_ip(host, None, site.settings.trusted_proxy))
+                self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        # A connection over a limit gets one short chance to say what it
         # wants: under a flood of slow clients it must not hold its file
         # descriptor for the whole header timeout.
+        refused_soon = self.over_limit or self.over_address
         self._arm(
-            min(site.settings.header_timeout, OVER_LIMIT_TIMEOUT) if self.over_limit else site.settings.header_timeout
+            min(site.settings.header_timeout, OVER_LIMIT_TIMEOUT) if refused_soon else site.settings.header_timeout
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -160,6 +183,43 @@ class InkFlowChannel(http.HTTPChannel):
             super().connectionLost(reason)
         finally:
             self.site.connections.gone(self)
+
+    def _peer_host(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+
+    def check_address(self, forwarded_for: Sequence[str] | None, always_answered: bool) -> None:
+        """
+        A request's head is in: check C{--max-connections-per-ip} for its
+        client (through a trusted proxy, this request's client; the
+        connection is counted under it from now on).
+
+        @param always_answered: a health request, answered over the limit
+            too (on a connection then closed after it).
+        @raise ApiError: 503 C{too_many_connections_from_address}.
+        """
+        site = self.site
+        if self.over_limit:
+            return
+        host = self._peer_host()
+        if not self.over_address and is_trusted_peer(host, site.settings.trusted_proxy):
+            key = rate_key(client_ip(host, forwarded_for, site.settings.trusted_proxy))
+            self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        if not self.over_address:
+            return
+        self.persistent = False
+        if not always_answered:
+            site.connections.connections_rejected += 1
+            raise ApiError.retry_later(
+                "too_many_connections_from_address", ADDRESS_RETRY_AFTER, "too many connections from one address"
+            )
+
+    def is_idle(self) -> bool:
+        """
+        Between two requests of a kept-alive connection (for the per-address
+        count: an idle connection makes room for its address's new one).
+        """
+        return self.state == "idle" and not self.requests and not self.refused
 
     # -- reading ----------------------------------------------------------------
 
@@ -364,6 +424,11 @@ class InkFlowChannel(http.HTTPChannel):
                 # answer over the limit is 503 busy.
                 self.site.connections.connections_rejected += 1
                 error = ApiError.retry_later("busy", 5, "too many connections")
+            elif self.over_address:
+                self.site.connections.connections_rejected += 1
+                error = ApiError.retry_later(
+                    "too_many_connections_from_address", ADDRESS_RETRY_AFTER, "too many connections from one address"
+                )
             else:
                 self.site.connections.timeouts_total += 1
                 log.info("Request {state} not received in time; answering 408", state=self.state)

@@ -21,10 +21,7 @@ from inkflow.settings import Settings
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.connections import Connections
 from inkflow.web.site import InkFlowSite
-from tests.unit.helpers import pinned
 from tests.unit.test_channel import Echo, sink_for
-
-PINNED = "one address may hold every connection place (no --max-connections-per-ip)"
 
 
 class _Claimant:
@@ -44,7 +41,6 @@ class ClaimTests(TestCase):
     The registry's count per address.
     """
 
-    @pinned(PINNED)
     def test_an_address_holds_at_most_the_limit_others_unaffected(self) -> None:
         """At the limit an address's next connection is refused; another address's is counted."""
         connections = Connections()
@@ -54,7 +50,6 @@ class ClaimTests(TestCase):
         self.assertTrue(connections.claim(_Claimant(), "10.0.0.2", 3))
         self.assertEqual((connections.held_by("10.0.0.1"), connections.address_rejected), (3, 1))
 
-    @pinned(PINNED)
     def test_an_idle_connection_makes_room_for_its_address(self) -> None:
         """At the limit, the address's oldest idle kept-alive connection is closed and the newcomer counted."""
         connections = Connections()
@@ -65,7 +60,6 @@ class ClaimTests(TestCase):
         self.assertTrue(connections.claim(newcomer, "a", 2))
         self.assertEqual((idle.closed, busy.closed, connections.held_by("a")), (True, False, 2))
 
-    @pinned(PINNED)
     def test_a_closed_connection_frees_its_place_and_the_key(self) -> None:
         """release_address (and gone) uncount; an address with none left is forgotten."""
         connections = Connections()
@@ -77,7 +71,6 @@ class ClaimTests(TestCase):
         self.assertEqual(connections._by_address, {})
         self.assertTrue(connections.claim(_Claimant(), "a", 1))
 
-    @pinned(PINNED)
     def test_a_connection_moves_to_the_address_of_its_request(self) -> None:
         """A proxy's kept-alive connection carrying another client's request is counted under that client."""
         connections = Connections()
@@ -86,7 +79,6 @@ class ClaimTests(TestCase):
         connections.claim(c, "b", 5)
         self.assertEqual((connections.held_by("a"), connections.held_by("b")), (0, 1))
 
-    @pinned(PINNED)
     def test_zero_is_off(self) -> None:
         """--max-connections-per-ip 0 counts nothing and refuses nothing."""
         connections = Connections()
@@ -95,7 +87,6 @@ class ClaimTests(TestCase):
 
 
 class SettingsTests(TestCase):
-    @pinned(PINNED)
     def test_default_is_a_quarter_of_max_connections_at_least_eight(self) -> None:
         """auto: 12 at the default 50, 8 at 20, never above --max-connections; a number or 0 as given."""
         self.assertEqual(Settings.defaults().connections_per_ip, 12)
@@ -149,7 +140,6 @@ class ChannelTests(TestCase):
             body = None
         return int(out[9:12]), body, out
 
-    @pinned(PINNED)
     def test_over_the_cap_is_a_polite_503_while_another_address_is_served(self) -> None:
         """The 4th connection of an address holding 3: 503 too_many_connections_from_address, Retry-After; others 200."""
         self.hold()
@@ -165,7 +155,6 @@ class ChannelTests(TestCase):
         other.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(self.answer(other_transport)[0], 200)
 
-    @pinned(PINNED)
     def test_silent_sockets_count_and_the_extra_one_is_answered_within_a_second(self) -> None:
         """Sockets that never send a head count too; the extra one gets the 503 after 1 s, not a 408 after 10 s."""
         for _ in range(3):
@@ -176,7 +165,6 @@ class ChannelTests(TestCase):
         assert body is not None
         self.assertEqual((status, body["error"]["code"]), (503, "too_many_connections_from_address"))  # type: ignore[index]
 
-    @pinned(PINNED)
     def test_health_is_answered_over_the_cap(self) -> None:
         """Over the cap, /api/health is still answered (then the connection closes)."""
         self.hold()
@@ -186,7 +174,6 @@ class ChannelTests(TestCase):
         self.assertEqual(status, 200)
         self.assertIn(b"Connection: close", out)
 
-    @pinned(PINNED)
     def test_a_closed_connection_lets_the_address_in_again(self) -> None:
         """When one of the held connections closes, the address's next connection is served."""
         held = self.hold()
@@ -196,7 +183,6 @@ class ChannelTests(TestCase):
         self.assertEqual(self.answer(transport)[0], 200)
         self.assertEqual(self.site.connections.held_by("10.0.0.1"), 3)
 
-    @pinned(PINNED)
     def test_idle_kept_alive_connections_make_room_for_their_address(self) -> None:
         """An address with 3 idle kept-alive connections gets a 4th; the oldest idle one is closed."""
         idle = []
@@ -210,7 +196,6 @@ class ChannelTests(TestCase):
         self.assertEqual([t.disconnecting for t in idle], [True, False, False])
         self.assertEqual(self.site.connections.held_by("10.0.0.1"), 3)
 
-    @pinned(PINNED)
     def test_ipv6_addresses_of_one_64_share_a_cap(self) -> None:
         """Two addresses of the same IPv6 /64 count as one client (as in the rate limit)."""
         self.hold("2001:db8::1", 2)
@@ -219,7 +204,6 @@ class ChannelTests(TestCase):
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(self.answer(transport)[0], 503)
 
-    @pinned(PINNED)
     def test_through_a_trusted_proxy_each_request_counts_for_its_client(self) -> None:
         """Behind --trusted-proxy, the proxy's connections are counted per X-Forwarded-For client, not per proxy."""
         self.site.settings = self.settings.replace(trusted_proxy=("10.9.0.0/16",))

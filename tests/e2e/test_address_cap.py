@@ -1,0 +1,138 @@
+"""
+End to end: C{--max-connections-per-ip} on the real C{twistd -n inkflow}.
+One address (127.0.0.2: Linux routes all of 127/8 to loopback) holds its
+share of connection places, silent, uploading or kept alive; another
+(127.0.0.1) is still served.  Bounded in sockets and seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.server import ServerProcess
+
+#: --max-connections 12: the per-address cap is auto, min(12, max(8, 12 // 4)) = 8.
+CAP = 8
+HOLDER = "127.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    uploads = tmp_path_factory.mktemp("uploads")
+    args = ["--upload-dir", str(uploads), "--max-connections", "12", "--header-timeout", "8", "--body-timeout", "8"]
+    with ServerProcess(*args) as s:
+        yield s
+
+
+def connect(server: ServerProcess, source: str = HOLDER) -> socket.socket:
+    s = socket.socket()
+    s.settimeout(5)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", server.port))
+    return s
+
+
+def ask(server: ServerProcess, source: str, path: str = "/") -> tuple[int, dict[str, object] | None, bytes]:
+    """One GET on a new connection from C{source}; the status, the JSON body (if any) and the raw answer."""
+    s = connect(server, source)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    finally:
+        s.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    return int(head[9:12]), parsed, head
+
+
+def active(server: ServerProcess) -> int:
+    return int(server.get_json("/api/health")[1]["connections"]["active"]) - 1
+
+
+def wait_for_active(server: ServerProcess, count: int, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while active(server) != count:
+        assert time.monotonic() < deadline, f"active {active(server)} != {count}"
+        time.sleep(0.05)
+
+
+def refused(answer: tuple[int, dict[str, object] | None, bytes]) -> bool:
+    status, body, head = answer
+    error = (body or {}).get("error") or {}
+    return status == 503 and error.get("code") == "too_many_connections_from_address" and b"Retry-After: " in head  # type: ignore[union-attr]
+
+
+def test_silent_sockets_from_one_address_do_not_keep_another_client_out(server: ServerProcess) -> None:
+    """8 silent sockets from one address: its 9th is a polite 503 with Retry-After; another address gets 200."""
+    held = [connect(server) for _ in range(CAP)]
+    try:
+        wait_for_active(server, CAP)
+        assert refused(ask(server, HOLDER))
+        assert ask(server, "127.0.0.1")[0] == 200
+        assert ask(server, HOLDER, "/api/health")[0] == 200  # health is answered over the cap
+    finally:
+        for s in held:
+            s.close()
+    wait_for_active(server, 0)
+    assert ask(server, HOLDER)[0] == 200
+
+
+def test_uploads_in_progress_from_one_address_do_not_keep_another_client_out(server: ServerProcess) -> None:
+    """8 chats still sending their bodies hold the address's places; another address's chat is answered."""
+    held = []
+    try:
+        for _ in range(CAP):
+            s = connect(server)
+            s.sendall(
+                b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            )
+            held.append(s)
+        wait_for_active(server, CAP)
+        assert refused(ask(server, HOLDER))
+        s = connect(server, "127.0.0.1")
+        body = json.dumps({"message": "שלום"}).encode()
+        s.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert s.recv(12) == b"HTTP/1.1 200"
+        s.close()
+    finally:
+        for s in held:
+            s.close()
+    wait_for_active(server, 0)
+
+
+def test_idle_kept_alive_sockets_make_room_for_their_own_address(server: ServerProcess) -> None:
+    """8 idle kept-alive sockets: the address's 9th is served, its oldest idle socket closed; never more than 8."""
+    held = []
+    try:
+        for _ in range(CAP):
+            s = connect(server)
+            s.sendall(b"GET /api/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            held.append(s)
+        wait_for_active(server, CAP)
+        assert ask(server, HOLDER)[0] == 200
+        assert held[0].recv(1) == b""  # closed by the server to make room
+        wait_for_active(server, CAP - 1)  # the 9th was answered and closed; the 7 others remain
+    finally:
+        for s in held:
+            s.close()
+    wait_for_active(server, 0)
+
+
+def test_no_traceback(server: ServerProcess) -> None:
+    """Nothing above logged a traceback."""
+    assert "Traceback" not in server.output()
