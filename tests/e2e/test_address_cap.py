@@ -11,6 +11,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -68,8 +69,8 @@ def wait_for_active(server: ServerProcess, count: int, within: float = 5.0) -> N
 
 def refused(answer: tuple[int, dict[str, object] | None, bytes]) -> bool:
     status, body, head = answer
-    error = (body or {}).get("error") or {}
-    return status == 503 and error.get("code") == "too_many_connections_from_address" and b"Retry-After: " in head  # type: ignore[union-attr]
+    error: Any = (body or {}).get("error") or {}
+    return status == 503 and error.get("code") == "too_many_connections_from_address" and b"Retry-After: " in head
 
 
 def test_silent_sockets_from_one_address_do_not_keep_another_client_out(server: ServerProcess) -> None:
