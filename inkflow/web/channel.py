@@ -158,15 +158,18 @@ class InkFlowChannel(http.HTTPChannel):
         self.clock = site.clock
         # Only admitted connections count: one already answered 503 (and
         # closing) must not keep a newcomer out.
-        self.over_limit = site.connections.opened(self, site.settings.max_connections)
-        if not self.over_limit:
-            # A peer that is not a trusted proxy is the client: count it now,
-            # silent sockets included.  A proxy's requests are counted from
-            # their heads (check_address).
-            host = self._peer_host()
-            if not is_trusted_peer(host, site.settings.trusted_proxy):
-                key = rate_key(client_ip(host, None, site.settings.trusted_proxy))
-                self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        # A peer that is not a trusted proxy is the client: count it now,
+        # silent sockets included.  A proxy's requests are counted from their
+        # heads (check_address).  A connection over its address's cap takes
+        # no place within --max-connections while it is answered.
+        host = self._peer_host()
+        if not is_trusted_peer(host, site.settings.trusted_proxy):
+            key = rate_key(client_ip(host, None, site.settings.trusted_proxy))
+            self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        self.over_limit = site.connections.opened(self, site.settings.max_connections, admit=not self.over_address)
+        if self.over_limit:
+            self.over_address = False
+            site.connections.release_address(self)
         # A connection over a limit gets one short chance to say what it
         # wants: under a flood of slow clients it must not hold its file
         # descriptor for the whole header timeout.
@@ -208,6 +211,7 @@ class InkFlowChannel(http.HTTPChannel):
         if not self.over_address:
             return
         self.persistent = False
+        site.connections.give_up_place(self)
         if not always_answered:
             site.connections.connections_rejected += 1
             raise ApiError.retry_later(

@@ -62,6 +62,7 @@ class Connections:
     def __init__(self) -> None:
         self.channels: set[Connection] = set()
         self.admitted = 0
+        self._admitted: set[Connection] = set()
         self.connections_rejected = 0
         self.timeouts_total = 0
         self.draining = False
@@ -75,15 +76,29 @@ class Connections:
     def stats(self) -> SiteStats:
         return SiteStats(self.admitted, self.connections_rejected, self.timeouts_total, self.draining)
 
-    def opened(self, channel: Connection, limit: int) -> bool:
+    def opened(self, channel: Connection, limit: int, admit: bool = True) -> bool:
         """
         A connection opened: register it; return whether it is over C{limit}.
+
+        @param admit: take a place within C{limit} (C{False}: a connection
+            already refused for its address, which must not hold a place
+            other clients need while it is answered).
         """
         self.channels.add(channel)
         over = self.admitted >= limit
-        if not over:
+        if not over and admit:
             self.admitted += 1
+            self._admitted.add(channel)
         return over
+
+    def give_up_place(self, channel: Connection) -> None:
+        """
+        C{channel} is being refused (over its address's cap): its place
+        within C{--max-connections} is free for others at once.
+        """
+        if channel in self._admitted:
+            self._admitted.discard(channel)
+            self.admitted -= 1
 
     def claim(self, channel: AddressClaimant, key: str, limit: int) -> bool:
         """
@@ -140,8 +155,7 @@ class Connections:
 
     def gone(self, channel: Connection) -> None:
         self.release_address(channel)
-        if channel in self.channels and not channel.over_limit:
-            self.admitted -= 1
+        self.give_up_place(channel)
         self.channels.discard(channel)
         if not self.channels:
             waiting, self._all_gone = self._all_gone, []

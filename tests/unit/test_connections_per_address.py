@@ -218,3 +218,12 @@ class ChannelTests(TestCase):
         channel, transport = self.connect("10.9.0.1")
         channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.8\r\n\r\n")
         self.assertEqual(self.answer(transport)[0], 200)
+
+    def test_a_connection_over_its_address_cap_takes_no_global_place(self) -> None:
+        """Refused for its address, a connection leaves its --max-connections place to others at once."""
+        self.hold()
+        for _ in range(5):
+            self.connect()
+        self.assertEqual(self.site.connections.admitted, 3)
+        channel, _ = self.connect("10.0.0.2")
+        self.assertFalse(channel.over_limit or channel.over_address)
