@@ -409,7 +409,7 @@ def orphaned_uploads(port: int, n: int) -> list[socket.socket]:
         s = connect(port, source=src)
         s.sendall(head(port, "POST", "/api/chat", "Content-Type: multipart/form-data; boundary=zz",
                        "Transfer-Encoding: chunked", "Connection: close"))  # fmt: skip
-        big = _chat_upload(b"c" * (10 * MB), files=6)
+        big = _chat_upload(b"c" * (10 * MB + 1), files=1)
         with contextlib.suppress(OSError):
             for i in range(0, len(big), MB):
                 chunk = big[i : i + MB]
@@ -471,7 +471,9 @@ def socket_hold(port: int, n: int) -> list[socket.socket]:
         f"{len(alive)} sockets still served after 15 s; answers: "
         + ", ".join(f"{v} x {k}" for k, v in sorted(statuses.items()))
     )
-    return socks
+    for s in socks:
+        s.close()
+    return []
 
 
 HOLD_NOTES: list[str] = []
@@ -569,7 +571,7 @@ def run(cap: float = 45.0, only: str = "", server_args: tuple[str, ...] = ()) ->
                         can,
                         "—",
                         "probe 10/10, seconds and KB",
-                        o.probes_answered == o.probes and not o.still_open,
+                        o.probes_answered == o.probes and not o.still_open and o.upload_left == 0,
                         note=f"probe answered {o.probes_answered}/{o.probes} (200: {o.probes_ok})"
                         + (f"; {'; '.join(o.notes)}" if o.notes else ""),
                     )
