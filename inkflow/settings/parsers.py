@@ -78,7 +78,10 @@ def auto_or_int_in(low: int, high: int | None = None) -> Callable[[Any], int | N
     def parse(value: Any) -> int | None:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return None
-        return number(value)
+        try:
+            return number(value)
+        except ValueError as e:
+            raise ValueError(f"auto or {e}") from None
 
     return parse
 

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from inkflow.settings import Settings
+from inkflow.settings import ConfigError, Settings, load_settings
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.connections import Connections
 from inkflow.web.site import InkFlowSite
@@ -95,6 +95,16 @@ class SettingsTests(TestCase):
         self.assertEqual(Settings.defaults(max_connections=400).connections_per_ip, 100)
         self.assertEqual(Settings.defaults(max_connections_per_ip=0).connections_per_ip, 0)
         self.assertEqual(Settings.defaults(max_connections_per_ip=3).connections_per_ip, 3)
+
+    def test_auto_zero_and_numbers_from_every_source(self) -> None:
+        """ "auto" (any case) is the derived default; 0 and numbers as given; junk is one line naming the option."""
+        self.assertIsNone(load_settings(flags={"max-connections-per-ip": "Auto"}).max_connections_per_ip)
+        self.assertEqual(load_settings(environ={"INKFLOW_MAX_CONNECTIONS_PER_IP": "0"}).connections_per_ip, 0)
+        self.assertEqual(load_settings(flags={"max-connections-per-ip": "20"}).connections_per_ip, 20)
+        with self.assertRaises(ConfigError) as raised:
+            load_settings(flags={"max-connections-per-ip": "many"})
+        self.assertIn("--max-connections-per-ip", str(raised.exception))
+        self.assertIn("auto or", str(raised.exception))
 
 
 class ChannelTests(TestCase):
