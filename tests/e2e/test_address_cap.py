@@ -7,6 +7,7 @@ share of connection places, silent, uploading or kept alive; another
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -14,8 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor as _reactor
+from twisted.internet.threads import deferToThread
 
+from tests.support.fake_n8n import listen_fake_n8n
+from tests.support.fake_n8n_ws import install_chat_sockets
 from tests.support.server import ServerProcess
+
+reactor: Any = _reactor
 
 #: --max-connections 12: the per-address cap is auto, min(12, max(8, 12 // 4)) = 8.
 CAP = 8
@@ -132,6 +140,57 @@ def test_idle_kept_alive_sockets_make_room_for_their_own_address(server: ServerP
         for s in held:
             s.close()
     wait_for_active(server, 0)
+
+
+def upgrade(server: ServerProcess, source: str) -> tuple[int, socket.socket, bytes]:
+    """
+    A /chat WebSocket handshake from C{source}: its status, the socket (kept
+    open) and the answer (the head; for a refusal, all of it).
+    """
+    s = connect(server, source)
+    s.sendall(
+        b"GET /chat?sessionId=s&executionId=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    status = int(data[9:12] or b"0")
+    if status != 101:
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                data += chunk
+    return status, s, data
+
+
+@pytest_twisted.ensureDeferred
+async def test_websockets_from_one_address_hold_only_its_share() -> None:
+    """3 relayed WebSockets from one address (cap 3): its 4th upgrade is a JSON 503; another address's is relayed."""
+    fake = listen_fake_n8n(reactor)
+    chat_sockets = install_chat_sockets(fake)
+    held: list[socket.socket] = []
+    try:
+        with ServerProcess("--webhook", fake.url("/webhook/chat"), "--max-connections-per-ip", "3") as s:
+            for _ in range(3):
+                status, sock, _ = await deferToThread(upgrade, s, HOLDER)
+                held.append(sock)
+                assert status == 101
+            status, sock, answer = await deferToThread(upgrade, s, HOLDER)
+            sock.close()
+            assert status == 503 and b"Retry-After: " in answer
+            assert b'"too_many_connections_from_address"' in answer
+            status, sock, _ = await deferToThread(upgrade, s, "127.0.0.1")
+            held.append(sock)
+            assert status == 101
+            assert len(chat_sockets.connections) == 4  # each relayed socket has its own to n8n
+    finally:
+        for sock in held:
+            sock.close()
+        chat_sockets.drop_all()
+        await fake.stop()
 
 
 def test_no_traceback(server: ServerProcess) -> None:
