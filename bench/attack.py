@@ -10,13 +10,16 @@ read from the server's own C{/api/health} every 0.25 s; and a probe client
 that sends C{GET /} on a new connection ten times, once a second, during the
 attack (answered = HTTP 200 within 3 s).
 
-    python -m bench.attack [--cap 45] [--only TEXT] [--server-arg ARG ...]
+    python -m bench.attack [--cap 45] [--only TEXT] [--server-arg ARG ...] [--websocket-only]
 
 C{--only} runs the classes whose name holds TEXT; C{--server-arg} adds an
 option to the server (e.g. C{--server-arg=--max-connections-per-ip=0} for
 the figures without the per-address cap).  Classes that must not share the
 rate-limit bucket of the others connect from their own loopback address
 (127.0.0.5 and up: Linux routes all of 127/8 to loopback).
+
+The C{/chat} WebSocket classes (a 64 MiB message, an upgrade burst, a ping
+flood) are in L{bench.attack_websocket}.
 
 Bounded: every class ends when the server has let every attack socket go,
 or after C{--cap} seconds; everything listens on 127.0.0.1 only.
@@ -35,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import attack_websocket
 from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, say
 
 MB = 1024 * 1024
@@ -600,9 +604,13 @@ def main() -> None:
         p.add_argument("--cap", type=float, default=45.0, help="seconds per class at most")  # type: ignore[attr-defined]
         p.add_argument("--only", default="", help="run the classes whose name holds this text")  # type: ignore[attr-defined]
         p.add_argument("--server-arg", action="append", default=[], help="an extra server option")  # type: ignore[attr-defined]
+        p.add_argument(  # type: ignore[attr-defined]
+            "--websocket-only", action="store_true", help="only the /chat WebSocket classes (bench.attack_websocket)"
+        )
 
     args = arguments(__doc__ or "", extra)
-    print_rows("attack", run(args.cap, args.only, tuple(args.server_arg)))
+    rows = [] if args.websocket_only else run(args.cap, args.only, tuple(args.server_arg))
+    print_rows("attack", (rows + attack_websocket.run(args.cap)) if not args.only else rows)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ from inkflow.n8n.demo import DemoResponder
 from inkflow.n8n.executions import ExecutionMap
 from inkflow.server.cleanup import Cleaner
 from inkflow.server.health import ProcessMetrics
-from inkflow.server.logs import install_rotation_signals, write_access_line
+from inkflow.server.logs import install_rotation_signals, settings_summary, write_access_line
 from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
-from inkflow.settings import Settings, describe
+from inkflow.settings import Settings
 from inkflow.web.admission import ChatQueue, RateLimiter
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
@@ -151,7 +151,7 @@ class InkFlowService(service.MultiService):
             version=__version__,
             mode=self.settings.mode,
             listen=self.settings.listen,
-            settings=describe(self.settings),
+            settings=settings_summary(self.settings),  # the options that differ from their defaults
         )
         if not self.static.exists():
             log.warn("The page is missing: no index.html in {static_dir}", static_dir=self.settings.static_dir)
@@ -320,7 +320,12 @@ def makeService(
         reporter=reporter,
         static=StaticFiles(settings.static_dir),
         chat_socket=ChatSocketResource(
-            settings, reactor, executions, chat_sockets, draining=lambda: connections.draining
+            settings,
+            reactor,
+            executions,
+            chat_sockets,
+            draining=lambda: connections.draining,
+            rate_limiter=rate_limiter,
         ),
         metrics=metrics,
     )

@@ -69,9 +69,11 @@ def default_static_dir() -> str:
 
 def default_upload_dir() -> str:
     """
-    A private folder under the system temp folder, one per user.
+    A private folder under the system temp folder, one per user (Windows has
+    no uid; its temp folder is per user already).
     """
-    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{os.getuid()}")
+    getuid = getattr(os, "getuid", None)
+    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{getuid()}" if getuid else "inkflow-uploads")
 
 
 DEFAULT_ALLOWED_TYPES = (
@@ -235,7 +237,7 @@ class Settings:
     websocket_idle_timeout: float = opt(
         seconds(0.001, 86400),
         90.0,
-        "seconds a /chat WebSocket may stay without a frame either way (n8n's heartbeat: 30)",
+        "seconds a /chat WebSocket may stay without a data frame from the browser (the widget answers n8n's 30 s heartbeat)",
         metavar="SECONDS",
     )
     websocket_max_message: int = opt(

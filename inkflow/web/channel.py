@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -437,7 +437,16 @@ class InkFlowChannel(http.HTTPChannel):
                 self.site.connections.timeouts_total += 1
                 log.info("Request {state} not received in time; answering 408", state=self.state)
                 error = ApiError("request_timeout")
-            self.refuse(raw_error_response(error, request_id), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
+            self.refuse(
+                raw_error_response(error, request_id, secure=self.secure), linger=OVER_LIMIT_TIMEOUT, drop_input=True
+            )
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether this connection is TLS (C{--listen ssl:...}).
+        """
+        return ISSLTransport.providedBy(self.transport)
 
     def loseConnection(self) -> None:
         """
@@ -496,7 +505,7 @@ class InkFlowChannel(http.HTTPChannel):
             return
         request_id = request_state(self.requests[-1]).request_id if self.requests else None
         self.refuse(
-            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id),
+            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id, secure=self.secure),
             linger=1.0,
             drop_input=True,
         )

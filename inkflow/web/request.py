@@ -29,7 +29,7 @@ from inkflow.errors import ApiError
 from inkflow.paths import HEALTH, READY
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
-from inkflow.web.responses import SECURITY_HEADERS, error_response, raw_error_response
+from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response, raw_error_response
 from inkflow.web.state import RequestState, attach_state
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self._state.request_id), linger=linger)
+        self.channel.refuse(raw_error_response(error, self._state.request_id, secure=self.isSecure()), linger=linger)
         # Debug: under a flood there is one per connection (counted in health
         # and /metrics as connections rejected).
         log.debug(
@@ -201,6 +201,8 @@ class InkFlowRequest(server.Request):
     def process(self) -> None:
         for name, value in SECURITY_HEADERS:
             self.responseHeaders.setRawHeaders(name, [value])
+        if self.isSecure():
+            self.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [HSTS])
         self.responseHeaders.setRawHeaders(b"X-Request-ID", [self._state.request_id.encode()])
         if self.channel.over_limit or self.channel.over_address:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])

@@ -20,6 +20,7 @@ from inkflow.web.twisted_hooks import reason_phrase
 
 __all__ = [
     "CSP",
+    "HSTS",
     "JSON_TYPE",
     "SECURITY_HEADERS",
     "bytes_response",
@@ -42,6 +43,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"X-Frame-Options", b"DENY"),
     (b"Cross-Origin-Opener-Policy", b"same-origin"),
 )
+
+#: Sent on every response to a request that came over TLS (C{--listen ssl:...}): browsers then
+#: use HTTPS for this host for a year.  Not on plain HTTP, where it means nothing (RFC 6797 7.2);
+#: not includeSubDomains, which is the domain owner's decision.
+HSTS = b"max-age=31536000"
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -92,14 +98,18 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     return json_response(request, error.body(request_id(request)), error.status)
 
 
-def raw_error_response(error: ApiError, request_id: str | None) -> bytes:
+def raw_error_response(error: ApiError, request_id: str | None, *, secure: bool = False) -> bytes:
     """
     A complete HTTP/1.1 error response with C{Connection: close}, for answers
     given before (or instead of) the normal request processing.
+
+    @param secure: the connection is TLS (adds C{Strict-Transport-Security}).
     """
     body = json_bytes(error.body(request_id))
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason_phrase(error.status))]
     lines.extend(name + b": " + value for name, value in SECURITY_HEADERS)
+    if secure:
+        lines.append(b"Strict-Transport-Security: " + HSTS)
     lines.append(b"Content-Type: " + JSON_TYPE)
     lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Cache-Control: no-store")

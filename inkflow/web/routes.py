@@ -30,7 +30,7 @@ from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import IdempotentChat, parse_key
-from inkflow.web.origin import check_origin
+from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
 from inkflow.web.staticfiles import StaticFiles
@@ -242,7 +242,15 @@ class InkFlowApp:
         if not origin or not self._cors:
             return False
         request.setHeader(b"Vary", b"Origin")
-        if origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
         request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")

@@ -28,6 +28,9 @@ Web (the server side, twisted.web):
    channel overrides to answer the contract's JSON instead, and
    L{respond_bad_request}, the one way InkFlow's channel calls it (for the
    framing checks Twisted does not make);
+ - L{take_over_connection}: C{HTTPChannel._protocolUpgradeForWebsockets},
+   which gives a channel's connection to a WebSocket after its upgrade
+   (the C{/chat} relay); the channel's own C{connectionLost} is kept;
  - L{FINISH_BODY_METHOD}: C{HTTPChannel._finishRequestBody}, where a body's
    last byte arrives (checked only by the test: the channel's body deadline
    is cleared in the public C{allContentReceived} it calls).
@@ -50,12 +53,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = [
     "BAD_REQUEST_METHOD",
     "FINISH_BODY_METHOD",
+    "UPGRADE_METHOD",
     "hold_input",
     "is_disconnected",
     "quiet_pool",
@@ -63,6 +70,7 @@ __all__ = [
     "request_line",
     "request_version",
     "respond_bad_request",
+    "take_over_connection",
     "waiting_for_transport",
 ]
 
@@ -131,6 +139,34 @@ def reason_phrase(status: int) -> bytes:
     if phrase:
         return phrase
     return b"OK" if 200 <= status < 300 else b"Error"
+
+
+# -- web: the WebSocket upgrade --------------------------------------------------
+
+#: C{HTTPChannel._protocolUpgradeForWebsockets}: what Twisted's own
+#: C{WebSocketResource} uses to hand a channel's connection to a protocol.
+UPGRADE_METHOD = "_protocolUpgradeForWebsockets"
+
+
+def take_over_connection(channel: http.HTTPChannel, protocol: IProtocol) -> None:
+    """
+    Hand the channel's connection to C{protocol} (a WebSocket after its
+    upgrade): the bytes the client sends go to C{protocol.dataReceived},
+    its C{makeConnection} gets the channel's transport, and when the
+    connection ends C{protocol.connectionLost} runs and then the channel's
+    own (so its bookkeeping -- connection count, deadlines, drain -- still
+    sees the connection end).
+    """
+    channel_lost = channel.connectionLost
+    getattr(channel, UPGRADE_METHOD)(protocol)
+
+    def lost(reason: Failure = connectionDone) -> None:
+        try:
+            protocol.connectionLost(reason)
+        finally:
+            channel_lost(reason)
+
+    channel.connectionLost = lost  # type: ignore[method-assign]
 
 
 # --- client section (the n8n side)

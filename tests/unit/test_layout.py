@@ -60,6 +60,7 @@ ENTRY_POINTS = {
 REACTOR_IMPORTERS = frozenset(
     {
         "inkflow.server.service",  # makeService(settings), the reactor defaulted for twistd
+        "inkflow.server.tap",  # the plugin's makeService: twistd's entry point (the start-up guard, systemd's clock)
         "inkflow.server.worker",  # a worker process's main
         "inkflow.tools.cli",  # `inkflow monitor` / `inkflow watchdog`
         "inkflow.tools.watchdog",  # the watchdog's main

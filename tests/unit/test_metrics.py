@@ -39,6 +39,31 @@ class RouteLabelTests(TestCase):
         self.assertEqual(route_label(b"/style.css"), "static")
 
 
+class ProcessAndBuildTests(TestCase):
+    """
+    prometheus_client's process_* and python_info, and inkflow_build_info, on InkFlow's registry.
+    """
+
+    def test_build_info_names_the_version(self) -> None:
+        import platform
+
+        import twisted
+        from inkflow import __version__
+
+        labels = (("python", platform.python_version()), ("twisted", twisted.__version__), ("version", __version__))
+        self.assertEqual(samples(Metrics())[("inkflow_build_info", labels)], 1.0)
+
+    def test_process_metrics_where_proc_is(self) -> None:
+        import os
+
+        if not os.path.isdir("/proc/self"):
+            self.skipTest("process_* are read from /proc (Linux)")
+        names = {name for name, _ in samples(Metrics())}
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+            self.assertIn(name, names)
+        self.assertIn("python_info", names)
+
+
 class SnapshotMetricsTests(TestCase):
     """
     The gauges and counters read from the health snapshot.

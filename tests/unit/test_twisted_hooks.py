@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import cast
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -154,6 +154,40 @@ class TwistedHooksTests(TestCase):
         twisted_hooks.hold_input(channel, False)
         channel.dataReceived(b"")
         self.assertEqual(seen, [b"/1", b"/2"])
+
+    def test_take_over_connection_hands_bytes_and_end_to_the_protocol(self) -> None:
+        """
+        C{_protocolUpgradeForWebsockets}: the protocol gets the channel's
+        transport and every later byte; at the end its connectionLost runs,
+        then the channel's own (its bookkeeping).
+        """
+        self.assertTrue(callable(getattr(http.HTTPChannel, twisted_hooks.UPGRADE_METHOD, None)))
+        ended: list[str] = []
+
+        class Channel(http.HTTPChannel):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("channel")
+                super().connectionLost(reason)
+
+        class Taker(Protocol):
+            def __init__(self) -> None:
+                self.data: list[bytes] = []
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data.append(data)
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("protocol")
+
+        channel = Channel()
+        transport = _connect(channel)
+        taker = Taker()
+        twisted_hooks.take_over_connection(channel, taker)
+        self.assertIs(taker.transport, transport)
+        channel.dataReceived(b"\x81\x00")
+        self.assertEqual(taker.data, [b"\x81\x00"])
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(ended, ["protocol", "channel"])
 
 
 def _start_and_stop(factory: Factory) -> list[LogEvent]:
