@@ -22,6 +22,7 @@ from inkflow.n8n.retry import DEFAULT_RETRY_ON, RETRY_ON_CHOICES
 from inkflow.page import PageConfig, page_config, page_table
 from inkflow.settings.options import ENV_PREFIX, ConfigError, Option, opt, options_of
 from inkflow.settings.parsers import (
+    auto_or_int_in,
     choice,
     directory,
     field_name,
@@ -135,6 +136,14 @@ class Settings:
         metavar="TYPES",
     )
     max_connections: int = opt(int_in(1, 100_000), 50, "open client connections", metavar="N")
+    max_connections_per_ip: int | None = opt(
+        auto_or_int_in(0, 100_000),
+        None,
+        "open connections from one client address (WebSockets and streams included; keyed like --rate-limit);"
+        " auto = a quarter of --max-connections, at least 8; 0 = off",
+        metavar="N",
+        doc_default="auto (`12` at the default `--max-connections`)",
+    )
     max_concurrent: int = opt(int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N")
     queue_size: int = opt(int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N")
     queue_timeout: float = opt(seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS")
@@ -307,6 +316,21 @@ class Settings:
         limit plus room for the text fields and multipart framing.
         """
         return self.max_files * self.max_file_size + self.max_message_chars * 4 + 64 * 1024
+
+    @property
+    def connections_per_ip(self) -> int:
+        """
+        The open connections one client address may hold (0 = no limit):
+        C{--max-connections-per-ip}, or when auto, a quarter of
+        C{--max-connections} but at least 8 (a browser opens up to 6
+        connections to a host, plus the /chat WebSocket and a stream), never
+        above C{--max-connections}.  A quarter: at least four addresses are
+        needed to fill every place, while an office or a carrier NAT behind
+        one address still gets a fair share.
+        """
+        if self.max_connections_per_ip is not None:
+            return self.max_connections_per_ip
+        return min(self.max_connections, max(8, self.max_connections // 4))
 
     @property
     def websocket_message_limit(self) -> int:
