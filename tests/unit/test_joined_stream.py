@@ -14,7 +14,6 @@ from twisted.trial.unittest import TestCase
 from inkflow.errors import ApiError
 from inkflow.n8n.client import ForwardResult
 from inkflow.n8n.stream import KEEPALIVE_LINE
-from tests.unit.helpers import pinned
 from tests.unit.test_forward import URL_A, URL_B, ForwarderTestsMixin, message
 from tests.unit.test_stream_relay import StreamResponse, line, streaming
 
@@ -30,7 +29,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         d = ensureDeferred(forwarder.forward(message(), self.clock.seconds() + 60.0))
         return forwarder, response, d
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_a_45_second_stream_is_answered_in_full(self) -> None:
         """
         Lines every 10 s for 45 s, past C{--attempt-timeout} (30 s) and
@@ -54,7 +52,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         self.assertEqual([o[1] for o in self.observed], ["ok"])
         self.assertEqual(forwarder.upstreams()[0]["consecutive_failures"], 0)
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_longer_than_the_request_timeout_too(self) -> None:
         """
         Once the first line is in, C{--request-timeout} does not cut the
@@ -82,7 +79,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         self.assertTrue(response.transport.stopped)
         self.assertEqual(len(self.agent.calls), 1)
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_silence_after_the_first_line_is_the_idle_timeout(self) -> None:
         """
         n8n goes quiet for C{--stream-idle-timeout} after its first line:
@@ -115,7 +111,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         response.end()
         self.assertEqual(self.successResultOf(d).body, {"output": "ארוך"})
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_n8n_keepalive_lines_are_progress_and_not_text(self) -> None:
         """
         n8n's own C{{"type":"keepalive"}} lines (2.41 writes one after 30 s of
@@ -130,7 +125,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         response.end()
         self.assertEqual(self.successResultOf(d).body, {"output": "לפני אחרי"})
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_stream_timeout_while_lines_flow(self) -> None:
         """
         C{--stream-timeout} bounds the whole joined stream, from its first
@@ -147,7 +141,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(self.failureResultOf(d, ApiError).value.code, "upstream_timeout")
         self.assertTrue(response.transport.stopped)
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_n8n_drops_the_stream(self) -> None:
         """
         n8n drops the connection after its first line: 502, counted against
@@ -161,7 +154,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         self.assertEqual(forwarder.upstreams()[0]["consecutive_failures"], 1)
         self.assertEqual(len(self.agent.calls), 1)
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_over_the_answer_cap(self) -> None:
         """
         More than the answer cap of lines: 502, n8n's connection dropped.
@@ -188,7 +180,6 @@ class JoinedStreamTests(ForwarderTestsMixin, TestCase):
         self.assertTrue(response.transport.stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    @pinned("issue 23: a JSON client's stream is read under --attempt-timeout")
     def test_only_error_lines_after_a_long_wait(self) -> None:
         """
         A long stream of error lines only is still the workflow's error (502).
