@@ -1,5 +1,5 @@
 """
-Streamed answers through InkFlow from a real n8n 2.8.4: a Chat Trigger in
+Streamed answers through InkFlow from a real n8n (2.41.3 or 2.8.4): a Chat Trigger in
 Response Mode "Streaming" and two Respond to Webhook nodes (typeVersion 1.5,
 streaming on) with a 3 s Wait between them (scripts/n8n/workflows/stream.json).
 
