@@ -102,7 +102,8 @@ def test_response_nodes_socket_without_the_resume_token(n8n: N8n) -> None:
     """
     n8n 2.41 answers executionStarted with a resumeToken and refuses a /chat
     socket without it ("Connection rejected", close 1008): through InkFlow
-    the client sees the same (2.8.4 has no token: skipped there).
+    the client sees the same, and none of the execution's messages (2.8.4
+    has no token: skipped there).
     """
     session = f"resp-{uuid.uuid4().hex[:12]}"
     with inkflow("--webhook", n8n.response_nodes, "--rate-limit", "0") as server:
@@ -111,11 +112,15 @@ def test_response_nodes_socket_without_the_resume_token(n8n: N8n) -> None:
         if "resumeToken" not in started:
             pytest.skip("this n8n answers executionStarted without a resumeToken (before 2.41)")
         ws = BlockingWebSocket(chat_socket_url(server.url(""), session, str(started["executionId"])), timeout=TIMEOUT)
+        before_close: list[str] = []
         try:
-            assert ws.receive() == "Connection rejected"
             with pytest.raises(ConnectionError):
-                ws.receive()
+                for _ in range(10):
+                    before_close.append(ws.receive())
             assert ws.close_code == 1008
+            # n8n writes "Connection rejected" before its close; in queue mode the close was seen
+            # without it (n8n's own race, straight to n8n as well): the text is optional, nothing else is.
+            assert before_close in ([], ["Connection rejected"]), before_close
         finally:
             ws.close()
 
