@@ -1,32 +1,51 @@
 # The README's two commands:
 #   make run    set everything up and run the server (demo responder when no webhook is set)
 #   make test   set everything up and run every check and test
-# Everything is installed into .venv by `pip install .` (a real, non-editable install:
-# twistd only finds the plugin that way).
+# Everything is installed into .venv: first the locked dependencies (requirements.lock, or
+# requirements-test.lock with the test tools), then InkFlow itself with `pip install --no-deps .`
+# (a real, non-editable install: twistd only finds the plugin that way).
+#
+# After adding or changing a dependency in setup.py: `make lock` rewrites both lock files with
+# pip-tools (installed by the target itself), keeping the versions already locked where they still
+# fit; `make lock UPGRADE=1` moves every dependency to the newest release its range allows.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+UPGRADE ?=
 
-.PHONY: run test test-slow test-n8n install install-test lint unit e2e bench clean
+LOCK      := requirements.lock
+TEST_LOCK := requirements-test.lock
+PIP_TOOLS := pip-tools>=7.4,<8
+COMPILE    = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --no-emit-index-url --no-emit-find-links --strip-extras --allow-unsafe $(if $(UPGRADE),--upgrade)
+
+.PHONY: run test test-slow test-n8n install install-test lock lint unit e2e bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 
-# Reinstall every time: the tests must run the code as installed.
+# Reinstall every time: the tests must run the code as installed.  `pip check` fails when
+# setup.py asks for something the lock file lacks (then: make lock).
 install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
-	$(BIN)/python -m pip install --quiet .
+	$(BIN)/python -m pip check
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r $(TEST_LOCK)
 	$(BIN)/python -m pip install --quiet --upgrade --force-reinstall --no-deps .
-	$(BIN)/python -m pip install --quiet ".[test]"
+	$(BIN)/python -m pip check
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
-	sh scripts/install-system-deps.sh browser haproxy
+	sh scripts/install-system-deps.sh browser haproxy redis
 	sh scripts/install-n8n-chat.sh
+
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(PIP_TOOLS)"
+	$(COMPILE) --output-file $(LOCK) setup.py
+	$(COMPILE) --extra test --output-file $(TEST_LOCK) setup.py
 
 run: install
 	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)

@@ -4,7 +4,7 @@ The shape of the health snapshot: one definition of each part, as TypedDicts.
 Produced by the chat queue (L{QueueSnapshot}), each webhook URL's breaker
 (L{BreakerSnapshot}, L{UpstreamSnapshot}), the cleanup loop
 (L{CleanupSnapshot}) and the process reader (L{ProcessSnapshot}); put
-together by L{inkflow.server.health.build_health} into L{Health}, the body of
+together by L{inkflow.health.build_health} into L{Health}, the body of
 C{/api/health}; read by the metrics (L{inkflow.server.metrics}) and, over
 HTTP, by C{inkflow monitor} (L{read_health}).  mypy checks every producer and
 reader against these.

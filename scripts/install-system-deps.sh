@@ -5,13 +5,16 @@
 #               drives it through executable_path: never `playwright install`
 #   haproxy     HAProxy for tests/e2e/test_haproxy.py (the packaged service is not started)
 #   load-tools  slowhttptest and wrk for tests/slow and bench/
+#   redis       redis-server for the shared-state tests (tests/unit/test_state_contract.py and
+#               the --redis end-to-end tests start their own on a free loopback port; the
+#               packaged service is not started)
 #
-#   sh scripts/install-system-deps.sh [browser] [haproxy] [load-tools]   (default: all)
+#   sh scripts/install-system-deps.sh [browser] [haproxy] [load-tools] [redis]   (default: all)
 #
 # Idempotent: installs only what is missing, updating the package lists only when needed.
 set -eu
 
-GROUPS=${*:-browser haproxy load-tools}
+GROUPS=${*:-browser haproxy load-tools redis}
 missing=""
 for group in $GROUPS; do
     case "$group" in
@@ -21,7 +24,8 @@ for group in $GROUPS; do
             command -v slowhttptest >/dev/null 2>&1 || missing="$missing slowhttptest"
             command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
             ;;
-        *) echo "install-system-deps: unknown group '$group' (browser, haproxy, load-tools)" >&2; exit 2 ;;
+        redis) command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server" ;;
+        *) echo "install-system-deps: unknown group '$group' (browser, haproxy, load-tools, redis)" >&2; exit 2 ;;
     esac
 done
 
@@ -46,8 +50,8 @@ for package in $missing; do
         break
     fi
 done
-# policy-rc.d 101: no package may start its own service (haproxy would take :80); the
-# tests start their own processes on loopback ports.
+# policy-rc.d 101: no package may start its own service (haproxy would take :80, redis-server
+# :6379); the tests start their own processes on loopback ports.
 POLICY=/usr/sbin/policy-rc.d
 CREATED_POLICY=""
 if [ ! -e "$POLICY" ] && [ -z "$SUDO" ]; then

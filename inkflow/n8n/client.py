@@ -4,13 +4,13 @@ failover, circuit breakers, timeouts and a bounded response.
 
 The policy lives in L{inkflow.n8n.retry} and L{inkflow.n8n.breaker} (pure); this module
 does the I/O.  Time and network are parameters: a L{Forwarder} takes an
-L{IReactorTime} and a treq L{HTTPClient} (built by L{make_http_client} in
-production, over a fake agent in tests), or the agent itself.
+L{IReactorTime} and an L{IAgent} (built by L{make_agent} in production, a
+fake agent in tests).
 
-Requests go to the client's agent directly, not through C{HTTPClient.request}:
-that wraps every request in a C{ContentDecoderAgent}, which asks n8n for gzip
-and inflates the answer before InkFlow's answer cap can count it (a 400 KB
-bomb cost 130 MB), plus a C{CookieAgent} and a response wrapper per request.
+Requests go to a plain agent, not through treq's C{HTTPClient.request}: that
+wraps every request in a C{ContentDecoderAgent}, which asks n8n for gzip and
+inflates the answer before InkFlow's answer cap can count it (a 400 KB bomb
+cost 130 MB), plus a C{CookieAgent} and a response wrapper per request.
 InkFlow asks for C{Accept-Encoding: identity} and refuses an encoded answer.
 """
 
@@ -23,7 +23,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
-from treq.client import HTTPClient
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -40,7 +39,7 @@ from inkflow.errors import ApiError, json_bytes
 from inkflow.n8n.breaker import OPEN, CircuitBreaker
 from inkflow.n8n.joined import StreamDeadline, join_stream
 from inkflow.n8n.multipart import BytesProducer, MultipartStream
-from inkflow.n8n.pool import POOL_IDLE_TIMEOUT, make_http_client, target
+from inkflow.n8n.pool import POOL_IDLE_TIMEOUT, make_agent, target
 from inkflow.n8n.relay import StreamBody, open_body
 from inkflow.n8n.response import (
     AttemptTimedOut,
@@ -78,7 +77,7 @@ __all__ = [
     "ForwardResult",
     "Forwarder",
     "StreamStart",
-    "make_http_client",
+    "make_agent",
 ]
 
 #: The largest n8n answer read; a larger one is an C{upstream_error}.
@@ -122,7 +121,7 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        client: HTTPClient | IAgent,
+        agent: IAgent,
         clock: IReactorTime,
         random: Callable[[], float] = _random.random,
         *,
@@ -138,8 +137,7 @@ class Forwarder:
         @param settings: C{webhook}, C{webhook_header}, C{attempt_timeout},
             C{retries}, C{retry_on}, the breaker options and C{log_level}
             are used.
-        @param client: the HTTP client (see L{make_http_client}), whose agent
-            requests are sent through; or that agent.
+        @param agent: sends the requests (see L{make_agent}).
         @param clock: for timeouts and backoff waits.
         @param random: returns a float in M{[0, 1)}, for the backoff jitter.
         @param observer: called once per attempt with (url_index, outcome
@@ -161,7 +159,7 @@ class Forwarder:
         # A debug line costs its event even when the observer drops it (3 %
         # of a proxied chat for two of them): written only at --log-level debug.
         self._debug = settings.log_level == "debug"
-        self._agent: IAgent = client._agent if isinstance(client, HTTPClient) else client
+        self._agent = agent
         self._clock: IReactorTime = clock
         self._timer = clock
         self._random = random

@@ -251,6 +251,23 @@ def render(view: View, interval: float | None = None) -> RenderableType:
         ],
         dim,
     )
+    st = health["streams"]
+    endings = st.get("endings") or {}
+    streams = _pairs(
+        "Streams",
+        [
+            ("in flight", format_of(st.get("in_flight"), None)),
+            ("total", format_of(st.get("total"), None)),
+            *((f"ended: {cause}", format_of(count, None)) for cause, count in sorted(endings.items())),
+        ],
+        dim,
+    )
+    ws = health["websockets"]
+    websockets = _pairs(
+        "WebSockets (/chat)",
+        [("open", format_of(ws.get("open"), None)), ("opened", format_of(ws.get("opened_total"), None))],
+        dim,
+    )
     top = Table.grid(expand=True, padding=(0, 1))
     for _ in range(3):
         top.add_column(ratio=1)
@@ -259,4 +276,8 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     middle.add_column(ratio=1)
     middle.add_column(ratio=1)
     middle.add_row(totals, cleanup)
-    return Group(header, top, middle, _upstream_table(view, dim))
+    lower = Table.grid(expand=True, padding=(0, 1))
+    lower.add_column(ratio=1)
+    lower.add_column(ratio=1)
+    lower.add_row(streams, websockets)
+    return Group(header, top, middle, lower, _upstream_table(view, dim))

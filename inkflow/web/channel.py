@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +24,7 @@ from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
 from inkflow.web.responses import raw_error_response
+from inkflow.web.state import request_state
 
 if TYPE_CHECKING:
     from inkflow.web.site import InkFlowSite
@@ -79,12 +80,9 @@ class InkFlowChannel(http.HTTPChannel):
         super().connectionMade()
         site = self.site
         self.clock = site.clock
-        site.channels.add(self)
         # Only admitted connections count: one already answered 503 (and
         # closing) must not keep a newcomer out.
-        self.over_limit = site.admitted >= site.settings.max_connections
-        if not self.over_limit:
-            site.admitted += 1
+        self.over_limit = site.connections.opened(self, site.settings.max_connections)
         # A connection over the limit gets one short chance to say what it
         # wants: under a flood of slow clients it must not hold its file
         # descriptor for the whole header timeout.
@@ -99,7 +97,7 @@ class InkFlowChannel(http.HTTPChannel):
         try:
             super().connectionLost(reason)
         finally:
-            self.site.channel_gone(self)
+            self.site.connections.gone(self)
 
     # -- reading ----------------------------------------------------------------
 
@@ -117,7 +115,7 @@ class InkFlowChannel(http.HTTPChannel):
         if self._in_head:
             if line[:1] in (b" ", b"\t"):
                 # obs-fold: a strict front proxy reads this head differently.
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return
         elif line:
             self._in_head = True  # the request line; headers follow
@@ -131,12 +129,12 @@ class InkFlowChannel(http.HTTPChannel):
         name = name.strip().lower()
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # Twisted ignores "identity" and reads the body as the next request.
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
             return False
         if name == b"host":
             self._hosts += 1
             if self._hosts > 1:
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return False
         return bool(super().headerReceived(line))
 
@@ -166,7 +164,7 @@ class InkFlowChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         hosts, self._hosts, self._in_head = self._hosts, 0, False
         if hosts == 0 and twisted_hooks.request_version(self) == b"HTTP/1.1":
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
             return
         super().allHeadersReceived()
         if self.refused:
@@ -184,9 +182,8 @@ class InkFlowChannel(http.HTTPChannel):
         The most body bytes the chosen sink takes (the C{Content-Length} when
         smaller): what the overall body deadline is computed from.
         """
-        request = self.requests[-1] if self.requests else None
-        limit = getattr(request, "body_limit", None)
-        if not isinstance(limit, int):
+        limit = request_state(self.requests[-1]).body_limit if self.requests else None
+        if limit is None:
             limit = self.site.settings.max_body_size
         if self.length:
             limit = min(limit, self.length)
@@ -221,7 +218,7 @@ class InkFlowChannel(http.HTTPChannel):
         super().requestDone(request)
         if closing:
             return
-        if self.site.draining and not self.requests:
+        if self.site.connections.draining and not self.requests:
             self.loseConnection()
             return
         if not self.requests and self.transport is not None and not self.refused:
@@ -252,7 +249,7 @@ class InkFlowChannel(http.HTTPChannel):
 
     def _write_expired(self) -> None:
         self._write_timer = None
-        self.site.timeouts_total += 1
+        self.site.connections.timeouts_total += 1
         log.info("Client did not read its answer in time; aborting the connection")
         self._abort_now()
 
@@ -275,17 +272,26 @@ class InkFlowChannel(http.HTTPChannel):
             self.loseConnection()
             return
         if self.state in ("head", "body"):
-            request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
+            request_id = request_state(self.requests[-1]).request_id if self.requests else None
             if self.over_limit:
                 # Cut for the connection limit, not for slowness: the contract's
                 # answer over the limit is 503 busy.
-                self.site.connections_rejected += 1
+                self.site.connections.connections_rejected += 1
                 error = ApiError.retry_later("busy", 5, "too many connections")
             else:
-                self.site.timeouts_total += 1
+                self.site.connections.timeouts_total += 1
                 log.info("Request {state} not received in time; answering 408", state=self.state)
                 error = ApiError("request_timeout")
-            self.refuse(raw_error_response(error, request_id), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
+            self.refuse(
+                raw_error_response(error, request_id, secure=self.secure), linger=OVER_LIMIT_TIMEOUT, drop_input=True
+            )
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether this connection is TLS (C{--listen ssl:...}).
+        """
+        return ISSLTransport.providedBy(self.transport)
 
     def loseConnection(self) -> None:
         """
@@ -342,9 +348,9 @@ class InkFlowChannel(http.HTTPChannel):
         """
         if self.refused or self.transport is None:
             return
-        request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
+        request_id = request_state(self.requests[-1]).request_id if self.requests else None
         self.refuse(
-            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id),
+            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id, secure=self.secure),
             linger=1.0,
             drop_input=True,
         )

@@ -118,6 +118,10 @@ def upload_dir_problem(folder: str) -> tuple[str, str] | None:
         info = os.stat(folder)
     except OSError as e:
         return "refuse", f"it cannot be read ({e.strerror})"
+    if not hasattr(os, "geteuid"):
+        # Windows: no owner uid, no mode bits (access is by ACL; the default
+        # folder is under the user's own temp folder).
+        return None
     mode = info.st_mode & 0o777
     if info.st_uid != os.geteuid():
         return "refuse", f"it belongs to uid {info.st_uid}"

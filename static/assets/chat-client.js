@@ -1,29 +1,16 @@
 // The polite part of the chat: limits, session id, an in-order queue, and
 // waiting out a busy server. No DOM here; the page wires it up in app.js.
 
-export const DEFAULT_LIMITS = Object.freeze({
-  max_file_size: 10485760,
-  max_files: 5,
-  max_message_chars: 4000,
-  allowed_types: ["image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf", "text/plain"],
-});
+import { DEFAULT_LIMITS, SERVER_MESSAGES } from "./messages.js";
 
-// Hebrew messages for the server's error codes (inkflow/errors.py), used when
-// a response carries no message of its own.
+// The default limits, generated from the settings defaults (messages.js).
+export { DEFAULT_LIMITS };
+
+// Hebrew messages for error codes, used when a response carries no message
+// of its own: the server's (messages.js, generated from inkflow/errors.py),
+// then the page's own.
 export const ERROR_MESSAGES = Object.freeze({
-  bad_request: "הבקשה אינה תקינה.",
-  too_many_files: "צורפו יותר מדי קבצים.",
-  not_found: "הכתובת לא נמצאה.",
-  chat_disabled: "הצ'אט אינו זמין באתר זה.",
-  method_not_allowed: "השיטה אינה נתמכת בכתובת זו.",
-  request_timeout: "הבקשה נשלחה לאט מדי.",
-  too_large: "הקובץ או ההודעה גדולים מדי.",
-  unsupported_type: "סוג הקובץ או התוכן אינו נתמך.",
-  rate_limited: "נשלחו יותר מדי הודעות. נסו שוב בעוד רגע.",
-  internal_error: "אירעה שגיאה פנימית.",
-  upstream_error: "שירות הצ'אט אינו זמין כרגע.",
-  busy: "השרת עמוס כרגע. נסו שוב בעוד רגע.",
-  upstream_timeout: "שירות הצ'אט לא הגיב בזמן.",
+  ...SERVER_MESSAGES,
   network: "אין חיבור לשרת. בדקו את החיבור ונסו שוב.",
   client_timeout: "התשובה מתעכבת יותר מדי. נסו שוב מאוחר יותר.",
   stream_interrupted: "החיבור נקטע באמצע התשובה.",

@@ -1,5 +1,5 @@
 """
-End to end, issue 12: hostile clients against the real C{twistd -n inkflow}
+End to end: hostile clients against the real C{twistd -n inkflow}
 on loopback.  Each test is bounded in sockets and seconds.
 """
 

@@ -378,6 +378,20 @@ class RenderTests(TestCase):
         ):
             self.assertIn(expected, text)
 
+    def test_streams_and_websockets_panels(self) -> None:
+        """
+        Streams (in flight, total, each ending by cause) and /chat WebSockets (open, opened) as health reports them.
+        """
+        data = health()
+        data["streams"] = {"in_flight": 2, "total": 7, "endings": {"complete": 5, "client_left": 1}}
+        data["websockets"] = {"open": 3, "opened_total": 11}
+        text = text_of(render(Tracker(URL).update(good(0.0, data))))
+        for expected in ("Streams", "ended: complete", "ended: client_left", "WebSockets (/chat)", "opened"):
+            self.assertIn(expected, text)
+        lines = text.splitlines()
+        self.assertTrue(any("in flight" in line and " 2 " in line + " " for line in lines))
+        self.assertTrue(any("opened" in line and "11" in line for line in lines))
+
     def test_down_with_last_known_numbers(self) -> None:
         """
         A server that went away: DOWN, the error, when it was last seen, and the

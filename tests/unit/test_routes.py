@@ -1,12 +1,14 @@
 """
-The Klein routes of L{inkflow.web.routes}, unit-tested through
-C{treq.testing.StubTreq(app.resource())}: plain twisted.web requests, no
-InkFlow request or channel, no network.
+The Klein routes of L{inkflow.web.routes}, unit-tested through the real
+L{inkflow.web.site.InkFlowSite} over an in-memory transport
+(L{tests.support.site_treq.SiteTreq}): the same head check, body path and
+request state as in production, no network.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from treq.testing import StubTreq
@@ -17,12 +19,22 @@ from twisted.trial.unittest import TestCase
 
 from inkflow.chat import ChatMessage
 from inkflow.errors import ApiError
+from inkflow.health import HealthReporter, SiteStats
 from inkflow.n8n.client import ForwardResult
-from inkflow.server.health import SiteStats
+from inkflow.n8n.demo import DemoResponder
+from inkflow.n8n.executions import ExecutionMap
 from inkflow.settings import Settings
 from inkflow.snapshot import UpstreamSnapshot
 from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.web.connections import Connections
+from inkflow.web.handler import ChatHandler
+from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
 from inkflow.web.routes import InkFlowApp
+from inkflow.web.site import InkFlowSite
+from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.stream import StreamAnswers
+from inkflow.web.websocket import ChatSocketResource, ChatSockets
+from tests.support.site_treq import SiteTreq
 from tests.unit.helpers import temp_path
 
 
@@ -66,27 +78,60 @@ class FakeForwarder:
         ]
 
 
-QUIET_SITE = SiteStats(0, 0, 0, False)
-
-
 def make_app(
     test: TestCase,
     forwarder: FakeForwarder | None = None,
-    site_stats: SiteStats = QUIET_SITE,
+    site_stats: SiteStats | None = None,
     **overrides: Any,
 ) -> tuple[InkFlowApp, Any]:
+    """
+    The routes with their collaborators, as the composition root builds
+    them, behind a real site; and a treq client for that site.
+
+    @param site_stats: the connection figures health reads (the site's own
+        when C{None}).
+    """
     clock = Clock()
     settings = Settings.defaults(upload_dir=temp_path(test), **overrides)
-    app = InkFlowApp(
+    connections = Connections()
+    queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock)
+    streams = StreamAnswers(clock, idle_timeout=settings.stream_idle_timeout, stream_timeout=settings.stream_timeout)
+    store = IdempotencyStore(clock, settings.idempotency_ttl)
+    reporter = HealthReporter(
+        settings,
+        clock,
+        site=(lambda: site_stats) if site_stats is not None else connections.stats,
+        queue=queue,
+        process=FakeProcess().read,  # type: ignore[arg-type]
+        upstreams=forwarder.upstreams if forwarder is not None else None,
+        streams=streams.registry.snapshot,
+    )
+    chat = ChatHandler(
         settings,
         clock,
         forwarder=forwarder,
-        queue=ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock),
-        rate_limiter=RateLimiter(settings.rate_limit, clock),
-        process_metrics=FakeProcess(),  # type: ignore[arg-type]
-        site_stats=lambda: site_stats,
+        demo=DemoResponder(),
+        queue=queue,
+        streams=streams,
+        executions=ExecutionMap(clock),
+        idempotency=store,
     )
-    return app, StubTreq(app.resource())
+    app = InkFlowApp(
+        settings,
+        clock,
+        chat=chat,
+        idempotency=IdempotentChat(store, settings.chat_input_key, settings.chat_session_key),
+        rate_limiter=RateLimiter(settings.rate_limit, clock),
+        reporter=reporter,
+        static=StaticFiles(settings.static_dir),
+        chat_socket=ChatSocketResource(
+            settings, clock, ExecutionMap(clock), ChatSockets(), draining=lambda: connections.draining
+        ),
+    )
+    site = InkFlowSite(
+        app.resource(), settings, clock, app.sink_for, admit_head=app.admit_head, connections=connections
+    )
+    return app, SiteTreq(site)
 
 
 class RouteTests(TestCase):
@@ -198,7 +243,7 @@ class RouteTests(TestCase):
 
 class HostileInputTests(TestCase):
     """
-    Issue 12: no 500 from input, no cross-site chat, health without secrets.
+    No 500 from input, no cross-site chat, health without secrets.
     """
 
     def request(self, stub: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any, Any]:
@@ -319,7 +364,7 @@ class HostileInputTests(TestCase):
 
 class RateLimitFromTheHeadTests(TestCase):
     """
-    Issue 12, finding 5: a client over its limit gets 429 before any body byte.
+    A client over its limit gets 429 before any body byte.
     """
 
     def test_429_is_answered_from_the_head(self) -> None:
@@ -373,3 +418,100 @@ class UnexpectedErrorTests(TestCase):
         self.assertEqual(json.loads(body)["error"]["code"], "internal_error")
         self.assertNotIn(b"secret detail", body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def multipart_chat(message: str = "hi") -> tuple[bytes, str]:
+    """
+    A multipart chat body with one small PNG, and its Content-Type.
+    """
+    boundary = "inkflowRouteTestBoundary"
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\n{message}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class BodyOwnerTests(TestCase):
+    """
+    A request's body has one owner, the request: its spooled files are gone
+    when it ends, whatever answered it.
+    """
+
+    def app_with_uploads(self) -> tuple[InkFlowApp, Any]:
+        app, stub = make_app(self, FakeForwarder())
+        os.makedirs(app.settings.upload_dir, mode=0o700)
+        return app, stub
+
+    def send(self, stub: Any, headers: dict[bytes, list[bytes]]) -> int:
+        body, content_type = multipart_chat()
+        response = self.successResultOf(
+            stub.request(
+                "POST",
+                "http://inkflow.test/api/chat",
+                data=body,
+                headers={b"Content-Type": [content_type.encode()], **headers},
+            )
+        )
+        self.successResultOf(response.content())
+        return int(response.code)
+
+    def test_answered_chat_leaves_no_upload(self) -> None:
+        """A multipart chat answered by the route: no spooled file is left."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {}), 200)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+    def test_websocket_upgrade_on_a_multipart_chat_leaves_no_upload(self) -> None:
+        """A multipart chat with Upgrade: websocket (not a route: answered by an early exit) leaves no file."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {b"Upgrade": [b"websocket"], b"Connection": [b"Upgrade"]}) // 100, 4)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+    def test_non_utf8_host_on_a_multipart_chat_leaves_no_upload(self) -> None:
+        """A multipart chat answered 400 for a Host that is not UTF-8 leaves no file."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {b"Host": [b"inkflow\xff.test"]}), 400)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+
+class IdempotencyAtTheRouteTests(TestCase):
+    """
+    The Idempotency-Key at the chat route, with the body the site parsed:
+    the fingerprint is computed from the real body.
+    """
+
+    def post(self, stub: Any, message: str, key: str = "key-1") -> tuple[int, Any, Any]:
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=json.dumps({"message": message, "sessionId": "s-1"}).encode(),
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            )
+        )
+        return response.code, response.headers, json.loads(self.successResultOf(response.content()))
+
+    def test_same_key_same_message_is_replayed(self) -> None:
+        """The same key with the same message: n8n asked once, the second answer replayed."""
+        forwarder = FakeForwarder({"output": "once"})
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post(stub, "hi")[0], 200)
+        code, headers, body = self.post(stub, "hi")
+        self.assertEqual((code, body), (200, {"output": "once"}))
+        self.assertEqual(headers.getRawHeaders("Idempotent-Replayed"), ["true"])
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def test_same_key_other_message_is_a_mismatch(self) -> None:
+        """The same key with another message is 422 idempotency_mismatch: the fingerprint saw the body."""
+        forwarder = FakeForwarder()
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post(stub, "hi")[0], 200)
+        code, _, body = self.post(stub, "something else")
+        self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
+        self.assertEqual(len(forwarder.messages), 1)

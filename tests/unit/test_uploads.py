@@ -1118,9 +1118,10 @@ class PropertyTests(SinkTestCase):
         self.assertEqual(self.leftovers(), [])
 
 
-class HostileUploadTests(SinkTestCase):
+class UploadTypeAndFolderTests(SinkTestCase):
     """
-    Issue 12, finding 9: the type check and the folder check.
+    The type check on an upload's bytes (a file dressed as text), and the
+    check of the upload folder.
     """
 
     def test_text_then_binary_is_refused(self) -> None:

@@ -1,6 +1,5 @@
 """
-The value parsers of the settings table (L{inkflow.settings}), and
-L{redact_url}.
+The value parsers of the settings table (L{inkflow.settings.table}).
 
 Each parser takes one raw value (a string from a flag or the environment, or a
 TOML value) and returns the typed value, or raises C{ValueError} with a short
@@ -20,8 +19,10 @@ from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 
+from inkflow.n8n.retry import RETRY_ON_CHOICES
+from inkflow.settings.urls import redact_url
+
 __all__ = [
-    "RETRY_ON_CHOICES",
     "choice",
     "directory",
     "field_name",
@@ -36,8 +37,6 @@ __all__ = [
     "network",
     "optional_listen",
     "origin",
-    "origin_url",
-    "redact_url",
     "retry_on",
     "seconds",
     "webhook",
@@ -132,23 +131,6 @@ def is_tcp_endpoint(description: str) -> bool:
     needs: one socket the workers share).
     """
     return isinstance(serverFromString(None, description), TCP4ServerEndpoint | TCP6ServerEndpoint)
-
-
-def redact_url(url: str) -> str:
-    """
-    A webhook URL fit to show: no credentials, no query string, no fragment.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
 
 
 def webhook(value: Any) -> str:
@@ -282,9 +264,7 @@ def choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-#: The C{--retry-on} words (see L{inkflow.n8n.retry.Outcome.retry_token}).
-RETRY_ON_CHOICES = ("connect", "timeout", "404", "429", "500", "502", "503", "504")
-
+#: A C{--retry-on} word (the vocabulary is L{inkflow.n8n.retry.RETRY_ON_CHOICES}).
 retry_on = choice(*RETRY_ON_CHOICES)
 
 
@@ -299,15 +279,6 @@ def network(value: Any) -> str:
         return str(ipaddress.ip_network(address, strict=False))
     except ValueError:
         raise ValueError(f"not an address or CIDR: {address!r}") from None
-
-
-def origin_url(url: str) -> str:
-    """
-    A webhook URL fit to show anyone: C{scheme://host:port} only.  In n8n the
-    webhook path is the secret: whoever has it can post to n8n directly.
-    """
-    scheme, sep, rest = redact_url(url).partition("://")
-    return scheme + sep + rest.split("/", 1)[0]
 
 
 def origin(value: Any) -> str:

@@ -1,30 +1,11 @@
 """
-InkFlow's settings: one frozen, validated object whose fields are the one
-table of options.
+The options table: the fields of L{Settings}, their validation across
+options (L{_validated}), the loading by precedence (L{load_settings}) and
+what is derived from the table (L{describe}, L{options_table_markdown}).
 
-Every field of L{Settings} is an option.  Its C{opt(...)} carries everything
-about it; the rest is derived from the field:
-
-  - the flag is the field name with dashes (C{max_file_size} ->
-    C{--max-file-size}), the environment variable C{INKFLOW_<FIELD IN UPPER
-    CASE>}, the TOML key the flag name (or the field name);
-  - twistd's C{--help} (L{inkflow.server.tap}), L{describe} (what is logged;
-    secrets hidden) and the README's options table (C{python -m
-    inkflow.settings}) are generated from the fields, in their order.
-
-Precedence: flag > environment > file > default.  A bad value stops start-up
-with one line naming the option (L{ConfigError}).
-
-Adding an option is adding one field: C{opt(parse, default, help, ...)}
-(L{inkflow.options}) with a parser from L{inkflow.settings_parsers}.  A
-repeatable option's field is a tuple and its default a tuple; a default that
-must be computed is a zero-argument callable.  The field's place is its
-place in C{--help} and the README; paste the new table (C{python -m
-inkflow.settings}) into the README, which a test checks.  Checks across
-options belong in L{_validated}.
-
-This module is pure: it reads no environment and no files by itself; the
-callers at the edge (the twistd plugin, the .tac) pass them in.
+See L{inkflow.settings} for how an option is defined and added.  Pure: it
+reads no environment and no files by itself; the callers at the edge (the
+twistd plugin, the .tac) pass them in.
 """
 
 from __future__ import annotations
@@ -37,10 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from inkflow.n8n.retry import DEFAULT_RETRY_ON as _RETRY_POLICY_DEFAULT
-from inkflow.options import ENV_PREFIX, ConfigError, Option, opt, options_of
-from inkflow.settings_parsers import (
-    RETRY_ON_CHOICES,
+from inkflow.n8n.retry import DEFAULT_RETRY_ON, RETRY_ON_CHOICES
+from inkflow.settings.options import ENV_PREFIX, ConfigError, Option, opt, options_of
+from inkflow.settings.parsers import (
     choice,
     directory,
     field_name,
@@ -55,27 +35,22 @@ from inkflow.settings_parsers import (
     network,
     optional_listen,
     origin,
-    origin_url,
-    redact_url,
     retry_on,
     seconds,
     webhook,
 )
+from inkflow.settings.urls import redact_url
+from inkflow.state.address import redacted_redis_url, redis_prefix_option, redis_url_option
 
 __all__ = [
     "OPTIONS",
-    "ConfigError",
-    "Option",
+    "OPTIONS_BY_NAME",
     "Settings",
     "default_static_dir",
     "default_upload_dir",
     "describe",
     "load_settings",
-    "opt",
-    "options_of",
     "options_table_markdown",
-    "origin_url",
-    "redact_url",
 ]
 
 
@@ -84,7 +59,7 @@ def default_static_dir() -> str:
     The page shipped with InkFlow: C{inkflow/static} in an installed copy,
     C{static/} beside the package in a source checkout.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for candidate in (here / "static", here.parent / "static"):
         if (candidate / "index.html").is_file():
             return str(candidate)
@@ -93,9 +68,11 @@ def default_static_dir() -> str:
 
 def default_upload_dir() -> str:
     """
-    A private folder under the system temp folder, one per user.
+    A private folder under the system temp folder, one per user (Windows has
+    no uid; its temp folder is per user already).
     """
-    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{os.getuid()}")
+    getuid = getattr(os, "getuid", None)
+    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{getuid()}" if getuid else "inkflow-uploads")
 
 
 DEFAULT_ALLOWED_TYPES = (
@@ -106,9 +83,6 @@ DEFAULT_ALLOWED_TYPES = (
     "application/pdf",
     "text/plain",
 )
-
-#: The retry policy's default, in the order C{--help} lists the words.
-DEFAULT_RETRY_ON = tuple(word for word in RETRY_ON_CHOICES if word in _RETRY_POLICY_DEFAULT)
 
 
 def _header_name(value: tuple[str, str]) -> str:
@@ -209,7 +183,7 @@ class Settings:
         repeatable=True,
         metavar="ORIGIN",
     )
-    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket (issue 14)
+    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket
     chat_input_key: str = opt(
         field_name,
         "chatInput",
@@ -301,6 +275,18 @@ class Settings:
     )
     access_log: bool = opt(flag, True, "log one line per request (false to turn off)", metavar="BOOL")
     workers: int = opt(int_in(1, 64), 1, "processes sharing the listening socket", metavar="N")
+    # --- shared state across processes and instances (issue 20)
+    redis: str = opt(
+        redis_url_option,
+        "",
+        "Redis (or Valkey) shared by every process of every instance: Idempotency-Keys, rate limit, executions"
+        " (redis://host:port/db, rediss://..., unix:///path); none = per server",
+        metavar="URL",
+        show=redacted_redis_url,
+    )
+    redis_prefix: str = opt(
+        redis_prefix_option, "inkflow:", "prefix of every key InkFlow writes in --redis", metavar="PREFIX"
+    )
 
     @property
     def mode(self) -> str:
@@ -494,7 +480,3 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = option.show(value)
         shown[option.name] = value
     return shown
-
-
-if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(options_table_markdown())
