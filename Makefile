@@ -47,8 +47,10 @@ lock: $(BIN)/python
 	$(COMPILE) --output-file $(LOCK) setup.py
 	$(COMPILE) --extra test --output-file $(TEST_LOCK) setup.py
 
+# The checkout's static/ (with the @n8n/chat example's widget, fetched here when npm is at hand).
 run: install
-	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)
+	-sh scripts/install-n8n-chat.sh
+	$(BIN)/twistd -n --pidfile= inkflow --static-dir static $(ARGS)
 
 lint:
 	$(BIN)/ruff check .

@@ -31,6 +31,7 @@ from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import IdempotentChat, parse_key
 from inkflow.web.origin import Verdict, check_origin, judge_origin
+from inkflow.web.page import PageFiles
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
 from inkflow.web.staticfiles import StaticFiles
@@ -67,7 +68,7 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
+    def __init__(self, static: PageFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
@@ -173,7 +174,7 @@ class InkFlowApp:
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        return _StaticFirst(self.static, self.app.resource(), self.chat_socket)
+        return _StaticFirst(PageFiles.from_settings(self.static, self.settings), self.app.resource(), self.chat_socket)
 
     def admin_resource(self) -> IResource:
         """
@@ -202,7 +203,12 @@ class InkFlowApp:
             request.isSecure(),
             self._cors,
         )
-        self.rate_limiter.check(rate_key(self._client(request)))
+        try:
+            self.rate_limiter.check(rate_key(self._client(request)))
+        except ApiError as e:
+            # Refused before any route: an allow-listed page (the embed) must still read it.
+            e.headers.update(self._cors_for(request))
+            raise
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -233,6 +239,29 @@ class InkFlowApp:
         raise ApiError("unsupported_type", "send application/json or multipart/form-data")
 
     # -- responses ------------------------------------------------------------
+
+    def _cors_for(self, request: IRequest) -> dict[str, str]:
+        """
+        The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
+        """
+        origin = request.getHeader(b"Origin")
+        if not origin:
+            return {}
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin.decode("latin-1"),
+            "Access-Control-Expose-Headers": "X-Request-ID, X-Session-ID, Retry-After",
+            "Vary": "Origin",
+        }
 
     def _cors_headers(self, request: IRequest) -> bool:
         """
