@@ -43,6 +43,7 @@ from inkflow.web.admission import ChatQueue, RateLimiter
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
 from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
+from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
@@ -311,6 +312,7 @@ def makeService(
         idempotency=idempotency_store,
         metrics=metrics,
     )
+    static = StaticFiles(settings.static_dir)
     app = InkFlowApp(
         settings,
         reactor,
@@ -318,7 +320,7 @@ def makeService(
         idempotency=IdempotentChat(idempotency_store, settings.chat_input_key, settings.chat_session_key),
         rate_limiter=rate_limiter,
         reporter=reporter,
-        static=StaticFiles(settings.static_dir),
+        static=PageFiles.from_settings(static, settings),
         chat_socket=ChatSocketResource(
             settings,
             reactor,
@@ -345,7 +347,7 @@ def makeService(
         reactor,
         connections,
         queue,
-        static=app.static,
+        static=static,
         chat_sockets=chat_sockets,
         streams=stream_registry,
         pool=pool,

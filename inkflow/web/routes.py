@@ -34,7 +34,6 @@ from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.page import PageFiles
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
-from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import wants_stream
 from inkflow.web.websocket import is_websocket_upgrade
 
@@ -136,7 +135,7 @@ class InkFlowApp:
     @param idempotency: the chat route under a client's C{Idempotency-Key}.
     @param rate_limiter: per-client chat rate limit.
     @param reporter: health and readiness.
-    @param static: the page's files.
+    @param static: the page's files, in the owner's names.
     @param chat_socket: the C{/chat} WebSocket resource (C{None}: none).
     @param metrics: what C{/metrics} serves (C{None}: not served).
     """
@@ -152,7 +151,7 @@ class InkFlowApp:
         idempotency: IdempotentChat,
         rate_limiter: RateLimiter,
         reporter: HealthReporter,
-        static: StaticFiles,
+        static: PageFiles,
         chat_socket: IResource | None = None,
         metrics: MetricsPage | None = None,
     ) -> None:
@@ -174,7 +173,7 @@ class InkFlowApp:
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        return _StaticFirst(PageFiles.from_settings(self.static, self.settings), self.app.resource(), self.chat_socket)
+        return _StaticFirst(self.static, self.app.resource(), self.chat_socket)
 
     def admin_resource(self) -> IResource:
         """

@@ -29,6 +29,7 @@ from inkflow.web.admission import ChatQueue, RateLimiter
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
 from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
+from inkflow.web.page import PageFiles
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
 from inkflow.web.staticfiles import StaticFiles
@@ -123,7 +124,7 @@ def make_app(
         idempotency=IdempotentChat(store, settings.chat_input_key, settings.chat_session_key),
         rate_limiter=RateLimiter(settings.rate_limit, clock),
         reporter=reporter,
-        static=StaticFiles(settings.static_dir),
+        static=PageFiles.from_settings(StaticFiles(settings.static_dir), settings),
         chat_socket=ChatSocketResource(
             settings, clock, ExecutionMap(clock), ChatSockets(), draining=lambda: connections.draining
         ),
