@@ -47,8 +47,10 @@ lock: $(BIN)/python
 	$(COMPILE) --output-file $(LOCK) setup.py
 	$(COMPILE) --extra test --output-file $(TEST_LOCK) setup.py
 
+# The checkout's static/ (with the @n8n/chat example's widget, fetched here when npm is at hand).
 run: install
-	$(BIN)/twistd -n --pidfile= inkflow $(ARGS)
+	-sh scripts/install-n8n-chat.sh
+	$(BIN)/twistd -n --pidfile= inkflow --static-dir static $(ARGS)
 
 lint:
 	$(BIN)/ruff check .
@@ -72,11 +74,13 @@ test-slow: install-test
 	sh scripts/install-system-deps.sh load-tools
 	INKFLOW_SLOW_TESTS=1 $(BIN)/python -m pytest -q tests/slow
 
-# Opt-in: against a real n8n 2.8.4 installed from the npm registry into .n8n/ (~2.3 GB, 5-12 minutes
-# the first time); see docs/n8n.md.
+# Opt-in: against a real n8n installed from the npm registry into .n8n/<version>/: 2.41.3 by default
+# (with its own Node 24; ~3.1 GB, about 6 minutes the first time), or N8N_VERSION=2.8.4 (Node 20;
+# ~2.3 GB, 5-12 minutes); see docs/n8n.md.
+N8N_VERSION ?= 2.41.3
 test-n8n: install-test
-	scripts/n8n/install.sh .n8n
-	INKFLOW_N8N_DIR=.n8n $(BIN)/python -m pytest -q -m n8n tests/n8n
+	N8N_VERSION=$(N8N_VERSION) scripts/n8n/install.sh .n8n/$(N8N_VERSION)
+	INKFLOW_N8N_DIR=.n8n/$(N8N_VERSION) $(BIN)/python -m pytest -q -m n8n tests/n8n
 
 bench: install
 	sh scripts/install-system-deps.sh load-tools

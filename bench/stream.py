@@ -148,7 +148,16 @@ def run(rounds: int = 2, count: int = 2000, first_items: int = 200) -> list[Row]
     with logdir() as logs, module(logs, "stream_backend", "--backlog", BACKLOG) as backend:
         webhook = backend.url("/webhook/chat")
         ink_args = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
-        ink_args += ("--max-concurrent", limits, "--queue-size", limits, "--max-connections", limits)
+        ink_args += (
+            "--max-concurrent",
+            limits,
+            "--queue-size",
+            limits,
+            "--max-connections",
+            limits,
+            "--max-connections-per-ip",
+            "0",
+        )
         ink_args += ("--attempt-timeout", "30", "--request-timeout", "60")
         with (
             inkflow_on_backlog(logs, ink_args) as ink,

@@ -2,7 +2,8 @@
 # Install the Debian packages the tests and benchmarks need beyond Python's:
 #
 #   browser     Chromium (+ a font with Hebrew) for tests/e2e/test_browser.py; Playwright
-#               drives it through executable_path: never `playwright install`
+#               drives it through executable_path: never `playwright install`. Also axe-core
+#               from the npm registry into tests/a11y/node_modules (tests/e2e/test_page_a11y.py)
 #   haproxy     HAProxy for tests/e2e/test_haproxy.py (the packaged service is not started)
 #   load-tools  slowhttptest and wrk for tests/slow and bench/
 #   redis       redis-server for the shared-state tests (tests/unit/test_state_contract.py and
@@ -28,6 +29,20 @@ for group in $GROUPS; do
         *) echo "install-system-deps: unknown group '$group' (browser, haproxy, load-tools, redis)" >&2; exit 2 ;;
     esac
 done
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+case " $GROUPS " in
+    *" browser "*)
+        if [ ! -f "$HERE/tests/a11y/node_modules/axe-core/axe.min.js" ]; then
+            if command -v npm >/dev/null 2>&1; then
+                (cd "$HERE/tests/a11y" && npm ci --no-audit --no-fund --ignore-scripts --silent) \
+                    && echo "install-system-deps: axe-core installed into tests/a11y"
+            else
+                echo "install-system-deps: npm is missing; the axe-core tests will skip" >&2
+            fi
+        fi
+        ;;
+esac
 
 if [ -z "$missing" ]; then
     echo "install-system-deps: $GROUPS present"

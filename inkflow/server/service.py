@@ -48,6 +48,7 @@ from inkflow.web.admission import ChatQueue
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
+from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
@@ -378,6 +379,7 @@ def makeService(
         idempotency=idempotency,
         metrics=metrics,
     )
+    static = StaticFiles(settings.static_dir)
     app = InkFlowApp(
         settings,
         reactor,
@@ -385,7 +387,7 @@ def makeService(
         idempotency=idempotency,
         rate_take=built.state.rate_take,
         reporter=reporter,
-        static=StaticFiles(settings.static_dir),
+        static=PageFiles.from_settings(static, settings),
         chat_socket=ChatSocketResource(
             settings,
             reactor,
@@ -413,7 +415,7 @@ def makeService(
         reactor,
         connections,
         queue,
-        static=app.static,
+        static=static,
         chat_sockets=chat_sockets,
         streams=stream_registry,
         pool=pool,

@@ -48,6 +48,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from inkflow.page import page_config
 from inkflow.settings import OPTIONS, Settings, load_settings
 from inkflow.state.workers import SOCKET_ENV
 from inkflow.supervisor import Child, ChildCommand, ChildProtocol, Supervisor, SupervisorHooks
@@ -81,6 +82,9 @@ KILL_MARGIN = 5.0
 
 # --- settings, parent to worker
 
+#: The [page] table's place among the raw options (no option has brackets in its name).
+PAGE_KEY = "[page]"
+
 
 def settings_to_env(settings: Settings) -> str:
     """
@@ -97,6 +101,7 @@ def settings_to_env(settings: Settings) -> str:
             raw[option.name] = items or ([""] if option.default_value() else [])
         else:
             raw[option.name] = value
+    raw[PAGE_KEY] = settings.page.public()
     return json.dumps(raw)
 
 
@@ -107,7 +112,9 @@ def settings_from_env(text: str) -> Settings:
 
     @raise inkflow.settings.ConfigError: a value does not pass.
     """
-    return load_settings(flags=json.loads(text), environ={})
+    flags = json.loads(text)
+    page = page_config(flags.pop(PAGE_KEY, None))
+    return load_settings(flags=flags, environ={}, overrides={"page": page})
 
 
 # --- the socket

@@ -23,6 +23,7 @@ from inkflow.n8n.retry import RETRY_ON_CHOICES
 from inkflow.settings.urls import redact_url
 
 __all__ = [
+    "auto_or_int_in",
     "choice",
     "directory",
     "field_name",
@@ -63,6 +64,24 @@ def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
             bound = f"between {low} and {high}" if high is not None else f">= {low}"
             raise ValueError(f"must be {bound}, got {number}")
         return number
+
+    return parse
+
+
+def auto_or_int_in(low: int, high: int | None = None) -> Callable[[Any], int | None]:
+    """
+    C{auto} (L{None}: the value is derived from other options) or an integer
+    between C{low} and C{high}.
+    """
+    number = int_in(low, high)
+
+    def parse(value: Any) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        try:
+            return number(value)
+        except ValueError as e:
+            raise ValueError(f"auto or {e}") from None
 
     return parse
 

@@ -14,13 +14,15 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from inkflow.n8n.retry import DEFAULT_RETRY_ON, RETRY_ON_CHOICES
+from inkflow.page import PageConfig, page_config, page_table
 from inkflow.settings.options import ENV_PREFIX, ConfigError, Option, opt, options_of
 from inkflow.settings.parsers import (
+    auto_or_int_in,
     choice,
     directory,
     field_name,
@@ -134,6 +136,14 @@ class Settings:
         metavar="TYPES",
     )
     max_connections: int = opt(int_in(1, 100_000), 50, "open client connections", metavar="N")
+    max_connections_per_ip: int | None = opt(
+        auto_or_int_in(0, 100_000),
+        None,
+        "open connections from one client address (WebSockets and streams included; keyed like --rate-limit);"
+        " auto = a quarter of --max-connections, at least 8; 0 = off",
+        metavar="N",
+        doc_default="auto (`12` at the default `--max-connections`)",
+    )
     max_concurrent: int = opt(int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N")
     queue_size: int = opt(int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N")
     queue_timeout: float = opt(seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS")
@@ -287,6 +297,8 @@ class Settings:
     redis_prefix: str = opt(
         redis_prefix_option, "inkflow:", "prefix of every key InkFlow writes in --redis", metavar="PREFIX"
     )
+    #: Not an option: the config file's [page] table and INKFLOW_PAGE_* (L{inkflow.page}).
+    page: PageConfig = field(default_factory=PageConfig)
 
     @property
     def mode(self) -> str:
@@ -304,6 +316,21 @@ class Settings:
         limit plus room for the text fields and multipart framing.
         """
         return self.max_files * self.max_file_size + self.max_message_chars * 4 + 64 * 1024
+
+    @property
+    def connections_per_ip(self) -> int:
+        """
+        The open connections one client address may hold (0 = no limit):
+        C{--max-connections-per-ip}, or when auto, a quarter of
+        C{--max-connections} but at least 8 (a browser opens up to 6
+        connections to a host, plus the /chat WebSocket and a stream), never
+        above C{--max-connections}.  A quarter: at least four addresses are
+        needed to fill every place, while an office or a carrier NAT behind
+        one address still gets a fair share.
+        """
+        if self.max_connections_per_ip is not None:
+            return self.max_connections_per_ip
+        return min(self.max_connections, max(8, self.max_connections // 4))
 
     @property
     def websocket_message_limit(self) -> int:
@@ -400,8 +427,9 @@ def load_settings(
     environ = environ or {}
     file_values: dict[str, Any] = {}
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    page_values = None
     if path:
-        file_values = _read_toml(path)
+        file_values, page_values = _read_toml(path)
 
     values: dict[str, Any] = {}
     for option in OPTIONS:
@@ -413,6 +441,7 @@ def load_settings(
             values[option.attr] = _parse_raw(option, file_values[option.name], "file")
         else:
             values[option.attr] = option.default_value()
+    values["page"] = load_page(page_values, environ)
     for key, value in (overrides or {}).items():
         if key not in values:
             raise ConfigError(f"unknown setting {key!r}")
@@ -420,7 +449,20 @@ def load_settings(
     return _validated(values)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def load_page(table: Mapping[str, Any] | None, environ: Mapping[str, str]) -> PageConfig:
+    """
+    The C{[page]} table (L{inkflow.page}) from the config file's table and
+    C{INKFLOW_PAGE_*}.
+
+    @raise ConfigError: one line naming the key.
+    """
+    try:
+        return page_config(table, environ)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _read_toml(path: str) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -433,11 +475,16 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid value for --config: [inkflow] in {path!r} is not a table")
     result: dict[str, Any] = {}
     for key, value in section.items():
+        if key == "page" and section is data:
+            continue  # the [page] table (inkflow.page)
         name = key.replace("_", "-")
         if name not in OPTIONS_BY_NAME:
             raise ConfigError(f"invalid value for --config: unknown key {key!r} in {path!r}")
         result[name] = value
-    return result
+    try:
+        return result, page_table(data, path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _doc_default(option: Option) -> str:

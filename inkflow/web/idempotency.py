@@ -98,8 +98,9 @@ def parse_key(values: Sequence[bytes] | None) -> str | None:
 def fingerprint(body: ChatBody | None, input_key: str, session_key: str) -> str:
     """
     What makes two requests the same request: the session the client sent
-    (none when it sent none), the action, the message and the files' names
-    and sizes.
+    (none when it sent none), the action, the message, the metadata and each
+    file's name, size and SHA-256 (computed while it was spooled): the same
+    name and size with other bytes is another request.
     """
     fields = body.fields if body is not None else {}
 
@@ -113,7 +114,8 @@ def fingerprint(body: ChatBody | None, input_key: str, session_key: str) -> str:
         "action": fields.get("action"),
         "session": first(session_fields(session_key)),
         "message": first(message_fields(input_key)),
-        "files": [(f.filename, f.size) for f in body.files] if body is not None else [],
+        "metadata": fields.get("metadata"),
+        "files": [(f.filename, f.size, f.sha256) for f in body.files] if body is not None else [],
     }
     text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

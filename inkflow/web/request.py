@@ -100,13 +100,15 @@ class InkFlowRequest(server.Request):
             if channel.over_limit and path not in ALWAYS_ANSWERED:
                 channel.site.connections.connections_rejected += 1
                 raise ApiError.retry_later("busy", 5, "too many connections")
+            channel.check_address(self.requestHeaders.getRawHeaders("X-Forwarded-For"), path in ALWAYS_ANSWERED)
             if channel.site.admit_head is not None:
                 channel.site.admit_head(self, method, path)
                 self._state.admitted = True
             self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
             self._state.body_limit = self._sink.limit if self._sink is not None else None
         except ApiError as e:
-            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)
+            over = channel.over_limit or channel.over_address
+            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if over else LINGER_SECONDS)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused or self._sink is None:
@@ -215,7 +217,7 @@ class InkFlowRequest(server.Request):
         if self.isSecure():
             self.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [HSTS])
         self.responseHeaders.setRawHeaders(b"X-Request-ID", [self._state.request_id.encode()])
-        if self.channel.over_limit:
+        if self.channel.over_limit or self.channel.over_address:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             self.channel.persistent = False
         self.site = self.channel.site

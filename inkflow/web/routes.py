@@ -33,9 +33,9 @@ from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import parse_key
 from inkflow.web.origin import Verdict, check_origin, judge_origin
+from inkflow.web.page import PageFiles
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
-from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import wants_stream
 from inkflow.web.websocket import is_websocket_upgrade
 
@@ -100,7 +100,7 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
+    def __init__(self, static: PageFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
@@ -185,14 +185,6 @@ def _allowed_on_error(reason: Failure) -> float:
     return 0.0
 
 
-def _rate_verdict(wait: float) -> None:
-    """
-    @raise ApiError: 429 C{rate_limited} when the token was refused.
-    """
-    if wait > 0:
-        raise ApiError.retry_later("rate_limited", wait)
-
-
 def _is_api(path: bytes) -> bool:
     return path == b"/api" or path.startswith(b"/api/")
 
@@ -207,13 +199,11 @@ class InkFlowApp:
     @param rate_take: the per-client chat rate limit (the shared state's
         token bucket).
     @param reporter: health and readiness.
-    @param static: the page's files.
+    @param static: the page's files, in the owner's names.
     @param chat_socket: the C{/chat} WebSocket resource (C{None}: none).
     @param metrics: what C{/metrics} serves (C{None}: not served).
     @param server_view: under C{--workers}, the whole server's metrics and
         health (C{None}: this process is the server).
-    @param state_health: health's C{state} section and whether it is
-        degraded (the shared state answers from this process).
     """
 
     app = Klein()
@@ -227,7 +217,7 @@ class InkFlowApp:
         idempotency: ChatIdempotency,
         rate_take: RateTake,
         reporter: HealthReporter,
-        static: StaticFiles,
+        static: PageFiles,
         chat_socket: IResource | None = None,
         metrics: MetricsPage | None = None,
         server_view: ServerView | None = None,
@@ -297,7 +287,7 @@ class InkFlowApp:
 
         decision.addCallback(note)
         if answered:
-            _rate_verdict(answered[0])
+            self._rate_verdict(request, answered[0])
             return
         request_state(request).rate_decision = decision
 
@@ -305,10 +295,24 @@ class InkFlowApp:
             if wait > 0:
                 refuse = getattr(request, "refuse_late", None)
                 if refuse is not None:
-                    refuse(ApiError.retry_later("rate_limited", wait))
+                    refuse(self._rate_limited(request, wait))
             return wait
 
         decision.addCallback(decided)
+
+    def _rate_limited(self, request: IRequest, wait: float) -> ApiError:
+        error = ApiError.retry_later("rate_limited", wait)
+        # Refused before any route: an allow-listed page (the embed) must still read it.
+        error.headers.update(self._cors_for(request))
+        return error
+
+    def _rate_verdict(self, request: IRequest, wait: float) -> None:
+        """
+        @raise ApiError: 429 C{rate_limited} (with the CORS headers of a
+            listed origin) when the token was refused.
+        """
+        if wait > 0:
+            raise self._rate_limited(request, wait)
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -339,6 +343,29 @@ class InkFlowApp:
         raise ApiError("unsupported_type", "send application/json or multipart/form-data")
 
     # -- responses ------------------------------------------------------------
+
+    def _cors_for(self, request: IRequest) -> dict[str, str]:
+        """
+        The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
+        """
+        origin = request.getHeader(b"Origin")
+        if not origin:
+            return {}
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin.decode("latin-1"),
+            "Access-Control-Expose-Headers": "X-Request-ID, X-Session-ID, Retry-After",
+            "Vary": "Origin",
+        }
 
     def _cors_headers(self, request: IRequest) -> bool:
         """
@@ -474,7 +501,7 @@ class InkFlowApp:
         if state.rate_decision is not None:
             # The head's rate check, when the shared state answered later.
             decision, state.rate_decision = state.rate_decision, None
-            _rate_verdict(await decision)
+            self._rate_verdict(request, await decision)
         key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
         stream = wants_stream(request.getHeader(b"Accept"))
         handler = self.chat_handler

@@ -27,6 +27,11 @@ export function newSessionId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// An Idempotency-Key for one message: the same on every retry of it.
+export function newIdempotencyKey() {
+  return newSessionId();
+}
+
 // Merge what /api/health reports over the defaults, keeping only sane values.
 export function mergeLimits(reported) {
   const limits = { ...DEFAULT_LIMITS };
@@ -41,15 +46,40 @@ export function mergeLimits(reported) {
   return limits;
 }
 
-// "1.5 מ"ב", "12 ק"ב", "800 בתים"
-export function formatSize(bytes) {
-  if (bytes >= 1024 * 1024) return `${trim(bytes / (1024 * 1024))} מ"ב`;
-  if (bytes >= 1024) return `${trim(bytes / 1024)} ק"ב`;
-  return bytes === 1 ? "בית אחד" : `${bytes} בתים`;
+const SIZE_UNITS = [
+  [1024 * 1024 * 1024, 'ג"ב'],
+  [1024 * 1024, 'מ"ב'],
+  [1024, 'ק"ב'],
+];
+const numberFormats = new Map();
+
+function formatNumber(value, digits) {
+  let format = numberFormats.get(digits);
+  if (!format) {
+    format = new Intl.NumberFormat("he-IL", { maximumFractionDigits: digits });
+    numberFormats.set(digits, format);
+  }
+  return format.format(value);
 }
 
-function trim(n) {
-  return n >= 10 ? String(Math.round(n)) : String(Math.round(n * 10) / 10);
+// "10.5 מ"ב", "12 ק"ב", "800 בתים": one decimal where it is not a whole number
+// (11,000,000 bytes are 10.5 מ"ב, not 10). digits: more decimals when they matter.
+export function formatSize(bytes, digits = 1) {
+  for (const [unit, name] of SIZE_UNITS) {
+    if (bytes >= unit) return `${formatNumber(bytes / unit, digits)} ${name}`;
+  }
+  if (bytes === 1) return "בית אחד";
+  return `${formatNumber(bytes, 0)} בתים`;
+}
+
+// A size and the limit it is over, written so that they differ on screen
+// (10,485,761 bytes against 10 מ"ב is "10.001 מ"ב", or bytes at worst).
+export function formatSizes(size, limit) {
+  for (let digits = 1; digits <= 3; digits += 1) {
+    const [a, b] = [formatSize(size, digits), formatSize(limit, digits)];
+    if (a !== b) return [a, b];
+  }
+  return [`${formatNumber(size, 0)} בתים`, `${formatNumber(limit, 0)} בתים`];
 }
 
 // Seconds from a Retry-After header (delta-seconds or an HTTP date), or null.
@@ -190,7 +220,10 @@ export class ChatClient {
     maxWait = 120,
     requestTimeout = 90,
     streamIdleTimeout = 90,
+    preset = null,
   } = {}) {
+    // preset: mode and limits known already (the embed's configuration); no /api/health then.
+    this.preset = preset;
     this.chatUrl = chatUrl;
     this.healthUrl = healthUrl;
     this.storage = storage;
@@ -241,6 +274,11 @@ export class ChatClient {
 
   // Read mode and limits from /api/health; defaults when it cannot be read.
   async loadConfig() {
+    if (this.preset) {
+      this.limits = mergeLimits(this.preset);
+      this.mode = typeof this.preset.mode === "string" ? this.preset.mode : null;
+      return { mode: this.mode, limits: this.limits };
+    }
     try {
       const response = await fetch(this.healthUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
       if (!response.ok) throw new Error(`health ${response.status}`);
@@ -271,9 +309,11 @@ export class ChatClient {
   // ({ok: true, streamed: true, reply, runs, errors} for a streamed answer).
   // hooks: onStart(), onWait(seconds, reason) with a countdown, onRetry(),
   // onStream(event) for each line of a streamed answer (see StreamReply).
-  send(text, files = [], hooks = {}) {
+  // key: the message's Idempotency-Key (a new one when not given); pass the
+  // same key to send the same message again.
+  send(text, files = [], hooks = {}, key = newIdempotencyKey()) {
     this._pending += 1;
-    const run = () => this._deliver(text, files, hooks);
+    const run = () => this._deliver(text, files, hooks, key);
     const result = this._tail.then(run, run);
     this._tail = result.catch(() => undefined);
     return result.finally(() => {
@@ -297,7 +337,7 @@ export class ChatClient {
     hooks.onRetry?.();
   }
 
-  async _deliver(text, files, hooks) {
+  async _deliver(text, files, hooks, key) {
     hooks.onStart?.();
     let busy = 0;
     let network = 0;
@@ -305,7 +345,7 @@ export class ChatClient {
       let response;
       const deadline = new Deadline(this.requestTimeout);
       try {
-        response = await this._post(text, files, deadline.signal);
+        response = await this._post(text, files, deadline.signal, key);
       } catch (error) {
         deadline.clear();
         if (error?.name === "TimeoutError" || error?.name === "AbortError") {
@@ -372,8 +412,9 @@ export class ChatClient {
     return stream.result();
   }
 
-  async _post(text, files, signal) {
+  async _post(text, files, signal, key) {
     const init = { method: "POST", headers: { Accept: CHAT_ACCEPT }, credentials: "same-origin" };
+    if (key) init.headers["Idempotency-Key"] = key;
     if (files.length) {
       const form = new FormData();
       form.append("message", text);
@@ -449,5 +490,69 @@ function safeStorage() {
     return globalThis.localStorage ?? null;
   } catch {
     return null;
+  }
+}
+
+// The conversation as this browser saw it, kept in localStorage so that a
+// reload shows it again (for the session id it belongs to; "שיחה חדשה"
+// clears it). Bounded: the last MAX_ENTRIES messages, at most MAX_CHARS of
+// text. Entries: {kind: "user" | "bot" | "error", text, files: [{name, size}]}.
+const TRANSCRIPT_KEY = "inkflow.transcript";
+const MAX_ENTRIES = 60;
+const MAX_CHARS = 200_000;
+const KINDS = new Set(["user", "bot", "error"]);
+
+export class Transcript {
+  constructor(storage = safeStorage(), key = TRANSCRIPT_KEY) {
+    this.storage = storage;
+    this.key = key;
+  }
+
+  // The entries kept for sessionId ([] for another session or nothing kept).
+  load(sessionId) {
+    let data;
+    try {
+      data = JSON.parse(this.storage?.getItem(this.key) ?? "null");
+    } catch {
+      return [];
+    }
+    if (!data || data.sessionId !== sessionId || !Array.isArray(data.entries)) return [];
+    return data.entries.filter(
+      (e) => e && KINDS.has(e.kind) && typeof e.text === "string" && (e.files === undefined || Array.isArray(e.files)),
+    ).map((e) => ({
+      kind: e.kind,
+      text: e.text,
+      files: (e.files ?? [])
+        .filter((f) => f && typeof f.name === "string" && Number.isFinite(f.size))
+        .map((f) => ({ name: f.name, size: f.size })),
+    }));
+  }
+
+  add(sessionId, kind, text, files = []) {
+    const entries = this.load(sessionId);
+    entries.push({ kind, text: String(text), files: Array.from(files, (f) => ({ name: f.name, size: f.size })) });
+    this._save(sessionId, entries);
+  }
+
+  clear() {
+    try {
+      this.storage?.removeItem(this.key);
+    } catch {
+      // nothing kept
+    }
+  }
+
+  _save(sessionId, entries) {
+    let kept = entries.slice(-MAX_ENTRIES);
+    let chars = kept.reduce((n, e) => n + e.text.length, 0);
+    while (kept.length > 1 && chars > MAX_CHARS) {
+      chars -= kept[0].text.length;
+      kept = kept.slice(1);
+    }
+    try {
+      this.storage?.setItem(this.key, JSON.stringify({ sessionId, entries: kept }));
+    } catch {
+      // full or private mode: the conversation lives for this page only
+    }
   }
 }

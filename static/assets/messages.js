@@ -37,5 +37,6 @@ export const SERVER_MESSAGES = Object.freeze({
   "internal_error": "אירעה שגיאה פנימית.",
   "upstream_error": "שירות הצ'אט אינו זמין כרגע.",
   "busy": "השרת עמוס כרגע. נסו שוב בעוד רגע.",
+  "too_many_connections_from_address": "נפתחו יותר מדי חיבורים מהכתובת שלכם. סגרו לשוניות פתוחות או נסו שוב בעוד רגע.",
   "upstream_timeout": "שירות הצ'אט לא הגיב בזמן."
 });

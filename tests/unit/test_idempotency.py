@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from inkflow.chat import ChatBody
+from inkflow.chat import ChatBody, UploadedFile
 from inkflow.errors import ApiError
 from inkflow.web.idempotency import Answer, IdempotencyStore, IdempotentChat, fingerprint, parse_key
 
@@ -45,6 +45,18 @@ class KeyTests(TestCase):
         self.assertNotEqual(a, fingerprint(ChatBody({"chatInput": "ho", "sessionId": "s"}), "chatInput", "sessionId"))
         self.assertNotEqual(a, fingerprint(ChatBody({"chatInput": "hi", "sessionId": "t"}), "chatInput", "sessionId"))
         self.assertEqual(a, fingerprint(ChatBody({"message": "hi", "sessionId": "s"}), "chatInput", "sessionId"))
+        other_metadata = ChatBody({"chatInput": "hi", "sessionId": "s", "metadata": {"page": "/b"}})
+        self.assertNotEqual(a, fingerprint(other_metadata, "chatInput", "sessionId"))
+
+    def test_fingerprint_covers_the_bytes_of_each_file(self) -> None:
+        """The same file name and size with other bytes is another fingerprint; the same bytes the same."""
+
+        def with_file(digest: str) -> str:
+            upload = UploadedFile("/nowhere", "a.png", "image/png", 3, sha256=digest)
+            return fingerprint(ChatBody({"chatInput": "hi"}, [upload]), "chatInput", "sessionId")
+
+        self.assertEqual(with_file("aa" * 32), with_file("aa" * 32))
+        self.assertNotEqual(with_file("aa" * 32), with_file("bb" * 32))
 
 
 class StoreTests(TestCase):

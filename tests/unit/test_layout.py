@@ -31,7 +31,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "inkflow": frozenset({"settings"}),
     # The --retry-on vocabulary is the retry policy's (n8n/retry.py imports nothing of InkFlow),
     # and the --redis URL's parser and redaction are the shared state's (state/address.py).
-    "settings": frozenset({"n8n:inkflow.n8n.retry", "state:inkflow.state.address"}),
+    # The [page] table is parsed by inkflow/page.py (pure, imports nothing of InkFlow).
+    "settings": frozenset({"n8n:inkflow.n8n.retry", "state:inkflow.state.address", "inkflow:inkflow.page"}),
     # The one place private Twisted parts are kept is web/twisted_hooks.py (its client section).
     "n8n": frozenset({"inkflow", "settings", "web:inkflow.web.twisted_hooks"}),
     # The edge answers with what n8n says (stream lines, execution ids, the demo).

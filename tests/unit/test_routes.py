@@ -31,6 +31,7 @@ from inkflow.state.memory import MemoryState
 from inkflow.web.admission import ChatQueue
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
+from inkflow.web.page import PageFiles
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
 from inkflow.web.staticfiles import StaticFiles
@@ -128,7 +129,7 @@ def make_app(
         idempotency=idempotency,
         rate_take=state.rate_take,
         reporter=reporter,
-        static=StaticFiles(settings.static_dir),
+        static=PageFiles.from_settings(StaticFiles(settings.static_dir), settings),
         chat_socket=ChatSocketResource(
             settings, clock, SharedExecutions(state), ChatSockets(), draining=lambda: connections.draining
         ),
@@ -552,12 +553,13 @@ class UnexpectedErrorTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
-def multipart_chat(message: str = "hi") -> tuple[bytes, str]:
+def multipart_chat(message: str = "hi", fill: int = 0) -> tuple[bytes, str]:
     """
-    A multipart chat body with one small PNG, and its Content-Type.
+    A multipart chat body with one small PNG (its last 64 bytes C{fill}), and
+    its Content-Type.
     """
     boundary = "inkflowRouteTestBoundary"
-    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64)
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes([fill]) * 64
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\n{message}\r\n'
@@ -645,5 +647,34 @@ class IdempotencyAtTheRouteTests(TestCase):
         _, stub = make_app(self, forwarder)
         self.assertEqual(self.post(stub, "hi")[0], 200)
         code, _, body = self.post(stub, "something else")
+        self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def post_file(self, stub: Any, fill: int, key: str = "key-f") -> tuple[int, Any]:
+        data, content_type = multipart_chat("same text", fill)
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=data,
+                headers={"Content-Type": content_type, "Idempotency-Key": key},
+            )
+        )
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_same_key_same_file_bytes_is_replayed(self) -> None:
+        """The same key, text and file bytes: n8n asked once."""
+        forwarder = FakeForwarder({"output": "once"})
+        _, stub = make_app(self, forwarder)
+        first = self.post_file(stub, 1)
+        self.assertEqual((first[0], first[1]["output"]), (200, "once"))
+        self.assertEqual(self.post_file(stub, 1), first)
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def test_same_key_same_file_name_and_size_other_bytes_is_a_mismatch(self) -> None:
+        """The same key, text, file name and size but other bytes: 422 idempotency_mismatch, never the first answer."""
+        forwarder = FakeForwarder({"output": "first"})
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post_file(stub, 1)[0], 200)
+        code, body = self.post_file(stub, 2)
         self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
         self.assertEqual(len(forwarder.messages), 1)

@@ -418,6 +418,16 @@ class RoundTripTests(SinkTestCase):
             result.cleanup()
             self.assertEqual(self.leftovers(), [], label)
 
+    def test_each_file_carries_the_sha256_of_its_bytes(self) -> None:
+        """Every chunking gives each file the sha256 of its bytes, computed while it was spooled."""
+        settings = self.make_settings(max_file_size=200_000)
+        contents = [payload(PNG_MAGIC, 70_000, 4), ("שורה\r\n" * 50).encode()]
+        data = body(field("message", "x"), *(file_part(c, f"f{i}") for i, c in enumerate(contents)))
+        for label, chunks in chunkings(data):
+            result = self.feed(MultipartSink(settings, CONTENT_TYPE), chunks)
+            self.assertEqual([f.sha256 for f in result.files], [sha(c) for c in contents], label)
+            result.cleanup()
+
     def test_widget_fields(self) -> None:
         """
         The @n8n/chat widget's fields (chatInput, action) come through, and
