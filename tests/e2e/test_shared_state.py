@@ -245,6 +245,33 @@ async def test_workers_every_scrape_is_the_whole_server(fake: FakeN8n, workers: 
     assert all(h["state"] == {"backend": "workers", "shared": True, "fallbacks_total": 0} for h in healths)
 
 
+@pytest_twisted.ensureDeferred
+async def test_workers_a_killed_worker_never_takes_the_counters_back(workers: ServerProcess) -> None:
+    """
+    --workers 2: a worker SIGKILLed and replaced; every later scrape counts at
+    least what the last one before did (its counts are kept by the parent).
+    """
+    import os
+    import signal
+
+    def chats(text: str) -> float:
+        return sum(float(v) for _, v in CHAT_SAMPLE.findall(text))
+
+    await defer.gatherResults([post(workers, f"w-kill-{i}", new_address()) for i in range(6)])
+    shown = chats(await get_text(workers, "/metrics"))
+    health = (await get_json(workers, "/api/health"))[1]
+    victim = health["server"]["workers"]["0"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        now = (await get_json(workers, "/api/health"))[1]["server"]["workers"]
+        return len(now) == 2 and victim not in {w["pid"] for w in now.values()}
+
+    await wait_until(replaced, 20, "worker 0 replaced")
+    scrapes = [chats(await get_text(workers, "/metrics")) for _ in range(5)]
+    assert all(value >= shown for value in scrapes), (shown, scrapes)
+
+
 # -- two instances, one Redis ----------------------------------------------------------------------
 
 
