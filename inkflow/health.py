@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -153,6 +153,10 @@ class HealthReporter:
     @param cleanup: the cleanup loop's figures (none without a loop).
     @param websockets: the WebSocket relay's figures.
     @param streams: the figures of the streams being relayed.
+    @param state: the shared state's section (C{backend}, C{shared}, ...):
+        C{degraded} while C{shared} is false (this process answers the rate
+        limit and the keys alone); readiness is not affected (a load
+        balancer must not take every instance out because Redis is away).
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class HealthReporter:
         websockets: Callable[[], WebSocketsSnapshot] | None = None,
         streams: Callable[[], StreamsSnapshot] | None = None,
         rss_degraded: int = DEFAULT_RSS_DEGRADED,
+        state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -180,6 +185,7 @@ class HealthReporter:
         self._websockets = websockets
         self._streams = streams
         self._rss_degraded = rss_degraded
+        self._state = state
 
     def _connections_full(self, site: SiteStats) -> bool:
         return site.connections_active >= self.settings.max_connections
@@ -210,6 +216,11 @@ class HealthReporter:
         )
         if snapshot["status"] == "ok" and self._connections_full(site):
             snapshot["status"] = "degraded"
+        if self._state is not None:
+            state = self._state()
+            cast(dict[str, Any], snapshot)["state"] = state
+            if snapshot["status"] == "ok" and state.get("shared") is False:
+                snapshot["status"] = "degraded"
         return snapshot
 
     def readiness(self) -> tuple[bool, str | None]:

@@ -25,6 +25,7 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
@@ -32,17 +33,21 @@ from twisted.web import server
 from inkflow import __version__
 from inkflow.health import HealthReporter
 from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.server.cleanup import Cleaner
 from inkflow.server.health import ProcessMetrics
 from inkflow.server.logs import install_rotation_signals, settings_summary, write_access_line
 from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
 from inkflow.settings import Settings
-from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.state.build import Built, build_state, state_config
+from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
+from inkflow.state.fallback import StateCollector
+from inkflow.state.memory import MemoryState
+from inkflow.state.workers import SOCKET_ENV, ParentStateService
+from inkflow.web.admission import ChatQueue
+from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
-from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
 from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
@@ -117,6 +122,7 @@ class InkFlowService(service.MultiService):
         chat_sockets: ChatSockets,
         streams: StreamRegistry,
         pool: Any = None,
+        state: Built | None = None,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
@@ -126,6 +132,7 @@ class InkFlowService(service.MultiService):
         self.chat_sockets = chat_sockets
         self.streams = streams
         self.pool = pool
+        self.state = state
         super().__init__()
 
     def startService(self) -> None:
@@ -191,10 +198,30 @@ class InkFlowService(service.MultiService):
                     self.connections.abort_all()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
+        if self.state is not None:
+            await self.state.state.close()
+            if self.state.link is not None and self.state.backend == "redis":
+                await self.state.link.close()  # (under --workers, the state's link is this one)
         log.info("Drained; stopping")
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._drain())
+
+
+class _StopLastFirst(service.MultiService):
+    """
+    The C{--workers} parent: its children stop one after another, the last
+    started first, so the workers drain while the parent still serves their
+    shared state (a C{MultiService} stops them all at once).
+    """
+
+    async def _stop(self) -> None:
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            await defer.maybeDeferred(child.stopService)
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())
 
 
 def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRequest], None]:
@@ -236,6 +263,8 @@ def makeService(
     *,
     install_signals: bool = True,
     worker_fd: int | None = None,
+    state_socket: str | None = None,
+    worker_slot: str = "",
 ) -> service.MultiService:
     """
     Build the whole InkFlow service from its settings.
@@ -246,6 +275,9 @@ def makeService(
         (off in tests).
     @param worker_fd: in a worker process (C{--workers N}), the inherited
         listening socket to serve instead of opening C{--listen}.
+    @param state_socket: in a worker, the parent's state socket (the shared
+        state, the whole server's metrics and health).
+    @param worker_slot: in a worker, its slot (the label of its metrics).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -256,18 +288,23 @@ def makeService(
     if settings.workers > 1 and worker_fd is None:
         # The parent of --workers N: it opens the socket and supervises the
         # workers, each of which calls makeService with worker_fd.
-        top = service.MultiService()
-        WorkerSupervisor(settings, IReactorProcess(reactor)).setServiceParent(top)
+        # The parent holds the shared state and serves it to the workers over
+        # AMP (it also merges their metrics and health, under --redis too).
+        parent = _StopLastFirst()
+        parent_state = ParentStateService(MemoryState(reactor, state_config(settings)), reactor)
+        parent_state.setServiceParent(parent)  # before the workers: their command names its socket
+        WorkerSupervisor(settings, IReactorProcess(reactor), state_socket=lambda: parent_state.path).setServiceParent(
+            parent
+        )
         if install_signals:
             reactor.callWhenRunning(install_rotation_signals, reactor)
         reactor.callWhenRunning(tune_gc)
-        return top
+        return parent
 
     # Built in order, each from those before it: no callback looks up a
     # name bound later.
     connections = Connections()
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
-    rate_limiter = RateLimiter(settings.rate_limit, reactor)
     cleaner = Cleaner(settings.upload_dir, reactor, active_paths=connections.active_upload_paths)
     metrics = Metrics()
     forwarder = None
@@ -286,9 +323,37 @@ def makeService(
         observe_start=metrics.observe_stream_start,
         observe_end=metrics.observe_stream_end,
     )
-    executions = ExecutionMap(reactor)
     chat_sockets = ChatSockets()
-    idempotency_store = IdempotencyStore(reactor, settings.idempotency_ttl)
+    # The state the processes share (one process: memory; --workers: the
+    # parent's over AMP; --redis: Redis), with this process's own as the
+    # fallback.  Health and metrics are read through it late (bound below).
+    health_of: list[Callable[[], Any]] = []
+    built = build_state(
+        settings,
+        reactor,
+        environ={SOCKET_ENV: state_socket} if state_socket else {},
+        worker=worker_slot,
+        metrics_text=metrics.render,
+        health_snapshot=lambda: health_of[0]() if health_of else {},
+    )
+    fallback = built.fallback
+
+    def state_section() -> dict[str, Any]:
+        if fallback is None:
+            return {"backend": built.backend, "shared": True, "fallbacks_total": 0}
+        fallback.probe()  # an idle process leaves the degraded state
+        return fallback.snapshot()
+
+    if fallback is not None:
+        metrics.registry.register(StateCollector(fallback))
+    executions = SharedExecutions(built.state)
+
+    def client_of(request: Any) -> str:
+        peer = request.getClientAddress()
+        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), settings.trusted_proxy)
+
+    idempotency = SharedIdempotentChat(built.state, settings.chat_input_key, settings.chat_session_key, client_of)
     reporter = HealthReporter(
         settings,
         reactor,
@@ -299,7 +364,9 @@ def makeService(
         cleanup=cleaner.snapshot,
         websockets=chat_sockets.snapshot,
         streams=stream_registry.snapshot,
+        state=state_section,
     )
+    health_of.append(reporter.health)
     metrics.read_health(reporter.health)
     chat = ChatHandler(
         settings,
@@ -309,7 +376,7 @@ def makeService(
         queue=queue,
         streams=streams,
         executions=executions,
-        idempotency=idempotency_store,
+        idempotency=idempotency,
         metrics=metrics,
     )
     static = StaticFiles(settings.static_dir)
@@ -317,8 +384,8 @@ def makeService(
         settings,
         reactor,
         chat=chat,
-        idempotency=IdempotentChat(idempotency_store, settings.chat_input_key, settings.chat_session_key),
-        rate_limiter=rate_limiter,
+        idempotency=idempotency,
+        rate_take=built.state.rate_take,
         reporter=reporter,
         static=PageFiles.from_settings(static, settings),
         chat_socket=ChatSocketResource(
@@ -327,9 +394,10 @@ def makeService(
             executions,
             chat_sockets,
             draining=lambda: connections.draining,
-            rate_limiter=rate_limiter,
+            rate_take=built.state.rate_take,
         ),
         metrics=metrics,
+        server_view=built.link,
     )
     site = InkFlowSite(
         app.resource(),
@@ -351,6 +419,7 @@ def makeService(
         chat_sockets=chat_sockets,
         streams=stream_registry,
         pool=pool,
+        state=built,
     )
     core.setServiceParent(top)
     cleaner.service(settings.cleanup_interval).setServiceParent(top)

@@ -16,37 +16,19 @@ for the interface (L{SharedState}) and docs/operations.md for the design.
 
 How the composition root wires it (C{makeService}, one place):
 
-  - the C{--workers} parent::
-
-        store = MemoryState(reactor, state_config(settings))
-        parent_state = ParentStateService(store, reactor)
-        parent_state.setServiceParent(top)          # before the WorkerSupervisor
-        WorkerSupervisor(settings, reactor, state_socket=lambda: parent_state.path)
-
-    and in C{WorkerSupervisor._command(slot)}: C{env[SOCKET_ENV] =
-    state_socket()} and C{env["INKFLOW_WORKER_SLOT"] = str(slot)};
-
-  - every serving process (one process, or a worker: C{inkflow/server/worker.py}
-    pops C{SOCKET_ENV} and C{INKFLOW_WORKER_SLOT} from the environment and
-    passes them in)::
-
-        built = build_state(settings, reactor, environ={SOCKET_ENV: socket} if socket else {},
-                            worker=slot, metrics_text=metrics.render,
-                            health_snapshot=lambda: app.health_snapshot())
-        if built.fallback is not None:
-            metrics.registry.register(StateCollector(built.fallback))
-
-    the routes get C{built.state}: C{SharedIdempotentChat(built.state, ...,
-    client=...)} instead of C{IdempotentChat(IdempotencyStore(...))},
-    C{await check_rate(built.state, rate_key(client))} instead of
-    C{rate_limiter.check(...)}, C{note_execution(built.state, answer, index)}
-    and C{await built.state.execution_lookup(id)} instead of the
-    L{inkflow.n8n.executions.ExecutionMap}; C{/metrics} in a worker answers
-    C{await built.link.scrape()} (its own text when that fails) and
-    C{/api/health} adds C{await built.link.server_health()}; health's C{state}
-    section is C{built.fallback.snapshot()} and its status C{degraded} while
-    C{built.state.degraded} (the health reporter calls
-    C{built.fallback.probe()} so an idle process recovers);
-    C{InkFlowService.stopService} ends with
-    C{built.state.close()} (and C{built.link.close()}).
+  - the C{--workers} parent holds a L{MemoryState} served by a
+    L{ParentStateService} (started before the L{WorkerSupervisor}, stopped
+    after it), and passes each worker the socket's path (C{SOCKET_ENV}) and
+    its slot (C{INKFLOW_WORKER_SLOT});
+  - every serving process calls L{build_state} (memory; the parent's over
+    AMP; or Redis, each with the process's memory as the fallback): the
+    chat route gets C{SharedIdempotentChat(built.state, ...)}, the head's
+    rate check and the WebSocket's upgrade C{built.state.rate_take}, the
+    chat handler and the WebSocket C{SharedExecutions(built.state)}; a
+    worker's C{/metrics} and C{/api/health} ask C{built.link} for the whole
+    server's; health's C{state} section is C{built.fallback.snapshot()}
+    (C{probe()} first, so an idle process recovers) and its status
+    C{degraded} while it is not shared; C{StateCollector} adds
+    C{inkflow_state_*} to C{/metrics}; the drain ends with
+    C{built.state.close()}.
 """

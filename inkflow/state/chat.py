@@ -2,12 +2,13 @@
 The chat route's use of the shared state, ready for the call sites:
 
  - L{SharedIdempotentChat}: L{inkflow.web.idempotency.IdempotentChat} on a
-   L{SharedState} (same C{run(request, handler)}, same answers: replay with
+   L{SharedState} (same C{run(request, key, body, handler)}, same answers: replay with
    C{Idempotent-Replayed: true}, 409 C{in_progress}, 422
    C{idempotency_mismatch}, the leader's error to its waiters), the key
    scoped to its owner (L{owner_of});
  - L{check_rate}: the token bucket as the route's 429;
- - L{note_execution}: the execution map fed from an n8n answer.
+ - L{note_execution}, L{SharedExecutions}: the execution map fed from an n8n
+   answer and read by the WebSocket relay.
 
 Pure: no reactor; the state comes in.
 """
@@ -23,9 +24,16 @@ from inkflow.chat import ChatBody, session_fields
 from inkflow.errors import ApiError
 from inkflow.n8n.executions import started_execution
 from inkflow.state.base import Answer, Outcome, SharedState
-from inkflow.web.idempotency import REPLAYED_HEADERS, fingerprint, parse_key
+from inkflow.web.idempotency import REPLAYED_HEADERS, fingerprint
 
-__all__ = ["SCOPE_ATTRIBUTE", "SharedIdempotentChat", "check_rate", "note_execution", "owner_of"]
+__all__ = [
+    "SCOPE_ATTRIBUTE",
+    "SharedExecutions",
+    "SharedIdempotentChat",
+    "check_rate",
+    "note_execution",
+    "owner_of",
+]
 
 #: The request attribute holding C{(owner, key)} while it leads, for
 #: L{SharedIdempotentChat.mark_streaming}.
@@ -68,12 +76,14 @@ def note_execution(state: SharedState, body: Any, url_index: int) -> str | None:
 
 class SharedIdempotentChat:
     """
-    The chat route under a client's C{Idempotency-Key}, on shared state.
+    The chat route under a client's C{Idempotency-Key}, on shared state: the
+    same C{run(request, key, body, handler)} as
+    L{inkflow.web.idempotency.IdempotentChat}, the key scoped to its owner.
 
     @param client: the client's address for a request (the route's
-        C{client_ip} with the trusted proxies).
-    @param fingerprint_of: what makes two requests the same request (default:
-        L{inkflow.web.idempotency.fingerprint} of the parsed body).
+        C{client_ip} with the trusted proxies, as the rate limit keys it).
+    @param fingerprint_of: what makes two requests the same request, from the
+        parsed body (default: L{inkflow.web.idempotency.fingerprint}).
     """
 
     def __init__(
@@ -82,7 +92,7 @@ class SharedIdempotentChat:
         input_key: str,
         session_key: str,
         client: Callable[[Any], str],
-        fingerprint_of: Callable[[Any], str] | None = None,
+        fingerprint_of: Callable[[ChatBody | None], str] | None = None,
     ) -> None:
         self.state = state
         self._input_key = input_key
@@ -90,8 +100,8 @@ class SharedIdempotentChat:
         self._client = client
         self._fingerprint_of = fingerprint_of or self._default_fingerprint
 
-    def _default_fingerprint(self, request: Any) -> str:
-        return fingerprint(getattr(request, "chat_body", None), self._input_key, self._session_key)
+    def _default_fingerprint(self, body: ChatBody | None) -> str:
+        return fingerprint(body, self._input_key, self._session_key)
 
     def mark_streaming(self, request: Any) -> Deferred[None] | None:
         """
@@ -104,28 +114,25 @@ class SharedIdempotentChat:
         d = self.state.idem_streaming(*scope)
         return d.addErrback(lambda _: None)
 
-    async def run(self, request: Any, handler: Callable[[Any], Awaitable[bytes | None]]) -> bytes | None:
+    async def run(
+        self,
+        request: Any,
+        key: str | None,
+        body: ChatBody | None,
+        handler: Callable[[], Awaitable[bytes | None]],
+    ) -> bytes | None:
         """
         Answer C{request} with C{handler}, at most once per owner and key.
 
-        @raise ApiError: 400 C{invalid_idempotency_key}, 409 C{in_progress},
-            422 C{idempotency_mismatch}, or the leader's error.
+        @param key: the request's C{Idempotency-Key} (L{parse_key}), or C{None}.
+        @param body: the request's parsed body (owner and fingerprint).
+        @raise ApiError: 409 C{in_progress}, 422 C{idempotency_mismatch}, or
+            the leader's error.
         """
-        try:
-            key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
-            if key is None:
-                return await handler(request)
-            owner = owner_of(getattr(request, "chat_body", None), self._session_key, self._client(request))
-            return await self._run(owner, key, request, handler)
-        finally:
-            release = getattr(request, "release_body", None)
-            if release is not None:
-                release()
-
-    async def _run(
-        self, owner: str, key: str, request: Any, handler: Callable[[Any], Awaitable[bytes | None]]
-    ) -> bytes | None:
-        claim = await self.state.idem_claim(owner, key, self._fingerprint_of(request))
+        if key is None:
+            return await handler()
+        owner = owner_of(body, self._session_key, self._client(request))
+        claim = await self.state.idem_claim(owner, key, self._fingerprint_of(body))
         if claim.kind == "lead":
             return await self._lead(owner, key, request, handler)
         if claim.kind == "in_progress":
@@ -141,20 +148,21 @@ class SharedIdempotentChat:
             raise woken
         if isinstance(woken, Answer):
             return self._send(request, woken)
+        # The leader ended without an answer: this request leads now.
         return await self._lead(owner, key, request, handler)
 
     async def _lead(
-        self, owner: str, key: str, request: Any, handler: Callable[[Any], Awaitable[bytes | None]]
+        self, owner: str, key: str, request: Any, handler: Callable[[], Awaitable[bytes | None]]
     ) -> bytes | None:
         setattr(request, SCOPE_ATTRIBUTE, (owner, key))
         outcome: Outcome = None
         try:
-            body = await handler(request)
+            body = await handler()
         except ApiError as e:
             outcome = e
             raise
         except BaseException:
-            outcome = None
+            outcome = None  # cancelled or broken: nothing to share
             raise
         else:
             headers = tuple(
@@ -162,6 +170,7 @@ class SharedIdempotentChat:
                 for name in REPLAYED_HEADERS
                 for value in (request.responseHeaders.getRawHeaders(name) or [])[:1]
             )
+            # A streamed answer (the route wrote it itself) is never stored.
             outcome = Answer(getattr(request, "code", 200), body, headers) if body is not None else None
             return body
         finally:
@@ -178,3 +187,19 @@ class SharedIdempotentChat:
         request.setHeader(b"Content-Length", b"%d" % len(answer.body))
         request.setHeader(b"Idempotent-Replayed", b"true")
         return answer.body
+
+
+class SharedExecutions:
+    """
+    The execution map on shared state, for the chat handler (C{note_answer})
+    and the WebSocket relay (C{lookup}, a L{Deferred}).
+    """
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+
+    def note_answer(self, body: Any, url_index: int) -> str | None:
+        return note_execution(self.state, body, url_index)
+
+    def lookup(self, execution_id: str) -> Deferred[int | None]:
+        return self.state.execution_lookup(execution_id)

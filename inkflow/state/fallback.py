@@ -111,17 +111,38 @@ class FallbackState:
             self.fallbacks_total += 1
             return succeed(local())
         d = shared()
+        left = False
+
+        def cancel(_: Deferred[Any]) -> None:
+            # The caller went away (its client left): the store's call is
+            # cancelled too, and that is no outage.
+            nonlocal left
+            left = True
+            d.cancel()
+
+        outer: Deferred[Any] = Deferred(cancel)
 
         def ok(value: Any) -> Any:
             self._ok()
             return value
 
         def failed(reason: Failure) -> Any:
+            if left:
+                return None
             reason.trap(StateUnavailable)
             self._failed(operation, reason)
             return local()
 
-        return d.addCallbacks(ok, failed)
+        def relay(result: Any) -> None:
+            if left or outer.called:
+                return
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+
+        d.addCallbacks(ok, failed).addBoth(relay)
+        return outer
 
     def probe(self) -> Deferred[None]:
         """

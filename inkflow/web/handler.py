@@ -24,18 +24,25 @@ from twisted.web.iweb import IRequest
 from inkflow.chat import ChatBody, ChatMessage, forwarded_headers, parse_chat
 from inkflow.errors import ApiError
 from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.n8n.stream import StreamStart
 from inkflow.snapshot import UpstreamSnapshot
 from inkflow.web.admission import ChatQueue
-from inkflow.web.idempotency import IdempotencyStore
 from inkflow.web.responses import JSON_TYPE, bytes_response, json_response
 from inkflow.web.stream import StreamAnswers
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
 
-__all__ = ["ChatForwarder", "ChatHandler", "ChatObserver", "ChatRun", "JsonAnswer", "StreamAnswer"]
+__all__ = [
+    "ChatForwarder",
+    "ChatHandler",
+    "ChatObserver",
+    "ChatRun",
+    "ExecutionNotes",
+    "JsonAnswer",
+    "StreamAnswer",
+    "StreamMarks",
+]
 
 log = Logger()
 
@@ -48,6 +55,24 @@ class ChatForwarder(Protocol):
     def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> Awaitable[Any]: ...
 
     def upstreams(self) -> list[UpstreamSnapshot]: ...
+
+
+class ExecutionNotes(Protocol):
+    """
+    Where an C{executionStarted} answer's upstream is remembered (the
+    shared state's execution map: L{inkflow.state.chat.SharedExecutions}).
+    """
+
+    def note_answer(self, body: Any, url_index: int) -> str | None: ...
+
+
+class StreamMarks(Protocol):
+    """
+    Told when a request under an C{Idempotency-Key} commits to a stream
+    (L{inkflow.state.chat.SharedIdempotentChat.mark_streaming}).
+    """
+
+    def mark_streaming(self, request: Any) -> object: ...
 
 
 class ChatObserver(Protocol):
@@ -124,7 +149,7 @@ class StreamAnswer:
             self.run.status = 200
             if self.key is not None:
                 # A streamed answer is not replayed (409 in_progress meanwhile).
-                handler.idempotency.mark_streaming(self.key)
+                handler.idempotency.mark_streaming(request)
             if self.start is None:
                 handler.streams.synthesized(request, self.value, self.run.started)
                 return None
@@ -164,8 +189,8 @@ class ChatHandler:
         demo: DemoResponder,
         queue: ChatQueue,
         streams: StreamAnswers,
-        executions: ExecutionMap,
-        idempotency: IdempotencyStore,
+        executions: ExecutionNotes,
+        idempotency: StreamMarks,
         metrics: ChatObserver | None = None,
     ) -> None:
         self.settings = settings

@@ -141,6 +141,19 @@ class InkFlowRequest(server.Request):
                 self._state.body_error = ApiError("bad_request", "the body could not be read")
         super().requestReceived(command, path, version)
 
+    def refuse_late(self, error: ApiError) -> None:
+        """
+        A head check that answered after the head (the shared rate limit):
+        refuse the body still coming, as a 413 found while streaming is.  A
+        body already in is left to the route, which answers the same error.
+        """
+        if self._refused or self._sink is None or self._state.body is not None:
+            return
+        sink, self._sink = self._sink, None
+        sink.discard()
+        self._state.rate_decision = None
+        self._refuse(error)
+
     def _refuse(self, error: ApiError, linger: float = LINGER_SECONDS) -> None:
         """
         Answer C{error} at once, before the body, and close the connection

@@ -9,6 +9,7 @@ over an in-memory transport.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
@@ -17,19 +18,20 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
+from inkflow.chat import ChatBody
 from inkflow.errors import ApiError
 from inkflow.health import HealthReporter
-from inkflow.web.admission import RateLimiter, rate_key
+from inkflow.web.admission import rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.handler import ChatHandler, ChatRun
-from inkflow.web.idempotency import IdempotentChat, parse_key
+from inkflow.web.idempotency import parse_key
 from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.page import PageFiles
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
@@ -40,7 +42,7 @@ from inkflow.web.websocket import is_websocket_upgrade
 if TYPE_CHECKING:
     from inkflow.settings import Settings
 
-__all__ = ["AdminResource", "InkFlowApp", "MetricsPage", "ready_response"]
+__all__ = ["AdminResource", "ChatIdempotency", "InkFlowApp", "MetricsPage", "ServerView", "ready_response"]
 
 log = Logger()
 
@@ -56,6 +58,37 @@ class MetricsPage(Protocol):
     content_type: bytes
 
     def render(self) -> bytes: ...
+
+
+class ChatIdempotency(Protocol):
+    """
+    The chat route under a client's C{Idempotency-Key}
+    (L{inkflow.state.chat.SharedIdempotentChat}).
+    """
+
+    def run(
+        self,
+        request: Any,
+        key: str | None,
+        body: ChatBody | None,
+        handler: Callable[[], Awaitable[bytes | None]],
+    ) -> Awaitable[bytes | None]: ...
+
+
+#: Takes one token from a client's bucket: 0.0 when allowed, else the seconds
+#: until the next token (L{inkflow.state.base.SharedState.rate_take}).
+RateTake = Callable[[str], defer.Deferred[float]]
+
+
+class ServerView(Protocol):
+    """
+    The whole server, seen from one of its C{--workers} (the parent merges
+    every worker's figures: L{inkflow.state.workers.WorkersState}).
+    """
+
+    def scrape(self) -> defer.Deferred[bytes]: ...
+
+    def server_health(self) -> defer.Deferred[dict[str, Any]]: ...
 
 
 class _StaticFirst(Resource):
@@ -103,23 +136,53 @@ class AdminResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, reporter: HealthReporter, metrics: MetricsPage | None) -> None:
+    def __init__(self, app: InkFlowApp) -> None:
         super().__init__()
-        self._reporter = reporter
-        self._metrics = metrics
+        self._app = app
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         for name, value in SECURITY_HEADERS:
             request.setHeader(name, value)
         if request.method not in (b"GET", b"HEAD"):
             return error_response(request, ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"}))
         if request.path == b"/api/health":
-            return json_response(request, self._reporter.health())
+            return _later(request, self._app.full_health(request))
         if request.path == b"/api/ready":
-            return ready_response(request, self._reporter)
-        if request.path == b"/metrics" and self._metrics is not None:
-            return bytes_response(request, self._metrics.render(), self._metrics.content_type)
+            return ready_response(request, self._app.reporter)
+        if request.path == b"/metrics" and self._app.metrics is not None:
+            return _later(request, self._app.metrics_page(request))
         return error_response(request, ApiError("not_found"))
+
+
+def _later(request: IRequest, answer: defer.Deferred[bytes]) -> bytes | int:
+    """
+    A plain resource's answer that may come later (the whole server's
+    figures are asked of the workers' parent).
+    """
+    if answer.called:
+        result: list[bytes] = []
+        answer.addCallback(result.append)
+        if result:
+            return result[0]
+
+    def write(body: bytes) -> None:
+        if not cast(Any, request)._disconnected:
+            request.write(body)
+            request.finish()
+
+    answer.addCallback(write).addErrback(lambda f: log.failure("Admin answer failed", failure=f))
+    return server.NOT_DONE_YET
+
+
+def _allowed_on_error(reason: Failure) -> float:
+    # The request went away (its route was cancelled while it waited): the
+    # cancellation goes on.
+    if reason.check(defer.CancelledError):
+        reason.raiseException()
+    # The state answers from this process when the shared one fails; anything
+    # else is a defect, and chat goes on without the limit rather than a 500.
+    log.failure("The rate limit could not be checked", failure=reason)
+    return 0.0
 
 
 def _is_api(path: bytes) -> bool:
@@ -133,11 +196,14 @@ class InkFlowApp:
 
     @param chat: answers chat messages.
     @param idempotency: the chat route under a client's C{Idempotency-Key}.
-    @param rate_limiter: per-client chat rate limit.
+    @param rate_take: the per-client chat rate limit (the shared state's
+        token bucket).
     @param reporter: health and readiness.
     @param static: the page's files, in the owner's names.
     @param chat_socket: the C{/chat} WebSocket resource (C{None}: none).
     @param metrics: what C{/metrics} serves (C{None}: not served).
+    @param server_view: under C{--workers}, the whole server's metrics and
+        health (C{None}: this process is the server).
     """
 
     app = Klein()
@@ -148,22 +214,24 @@ class InkFlowApp:
         clock: IReactorTime,
         *,
         chat: ChatHandler,
-        idempotency: IdempotentChat,
-        rate_limiter: RateLimiter,
+        idempotency: ChatIdempotency,
+        rate_take: RateTake,
         reporter: HealthReporter,
         static: PageFiles,
         chat_socket: IResource | None = None,
         metrics: MetricsPage | None = None,
+        server_view: ServerView | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.chat_handler = chat
         self.idempotency = idempotency
-        self.rate_limiter = rate_limiter
+        self.rate_take = rate_take
         self.reporter = reporter
         self.static = static
         self.chat_socket = chat_socket
         self.metrics = metrics
+        self.server_view = server_view
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
         self._cors = set(settings.cors_origin)
         self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
@@ -180,7 +248,7 @@ class InkFlowApp:
         The C{--admin-listen} endpoint's root: the full health, readiness and
         C{/metrics}, for operators only.
         """
-        return AdminResource(self.reporter, self.metrics)
+        return AdminResource(self)
 
     # -- heads and bodies -------------------------------------------------------
 
@@ -189,6 +257,14 @@ class InkFlowApp:
         Whether a request may send its body, decided from its head alone
         (before any body byte, like a 413): for chat, the Origin check and
         the rate limit.
+
+        The rate limit's token is taken from the head.  When the state
+        answers at once (one process, or a shared state that is away) the
+        429 is raised here; when the answer comes from the workers' parent or
+        Redis, the body is read meanwhile (no added wait), the decision is
+        kept on the request (C{rate_decision}) and a 429 refuses the body
+        still coming (L{InkFlowRequest.refuse_late}) or, once the body is in,
+        is answered by the route before anything goes to n8n.
 
         @raise ApiError: 403 C{forbidden_origin}, 429 C{rate_limited}.
         """
@@ -202,12 +278,41 @@ class InkFlowApp:
             request.isSecure(),
             self._cors,
         )
-        try:
-            self.rate_limiter.check(rate_key(self._client(request)))
-        except ApiError as e:
-            # Refused before any route: an allow-listed page (the embed) must still read it.
-            e.headers.update(self._cors_for(request))
-            raise
+        decision = self.rate_take(rate_key(self._client(request))).addErrback(_allowed_on_error)
+        answered: list[float] = []
+
+        def note(wait: float) -> float:
+            answered.append(wait)
+            return wait
+
+        decision.addCallback(note)
+        if answered:
+            self._rate_verdict(request, answered[0])
+            return
+        request_state(request).rate_decision = decision
+
+        def decided(wait: float) -> float:
+            if wait > 0:
+                refuse = getattr(request, "refuse_late", None)
+                if refuse is not None:
+                    refuse(self._rate_limited(request, wait))
+            return wait
+
+        decision.addCallback(decided)
+
+    def _rate_limited(self, request: IRequest, wait: float) -> ApiError:
+        error = ApiError.retry_later("rate_limited", wait)
+        # Refused before any route: an allow-listed page (the embed) must still read it.
+        error.headers.update(self._cors_for(request))
+        return error
+
+    def _rate_verdict(self, request: IRequest, wait: float) -> None:
+        """
+        @raise ApiError: 429 C{rate_limited} (with the CORS headers of a
+            listed origin) when the token was refused.
+        """
+        if wait > 0:
+            raise self._rate_limited(request, wait)
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -317,22 +422,56 @@ class InkFlowApp:
 
     # -- health ---------------------------------------------------------------
 
+    def full_health(self, request: IRequest) -> defer.Deferred[bytes]:
+        """
+        The full health snapshot; under C{--workers}, with the whole
+        server's C{server} section (C{totals} and one section per worker).
+        """
+        snapshot: dict[str, Any] = dict(self.reporter.health())
+        if self.server_view is None:
+            return defer.succeed(json_response(request, snapshot))
+
+        def add(server: dict[str, Any]) -> bytes:
+            snapshot["server"] = server
+            return json_response(request, snapshot)
+
+        def failed(reason: Failure) -> bytes:
+            snapshot["server"] = {"error": reason.getErrorMessage() or "the workers' parent did not answer"}
+            return json_response(request, snapshot)
+
+        return self.server_view.server_health().addCallbacks(add, failed)
+
+    def metrics_page(self, request: IRequest) -> defer.Deferred[bytes]:
+        """
+        C{/metrics}: this process's; under C{--workers}, the whole server's
+        (this worker's own when the parent does not answer).
+        """
+        assert self.metrics is not None
+        page = self.metrics
+
+        def send(text: bytes) -> bytes:
+            return bytes_response(request, text, page.content_type)
+
+        if self.server_view is None:
+            return defer.succeed(send(page.render()))
+        return self.server_view.scrape().addErrback(lambda _: page.render()).addCallback(send)
+
     @app.route("/api/health", methods=["GET", "HEAD"])
-    def health(self, request: IRequest) -> bytes:
+    def health(self, request: IRequest) -> bytes | defer.Deferred[bytes]:
         if self.settings.admin_listen:
             # The full snapshot is on the admin endpoint only.
             return json_response(request, {"status": self.reporter.health()["status"]})
-        return json_response(request, self.reporter.health())
+        return self.full_health(request)
 
     @app.route("/api/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
         return ready_response(request, self.reporter)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def prometheus(self, request: IRequest) -> bytes:
+    def prometheus(self, request: IRequest) -> defer.Deferred[bytes]:
         if self.metrics is None or self.settings.admin_listen:
             raise NotFound()
-        return bytes_response(request, self.metrics.render(), self.metrics.content_type)
+        return self.metrics_page(request)
 
     # -- chat -----------------------------------------------------------------
 
@@ -359,6 +498,10 @@ class InkFlowApp:
         # (--static-only never gets here: sink_for refuses the request from
         # its head; the head check ran before the body.)
         state = request_state(request)
+        if state.rate_decision is not None:
+            # The head's rate check, when the shared state answered later.
+            decision, state.rate_decision = state.rate_decision, None
+            self._rate_verdict(request, await decision)
         key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
         stream = wants_stream(request.getHeader(b"Accept"))
         handler = self.chat_handler

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from inkflow.chat import ChatBody, new_request_id
@@ -42,6 +43,9 @@ class RequestState:
     @ivar body_limit: the most body bytes the chosen sink takes (C{None}
         without a sink).
     @ivar stream_seconds: how long a streamed answer took (for the access log).
+    @ivar rate_decision: the rate limit's answer (seconds to wait, 0.0:
+        allowed) when the shared state had not given it by the end of the
+        head; the route awaits it before anything else.
     """
 
     request_id: str
@@ -50,6 +54,7 @@ class RequestState:
     body_error: ApiError | None = None
     body_limit: int | None = None
     stream_seconds: float | None = None
+    rate_decision: Deferred[float] | None = None
 
     def take_body(self) -> ChatBody:
         """

@@ -17,6 +17,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
 from wsproto.frame_protocol import CloseReason
 
 from inkflow.web.websocket import Wire, connect_upstream
@@ -318,3 +319,57 @@ async def test_bad_handshakes_are_json_400s(server) -> None:
     status, body = await _raw_in_thread(server, "/chat?executionId=42", {**UPGRADE, "Sec-WebSocket-Key": "short"})
     assert (status, body["error"]["code"]) == (400, "bad_request")
     assert "Traceback" not in server.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_execution_map(upstreams) -> None:
+    """
+    --workers 2 with two n8n origins: an execution started at B through a chat
+    one worker answered opens its socket at B from the other worker too (the
+    execution map is the parent's), never 404 unknown_execution.
+    """
+    from twisted.internet.threads import deferToThread
+
+    from tests.e2e.test_workers import pids_answering
+
+    a, _, b, sb = upstreams
+    s = ServerProcess(
+        "--workers", "2", "--webhook", a.url("/webhook/chat"), "--webhook", b.url("/webhook/chat"), "--rate-limit", "0"
+    ).start()
+
+    def per_worker() -> dict[str, tuple[int, int]]:
+        workers = s.get_json("/api/health")[1]["server"]["workers"]
+        return {slot: (w["queue"]["processed_total"], w["websockets"]["opened_total"]) for slot, w in workers.items()}
+
+    try:
+        assert len(await deferToThread(pids_answering, s, 2)) == 2
+        fresh = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        crossed = 0
+        for n in range(3):
+            execution = f"shared-{n}"
+            before = await deferToThread(per_worker)
+            a.script("/webhook/chat", status_reply(503))
+            b.script("/webhook/chat", json_reply({"executionStarted": True, "executionId": execution}))
+            response = await fresh.post(
+                s.url("/api/chat"), json={"action": "sendMessage", "sessionId": "ws-w", "chatInput": execution}
+            )
+            assert (await response.json())["executionId"] == execution
+            after = await deferToThread(per_worker)
+            (chat_worker,) = [w for w in after if after[w][0] > before.get(w, (0, 0))[0]]
+            # Sockets on fresh connections until one is taken by the other worker (bounded).
+            for _ in range(30):
+                before = after
+                client = await open_socket(s, f"sessionId=ws-w&executionId={execution}")
+                conn = await sb.next_connection()
+                assert conn.query["executionId"] == execution
+                client.wire.close(1000)
+                await conn.lost.addTimeout(TIMEOUT, reactor)
+                after = await deferToThread(per_worker)
+                (socket_worker,) = [w for w in after if after[w][1] > before[w][1]]
+                if socket_worker != chat_worker:
+                    crossed += 1
+                    break
+        assert crossed == 3
+    finally:
+        await deferToThread(s.stop)
+    assert "Traceback" not in s.output()

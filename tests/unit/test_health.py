@@ -181,6 +181,16 @@ class HealthReporterTests(TestCase):
         self.assertEqual(reporter.health()["status"], "degraded")
         self.assertEqual(reporter.readiness(), (False, "connections_full"))
 
+    def test_shared_state_away_is_degraded_and_still_ready(self) -> None:
+        """The shared state unreachable: health degraded with its state section, readiness still 200."""
+        section = {"backend": "redis", "shared": False, "fallbacks_total": 4, "error": "timeout"}
+        reporter = self.reporter(SiteStats(0, 0, 0, False), state=lambda: section)
+        health: Any = reporter.health()
+        self.assertEqual((health["status"], health["state"]), ("degraded", section))
+        self.assertEqual(reporter.readiness(), (True, None))
+        section = {"backend": "redis", "shared": True, "fallbacks_total": 4}
+        self.assertEqual(reporter.health()["status"], "ok")
+
     def test_draining_and_a_full_queue_say_why(self) -> None:
         """Draining wins over everything; a full queue is its own reason."""
         self.assertEqual(self.reporter(SiteStats(10, 0, 0, True)).readiness(), (False, "draining"))

@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # What must agree across processes: idempotency, rate limit, execution map (memory, AMP, Redis).
     "state": frozenset({"inkflow", "n8n", "web"}),
     # The composition root builds everything.
-    "server": frozenset({"inkflow", "settings", "web", "n8n"}),
+    "server": frozenset({"inkflow", "settings", "web", "n8n", "state"}),
     # Operator tools speak HTTP to the server: they never import it.
     "tools": frozenset({"inkflow", "settings"}),
 }

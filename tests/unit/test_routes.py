@@ -13,6 +13,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
@@ -22,13 +23,14 @@ from inkflow.errors import ApiError
 from inkflow.health import HealthReporter, SiteStats
 from inkflow.n8n.client import ForwardResult
 from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.settings import Settings
 from inkflow.snapshot import UpstreamSnapshot
-from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.state.base import StateConfig
+from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
+from inkflow.state.memory import MemoryState
+from inkflow.web.admission import ChatQueue
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
-from inkflow.web.idempotency import IdempotencyStore, IdempotentChat
 from inkflow.web.page import PageFiles
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
@@ -97,7 +99,10 @@ def make_app(
     connections = Connections()
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock)
     streams = StreamAnswers(clock, idle_timeout=settings.stream_idle_timeout, stream_timeout=settings.stream_timeout)
-    store = IdempotencyStore(clock, settings.idempotency_ttl)
+    state = MemoryState(clock, StateConfig(idempotency_ttl=settings.idempotency_ttl, rate_limit=settings.rate_limit))
+    idempotency = SharedIdempotentChat(
+        state, settings.chat_input_key, settings.chat_session_key, client=lambda r: r.getClientAddress().host
+    )
     reporter = HealthReporter(
         settings,
         clock,
@@ -114,19 +119,19 @@ def make_app(
         demo=DemoResponder(),
         queue=queue,
         streams=streams,
-        executions=ExecutionMap(clock),
-        idempotency=store,
+        executions=SharedExecutions(state),
+        idempotency=idempotency,
     )
     app = InkFlowApp(
         settings,
         clock,
         chat=chat,
-        idempotency=IdempotentChat(store, settings.chat_input_key, settings.chat_session_key),
-        rate_limiter=RateLimiter(settings.rate_limit, clock),
+        idempotency=idempotency,
+        rate_take=state.rate_take,
         reporter=reporter,
         static=PageFiles.from_settings(StaticFiles(settings.static_dir), settings),
         chat_socket=ChatSocketResource(
-            settings, clock, ExecutionMap(clock), ChatSockets(), draining=lambda: connections.draining
+            settings, clock, SharedExecutions(state), ChatSockets(), draining=lambda: connections.draining
         ),
     )
     site = InkFlowSite(
@@ -392,6 +397,133 @@ class RateLimitFromTheHeadTests(TestCase):
         self.assertTrue(heads[0].startswith(b"HTTP/1.1 200 "), heads[0])
         self.assertTrue(heads[1].startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), heads[1])
         self.assertIn(b"Retry-After: ", heads[1])
+
+
+class SharedRateLimitTests(TestCase):
+    """
+    With a shared state (the workers' parent, Redis) the rate limit's answer
+    comes after the head: the body is read meanwhile, a refusal cuts a body
+    still coming, and once the body is in the route answers it before anything
+    goes to n8n.
+    """
+
+    def connect(self, answers: list[Deferred[float]]) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from inkflow.web.site import InkFlowSite
+
+        app, _ = make_app(self)
+
+        def later(bucket: str) -> Deferred[float]:
+            d: Deferred[float] = Deferred()
+            answers.append(d)
+            return d
+
+        app.rate_take = later
+        site = InkFlowSite(app.resource(), app.settings, app.clock, app.sink_for, admit_head=app.admit_head)
+        channel = site.buildProtocol(IPv4Address("TCP", "198.51.100.7", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.7", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def post(self, channel: Any, length: int, body: bytes) -> None:
+        channel.dataReceived(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % length + body
+        )
+
+    def test_allowed_later_is_answered(self) -> None:
+        """The body arrives before the shared answer: nothing is answered until it allows; then 200."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        self.assertEqual((len(answers), transport.value()), (1, b""))
+        answers[0].callback(0.0)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+
+    def test_refused_after_the_body_is_a_429(self) -> None:
+        """The body is in, then the shared state refuses: 429 rate_limited with Retry-After, n8n never asked."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        answers[0].callback(12.5)
+        head = transport.value()
+        self.assertTrue(head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), head)
+        self.assertIn(b"Retry-After: 13\r\n", head)
+        self.assertIn(b'"rate_limited"', head)
+
+    def test_client_gone_before_the_answer_ends_quietly(self) -> None:
+        """The client leaves while the shared state has not answered: nothing runs, nothing is logged as an error."""
+        from twisted.python.failure import Failure
+
+        answers: list[Deferred[float]] = []
+        channel, _ = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        with capturedLogs() as events:
+            channel.connectionLost(Failure(ConnectionError("client gone")))
+            answers[0].callback(0.0)
+        errors = [e for e in events if e["log_level"] in (LogLevel.error, LogLevel.critical)]
+        self.assertEqual(errors, [])
+
+    def test_refused_while_the_body_streams_cuts_it(self) -> None:
+        """A refusal that arrives while the body is still coming answers 429 at once; the rest is not read."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 50_000, b"x" * 1000)
+        self.assertEqual(transport.value(), b"")
+        answers[0].callback(3.0)
+        head = transport.value()
+        self.assertTrue(head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), head)
+        channel.dataReceived(b"x" * 1000)  # read and dropped: nothing more is answered
+        self.assertEqual(transport.value(), head)
+
+
+class WholeServerTests(TestCase):
+    """
+    Under C{--workers N} a worker answers C{/metrics} and C{/api/health} for
+    the whole server (the parent merges them); its own figures when the parent
+    does not answer.
+    """
+
+    class Page:
+        content_type = b"text/plain; version=0.0.4"
+
+        def render(self) -> bytes:
+            return b"own 1\n"
+
+    class View:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+        def scrape(self) -> Deferred[bytes]:
+            return defer.succeed(b"merged 2\n") if self.ok else defer.fail(RuntimeError("gone"))
+
+        def server_health(self) -> Deferred[dict[str, Any]]:
+            if not self.ok:
+                return defer.fail(RuntimeError("gone"))
+            return defer.succeed({"totals": {"queue": {"processed_total": 9}}, "workers": {"0": {}, "1": {}}})
+
+    def get(self, stub: Any, path: str) -> bytes:
+        response = self.successResultOf(stub.get("http://inkflow.test" + path))
+        body: bytes = self.successResultOf(response.content())
+        return body
+
+    def test_metrics_and_health_are_the_servers(self) -> None:
+        """The parent answers: /metrics is the merged text, health has the server's totals and workers."""
+        app, stub = make_app(self)
+        app.metrics, app.server_view = self.Page(), self.View(True)
+        self.assertEqual(self.get(stub, "/metrics"), b"merged 2\n")
+        server = json.loads(self.get(stub, "/api/health"))["server"]
+        self.assertEqual((server["totals"]["queue"]["processed_total"], sorted(server["workers"])), (9, ["0", "1"]))
+
+    def test_parent_away_answers_for_this_worker(self) -> None:
+        """The parent does not answer: /metrics is this worker's own text, health says why the server part is missing."""
+        app, stub = make_app(self)
+        app.metrics, app.server_view = self.Page(), self.View(False)
+        self.assertEqual(self.get(stub, "/metrics"), b"own 1\n")
+        health = json.loads(self.get(stub, "/api/health"))
+        self.assertEqual((health["status"], health["server"]), ("ok", {"error": "gone"}))
 
 
 class UnexpectedErrorTests(TestCase):

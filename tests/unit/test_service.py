@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from inkflow.server.service import InkFlowService, makeService
 from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
+from inkflow.state.workers import ParentStateService
 from inkflow.web.admission import ChatQueue
 from inkflow.web.connections import Connections
 from inkflow.web.staticfiles import StaticFiles
@@ -79,10 +80,51 @@ class MakeServiceTests(TestCase):
         self.assertEqual([s.name for s in IServiceCollection(core)], ["http"])
 
     def test_workers_make_a_supervisor(self) -> None:
-        """With --workers 2 the service is the worker supervisor alone."""
+        """With --workers 2 the service is the shared state's server, then the worker supervisor."""
         top = makeService(self.settings(workers=2), ProcessClock(), install_signals=False)
-        (child,) = list(top)
-        self.assertIsInstance(child, WorkerSupervisor)
+        state, supervisor = list(top)
+        self.assertIsInstance(state, ParentStateService)
+        self.assertIsInstance(supervisor, WorkerSupervisor)
+        assert isinstance(supervisor, WorkerSupervisor)
+        self.assertIsNotNone(supervisor.state_socket)
+
+    def test_the_workers_parent_stops_the_state_after_the_workers(self) -> None:
+        """The parent's state is served until every worker has drained: its stop waits for the supervisor's."""
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred
+
+        from inkflow.server.service import _StopLastFirst
+
+        calls: list[str] = []
+        drained: Deferred[None] = Deferred()
+
+        class State(Service):
+            def stopService(self) -> None:
+                calls.append("state")
+
+        class Workers(Service):
+            def stopService(self) -> Deferred[None]:
+                calls.append("workers")
+                return drained
+
+        parent = _StopLastFirst()
+        State().setServiceParent(parent)
+        Workers().setServiceParent(parent)
+        parent.startService()
+        stopped = parent.stopService()
+        self.assertEqual(calls, ["workers"])
+        drained.callback(None)
+        self.assertEqual(calls, ["workers", "state"])
+        self.successResultOf(stopped)
+
+    def test_one_process_keeps_its_state_in_memory(self) -> None:
+        """One process: health's state section says memory, shared, and the status stays ok."""
+        reactor = MemoryReactorClock()
+        top = makeService(self.settings(), reactor, install_signals=False)
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        snapshot = health(IServiceCollection(core).getServiceNamed("http"))
+        self.assertEqual(snapshot["state"], {"backend": "memory", "shared": True, "fallbacks_total": 0})
+        self.assertEqual(snapshot["status"], "ok")
 
     def test_proxy_mode_reports_upstreams(self) -> None:
         """With webhooks, health lists each upstream (redacted) and mode is proxy."""

@@ -17,6 +17,7 @@ from inkflow.errors import ApiError
 from inkflow.state.base import StateConfig
 from inkflow.state.chat import SharedIdempotentChat, check_rate, note_execution, owner_of
 from inkflow.state.memory import MemoryState
+from inkflow.web.idempotency import parse_key
 from tests.unit.test_idempotency import FakeRequest
 
 
@@ -42,7 +43,9 @@ class SharedChatTests(TestCase):
         return body
 
     def send(self, request: Request) -> Deferred[bytes | None]:
-        return ensureDeferred(self.chat.run(request, self.handler))
+        # As the route does: the key parsed once, the body handed over.
+        key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+        return ensureDeferred(self.chat.run(request, key, request.chat_body, lambda: self.handler(request)))
 
     def test_one_run_for_one_owner_and_key(self) -> None:
         """Two at once and one after, same owner: one run, three answers, the others marked replayed."""

@@ -134,6 +134,30 @@ class FallbackTests(TestCase):
         self.assertEqual(len(warnings), 1)
         self.assertEqual(self.state.snapshot()["error"], "down")
 
+    def test_a_caller_that_leaves_is_not_an_outage(self) -> None:
+        """
+        The caller cancels a call the shared store has not answered (its
+        client left): the cancellation reaches the caller, the store's own
+        call is cancelled, and nothing counts as a fallback.
+        """
+        from twisted.internet.defer import CancelledError
+
+        cancelled: list[bool] = []
+
+        def cancel(d: Deferred[float]) -> None:
+            # As RedisState does: a cancelled call fails with StateUnavailable.
+            cancelled.append(True)
+            d.errback(StateUnavailable("cancelled"))
+
+        def never(bucket: str) -> Deferred[float]:
+            return Deferred(cancel)
+
+        self.shared.rate_take = never  # type: ignore[method-assign]
+        d = self.state.rate_take("a")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((cancelled, self.state.degraded, self.state.fallbacks_total), ([True], False, 0))
+
     def test_left_alone_while_down_then_tried_again(self) -> None:
         """After a failure the shared store is not asked for retry_after seconds; then once, and it is back."""
         self.shared.up = False

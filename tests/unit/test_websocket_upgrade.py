@@ -17,9 +17,10 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web import http, server
 
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.settings import load_settings
-from inkflow.web.admission import RateLimiter
+from inkflow.state.base import StateConfig
+from inkflow.state.chat import SharedExecutions
+from inkflow.state.memory import MemoryState
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -57,7 +58,7 @@ class Harness:
         self.resource = ChatSocketResource(
             self.settings,
             self.clock,
-            ExecutionMap(self.clock),
+            SharedExecutions(MemoryState(self.clock, StateConfig())),
             ChatSockets(),
             draining=lambda: False,
             connect=self.connect,
@@ -143,7 +144,7 @@ class UpgradeRefusalTests(TestCase):
     def test_upgrades_are_rate_limited(self) -> None:
         """Past the limit an upgrade is 429 rate_limited, before n8n is asked."""
         clock = Clock()
-        h = Harness(rate_limiter=RateLimiter(2, clock))
+        h = Harness(rate_take=MemoryState(clock, StateConfig(rate_limit=2)).rate_take)
         h.request(upgrade_head())
         h.request(upgrade_head())
         self.assertEqual(len(h.urls), 2)

@@ -12,8 +12,12 @@ contract's JSON error) rather than a socket that opens and closes at once:
    C{forbidden_origin};
  - demo or static-only mode: 404; draining: 503 C{busy};
  - over the rate limit (an upgrade takes a token like a chat): 429;
- - an C{executionId} not started through this process while the webhooks
+ - an C{executionId} not started through this server while the webhooks
    have more than one origin: 404 C{unknown_execution};
+
+The rate limit and the execution map are the shared state's (the workers'
+parent or Redis may answer later): both are asked once the request itself
+has passed, and the answer (or its refusal) is written when they answer.
  - n8n refuses or cannot be reached: 502 C{upstream_error}.
 
 The query (n8n 2.41's C{token} included) is passed to n8n unchanged.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from hyperlink import URL
@@ -42,9 +46,8 @@ from wsproto.events import Request as WSRequest
 from wsproto.handshake import H11Handshake
 
 from inkflow.errors import ApiError
-from inkflow.n8n.executions import ExecutionMap
 from inkflow.web import twisted_hooks
-from inkflow.web.admission import RateLimiter, rate_key
+from inkflow.web.admission import rate_key
 from inkflow.web.client_address import UNIX, client_ip
 from inkflow.web.origin import judge_origin
 from inkflow.web.responses import error_response
@@ -62,7 +65,7 @@ from inkflow.web.websocket.wire import (
 if TYPE_CHECKING:
     from inkflow.settings import Settings
 
-__all__ = ["ChatSocketResource", "connect_upstream"]
+__all__ = ["ChatSocketResource", "ExecutionLookup", "connect_upstream"]
 
 log = Logger()
 
@@ -114,6 +117,23 @@ def _valid_key(values: list[bytes] | None) -> bool:
         return False
 
 
+def _token_taken(wait: float) -> None:
+    """
+    @raise ApiError: 429 C{rate_limited} when the rate limit refused the token.
+    """
+    if wait > 0:
+        raise ApiError.retry_later("rate_limited", wait)
+
+
+class ExecutionLookup(Protocol):
+    """
+    Which upstream started an execution (its index, or C{None}), as the
+    shared state answers it (L{inkflow.state.chat.SharedExecutions}).
+    """
+
+    def lookup(self, execution_id: str) -> defer.Deferred[int | None]: ...
+
+
 class ChatSocketResource(Resource):
     """
     C{/chat}: the WebSocket relay (see the module docstring).
@@ -123,7 +143,9 @@ class ChatSocketResource(Resource):
     @param draining: whether the server is draining.
     @param connect: opens the upstream socket (L{connect_upstream}; a fake
         in tests).
-    @param rate_limiter: the chat's rate limit, which upgrades count against.
+    @param rate_take: the chat's rate limit, which upgrades count against
+        (L{inkflow.state.base.SharedState.rate_take}: 0.0 when allowed, else
+        the seconds to wait).
     """
 
     isLeaf = True
@@ -132,11 +154,11 @@ class ChatSocketResource(Resource):
         self,
         settings: Settings,
         reactor: Any,
-        executions: ExecutionMap,
+        executions: ExecutionLookup,
         sockets: ChatSockets,
         draining: Callable[[], bool],
         connect: Connect = connect_upstream,
-        rate_limiter: RateLimiter | None = None,
+        rate_take: Callable[[str], defer.Deferred[float]] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -145,7 +167,7 @@ class ChatSocketResource(Resource):
         self.sockets = sockets
         self.draining = draining
         self.connect = connect
-        self.rate_limiter = rate_limiter
+        self.rate_take = rate_take
         self._allowed = frozenset(settings.cors_origin)
         self._origins = {_origin_of(u) for u in settings.webhook}
 
@@ -183,8 +205,6 @@ class ChatSocketResource(Resource):
         if self.draining():
             raise ApiError.retry_later("busy", 5, "the server is shutting down")
         address = self._client(request)
-        if self.rate_limiter is not None:
-            self.rate_limiter.check(rate_key(address))
         if not _valid_key(headers.getRawHeaders(b"Sec-WebSocket-Key")):
             raise ApiError("bad_request", "exactly one valid Sec-WebSocket-Key is needed")
         handshake = H11Handshake(ConnectionType.SERVER)
@@ -193,7 +213,17 @@ class ChatSocketResource(Resource):
             handshake.initiate_upgrade_connection(raw, request.uri)
         except Exception:  # h11's and wsproto's protocol errors alike: the request is bad
             raise ApiError("bad_request", "not a valid WebSocket handshake") from None
-        index = self._upstream(request)
+        # The shared state's answers (at once in one process, later from the
+        # workers' parent or Redis): a token, then which upstream.
+        taken = self.rate_take(rate_key(address)) if self.rate_take is not None else defer.succeed(0.0)
+        d = taken.addCallback(_token_taken).addCallback(lambda _: self._upstream(request))
+        d.addCallback(self._open, request, handshake, address)
+        d.addErrback(self._failed_early, request)
+        return NOT_DONE_YET
+
+    def _open(self, index: int, request: Any, handshake: H11Handshake, address: str) -> None:
+        if request.finished or twisted_hooks.is_disconnected(request):
+            return
         query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
         url = upstream_socket_url(self.settings.webhook[index], query)
         relay = Relay(
@@ -213,19 +243,31 @@ class ChatSocketResource(Resource):
             lambda failure: self._refused(request, failure, index),
         )
         d.addErrback(lambda failure: log.failure("The /chat WebSocket could not be set up", failure))
-        return NOT_DONE_YET
+
+    def _failed_early(self, failure: Failure, request: Any) -> None:
+        if request.finished or twisted_hooks.is_disconnected(request):
+            return
+        if isinstance(failure.value, ApiError):
+            body = error_response(request, failure.value)
+        else:
+            log.failure("The WebSocket upgrade failed", failure=failure)
+            body = error_response(request, ApiError("internal_error"))
+        request.write(body)
+        request.finish()
 
     def _client(self, request: Any) -> str:
         peer = request.getClientAddress()
         host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
         return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)
 
-    def _upstream(self, request: Any) -> int:
+    def _upstream(self, request: Any) -> defer.Deferred[int]:
         execution = (request.args.get(b"executionId") or [b""])[0].decode("utf-8", "replace")
-        if execution:
-            index = self.executions.lookup(execution)
-            if index is not None:
-                return index
+        found = self.executions.lookup(execution) if execution else defer.succeed(None)
+        return found.addCallback(self._known)
+
+    def _known(self, index: int | None) -> int:
+        if index is not None:
+            return index
         if len(self._origins) == 1:
             return 0
         raise ApiError("unknown_execution", "this execution was not started through this server")
