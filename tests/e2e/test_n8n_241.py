@@ -222,7 +222,7 @@ async def test_resume_token_reaches_the_widget_and_n8n_socket(
     assert conn.query == {"sessionId": "ws-241", "executionId": "241", "isPublic": "true", "token": token}
     client.send("שלום")
     assert await client.next_message() == "n8n: שלום"
-    client.wire.loseConnection(1000)
+    client.wire.close(1000)
     await conn.lost.addTimeout(GUARD, reactor)
 
 
