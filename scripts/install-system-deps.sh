@@ -4,7 +4,8 @@
 #   browser     Chromium (+ a font with Hebrew) for tests/e2e/test_browser.py; Playwright
 #               drives it through executable_path: never `playwright install`
 #   haproxy     HAProxy for tests/e2e/test_haproxy.py (the packaged service is not started)
-#   load-tools  slowhttptest and wrk for tests/slow and bench/
+#   load-tools  slowhttptest and wrk for tests/slow and bench/; nginx (nginx-light where Debian still
+#               has it) as bench/stream.py's second reference (the packaged service is not started)
 #
 #   sh scripts/install-system-deps.sh [browser] [haproxy] [load-tools]   (default: all)
 #
@@ -20,6 +21,9 @@ for group in $GROUPS; do
         load-tools)
             command -v slowhttptest >/dev/null 2>&1 || missing="$missing slowhttptest"
             command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+            if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+                if apt-cache show nginx-light >/dev/null 2>&1; then missing="$missing nginx-light"; else missing="$missing nginx"; fi
+            fi
             ;;
         *) echo "install-system-deps: unknown group '$group' (browser, haproxy, load-tools)" >&2; exit 2 ;;
     esac
@@ -46,7 +50,7 @@ for package in $missing; do
         break
     fi
 done
-# policy-rc.d 101: no package may start its own service (haproxy would take :80); the
+# policy-rc.d 101: no package may start its own service (haproxy or nginx would take :80); the
 # tests start their own processes on loopback ports.
 POLICY=/usr/sbin/policy-rc.d
 CREATED_POLICY=""
