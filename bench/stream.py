@@ -127,6 +127,24 @@ def rss_mb(pid: int) -> float:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """
+    The CPU time (user + system) used so far by C{pid} and its descendants
+    alive now: on a shared machine a steadier figure of a relay's cost than
+    its latency.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for one in _tree(pid):
+        try:
+            with open(f"/proc/{one}/stat", encoding="ascii") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _tree(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -141,9 +159,17 @@ def _tree(pid: int) -> list[int]:
 
 
 class RssSampler:
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    """
+    The peak RSS of a process tree, and its CPU time used in the first
+    C{ramp} seconds (the streams' arrival).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2, ramp: float = 3.0) -> None:
         self.pid, self.interval = pid, interval
         self.peak = rss_mb(pid)
+        self.cpu_start = cpu_seconds(pid)
+        self.cpu_ramp = math.nan
+        self._ramp_end = time.monotonic() + ramp
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -151,6 +177,8 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_mb(self.pid))
+            if math.isnan(self.cpu_ramp) and time.monotonic() >= self._ramp_end:
+                self.cpu_ramp = cpu_seconds(self.pid) - self.cpu_start
 
     def stop(self) -> float:
         self._stop.set()
@@ -193,6 +221,7 @@ def many(relay: Relay, count: int, profile: str | None = None) -> dict[str, Any]
         check=False,
     )
     peak = sampler.stop() if sampler is not None else math.nan
+    cpu = cpu_seconds(relay.pid) - sampler.cpu_start if sampler is not None else math.nan
     health = prober.stop() if prober is not None else None
     if spy is not None:
         spy.wait(60)
@@ -201,6 +230,8 @@ def many(relay: Relay, count: int, profile: str | None = None) -> dict[str, Any]
     result: dict[str, Any] = json.loads(client.stdout)
     result["rss_before_mb"] = before
     result["rss_growth_mb"] = peak - before
+    result["cpu_s"] = cpu
+    result["cpu_ramp_s"] = sampler.cpu_ramp if sampler is not None else math.nan
     if health is not None:
         latencies = health["latencies_ms"]
         result["health_p99_ms"] = percentile(latencies, 99) if latencies else None
@@ -419,9 +450,9 @@ def print_relays(
     print(f"\n## stream: {count} streams over 2 s, every relay in one run (worst round; rounds in brackets)\n")
     print(
         "| relay | first item | completed | lag p50 | lag p99 | lag p99 vs bare proxy | vs nginx "
-        "| RSS growth | /api/health p99 | load avg |"
+        "| RSS growth | /api/health p99 | CPU s, ramp (3 s) | CPU s, all | load avg |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in relays:
         rounds = load[name]
 
@@ -440,7 +471,7 @@ def print_relays(
         print(
             f"| {LABELS[name]} | {first_text} | {done} | {each('lag_ms_p50')} ms | {each('lag_ms_p99')} ms "
             f"| {ratio(bare_lag, lag):.1f}x better | {ratio(lag, nginx_lag):.1f}x nginx's "
-            f"| {each('rss_growth_mb')} MB | {each('health_p99_ms')} ms "
+            f"| {each('rss_growth_mb')} MB | {each('health_p99_ms')} ms | {each('cpu_ramp_s', 2)} | {each('cpu_s', 2)} "
             f"| {loads} |"
         )
     sys.stdout.flush()

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import pytest
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
@@ -1056,6 +1058,25 @@ class MakeHttpClientTests(TestCase):
         secure = endpoints.endpointForURI(URI.fromBytes(b"https://n8n.test/webhook/chat"))
         self.assertNotIsInstance(secure, HostnameEndpoint)
         self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://n8n.test/x"))
+
+    @pytest.mark.xfail(strict=True, reason="every connection to an IP literal resolves it in a thread")
+    def test_ip_literal_webhooks_connect_without_name_resolution(self) -> None:
+        """
+        A webhook at an IP address (n8n on the same host or network) is
+        connected to directly: no name resolution in the thread pool and no
+        address racing for each of the many connections a burst of streams
+        opens.  A host name keeps the resolving endpoint.
+        """
+        reactor = MemoryReactorClock()
+        endpoints = Endpoints(reactor, 2.5)
+        four = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:5678/webhook/chat"))
+        six = endpoints.endpointForURI(URI.fromBytes(b"http://[::1]:5678/webhook/chat"))
+        self.assertIsInstance(four, TCP4ClientEndpoint)
+        self.assertIsInstance(six, TCP6ClientEndpoint)
+        four.connect(Factory.forProtocol(Protocol))
+        host, port, _, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
+        self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
 
     def test_connections_are_not_logged(self) -> None:
         """
