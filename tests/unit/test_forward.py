@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import pytest
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -1059,7 +1058,6 @@ class MakeHttpClientTests(TestCase):
         self.assertNotIsInstance(secure, HostnameEndpoint)
         self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://n8n.test/x"))
 
-    @pytest.mark.xfail(strict=True, reason="every connection to an IP literal resolves it in a thread")
     def test_ip_literal_webhooks_connect_without_name_resolution(self) -> None:
         """
         A webhook at an IP address (n8n on the same host or network) is
