@@ -13,8 +13,8 @@ with the same backend and the same load client:
  - C{bare proxy}: L{bench.reference_stream}, a bare twisted.web + treq proxy
    relaying each chunk as it arrives;
  - C{InkFlow}: one process, and C{InkFlow x2}: C{--workers 2};
- - C{baseline} (with C{--baseline DIR}): InkFlow from another checkout (an
-   A/B of a change in one run).
+ - C{baseline} (with C{--baseline DIR}, repeatable): InkFlow from another
+   checkout (an A/B of a change in one run).
 
 For each: the time to first item at one client (Connection: close,
 sequential), then C{--count} concurrent streams (default 2,000) started
@@ -27,10 +27,12 @@ proxy; C{--workers 2} no worse than one process; time to first item at most
 
 C{--profile FILE} records InkFlow (one process) with py-spy during the first
 ramp (C{pip install py-spy}): FILE.txt the collapsed stacks, FILE.top the
-heaviest functions by share.
+heaviest functions by share.  C{--gc-trace} records InkFlow's garbage
+collections (L{bench.gc_trace}) and shows their pauses in each ramp.  On a
+shared machine the CPU seconds each relay used are steadier than its lag.
 
     python -m bench.stream [--rounds 2] [--count 2000] [--first-items 200]
-        [--only direct,nginx,bare,inkflow,workers,baseline] [--baseline DIR] [--profile FILE]
+        [--only direct,nginx,bare,inkflow,workers] [--baseline DIR ...] [--profile FILE] [--gc-trace]
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench._common import (
+    BENCH as BENCH_DIR,
+)
 from bench._common import (
     HOST,
     PYTHON,
@@ -211,6 +216,7 @@ def many(relay: Relay, count: int, profile: str | None = None) -> dict[str, Any]
     sampler = RssSampler(relay.pid) if relay.pid is not None else None
     prober = Prober(relay.health_port, interval=0.1) if relay.health_port is not None else None
     spy = _py_spy(relay.pid, profile) if profile and relay.pid is not None else None
+    began = time.time()
     client = subprocess.run(
         [PYTHON, "-m", "bench.stream_client", "--url", relay.url(), "--count", str(count), "--ramp", "2"],
         capture_output=True,
@@ -232,6 +238,7 @@ def many(relay: Relay, count: int, profile: str | None = None) -> dict[str, Any]
     result["rss_growth_mb"] = peak - before
     result["cpu_s"] = cpu
     result["cpu_ramp_s"] = sampler.cpu_ramp if sampler is not None else math.nan
+    result["window"] = (began, time.time())
     if health is not None:
         latencies = health["latencies_ms"]
         result["health_p99_ms"] = percentile(latencies, 99) if latencies else None
@@ -356,7 +363,7 @@ def nginx(logs: Path, backend_port: int) -> Iterator[Proc | None]:
 
 # -- the run ---------------------------------------------------------------------------
 
-ALL = ("direct", "nginx", "bare", "inkflow", "workers", "baseline")
+ALL = ("direct", "nginx", "bare", "inkflow", "workers")
 LABELS = {
     "direct": "direct (no relay)",
     "nginx": "nginx, 1 worker",
@@ -372,8 +379,9 @@ def run(
     count: int = 2000,
     first_items: int = 200,
     only: tuple[str, ...] = ALL,
-    baseline: str | None = None,
+    baselines: tuple[str, ...] = (),
     profile: str | None = None,
+    gc_trace: bool = False,
 ) -> list[Row]:
     raise_fd_limit(max(16384, count * 4 + 1000))
     say(f"stream: first item at 1 client x{first_items}, then {count} concurrent streams (10 items 1 s apart)")
@@ -389,6 +397,7 @@ def run(
         ink_args += ("--max-concurrent", limits, "--queue-size", limits, "--max-connections", limits)
         ink_args += ("--attempt-timeout", "30", "--request-timeout", "60")
         relays: dict[str, Relay] = {}
+        servers: list[Proc] = []
         if "direct" in only:
             relays["direct"] = Relay("direct", backend.port, "/webhook/chat", None)
         if "nginx" in only:
@@ -398,17 +407,29 @@ def run(
         if "bare" in only:
             ref = stack.enter_context(module(logs, "reference_stream", "--backend", webhook, "--backlog", BACKLOG))
             relays["bare"] = Relay("bare", ref.port, "/api/chat", ref.pid)
+
+        def traced(name: str, tree: Path = REPO) -> dict[str, str]:
+            if not gc_trace:
+                return {"PYTHONPATH": str(tree)}
+            return {
+                "PYTHONPATH": f"{BENCH_DIR / 'gc_trace'}{os.pathsep}{tree}",
+                "BENCH_GC_TRACE": str(logs / f"gc-{name}"),
+            }
+
         if "inkflow" in only:
-            ink = stack.enter_context(inkflow_on_backlog(logs, ink_args))
+            ink = stack.enter_context(inkflow_on_backlog(logs, ink_args, traced("inkflow")))
+            servers.append(ink)
             relays["inkflow"] = Relay("inkflow", ink.port, "/api/chat", ink.pid, ink.port)
         if "workers" in only:
-            two = stack.enter_context(inkflow_on_backlog(logs, (*ink_args, "--workers", "2")))
+            two = stack.enter_context(inkflow_on_backlog(logs, (*ink_args, "--workers", "2"), traced("workers")))
+            servers.append(two)
             relays["workers"] = Relay("workers", two.port, "/api/chat", two.pid, two.port)
-        if baseline is not None and "baseline" in only:
-            tree = str(Path(baseline).resolve())
-            extra = {"PYTHONPATH": tree}
-            base = stack.enter_context(inkflow_on_backlog(logs, ink_args, extra))
-            relays["baseline"] = Relay("baseline", base.port, "/api/chat", base.pid, base.port)
+        for i, tree in enumerate(baselines):
+            name = "baseline" if i == 0 else f"baseline{i + 1}"
+            LABELS[name] = f"InkFlow @ {Path(tree).name}"
+            base = stack.enter_context(inkflow_on_backlog(logs, ink_args, traced(name, Path(tree).resolve())))
+            servers.append(base)
+            relays[name] = Relay(name, base.port, "/api/chat", base.pid, base.port)
         for relay in relays.values():
             first_item_ms(relay.port, relay.path, 20)  # warm-up
         for r in range(rounds):
@@ -424,12 +445,45 @@ def run(
                 load[name].append(result)
                 say(f"  round {r + 1} {name} x{count}: {json.dumps(result)}")
                 time.sleep(1.0)  # let closed connections go
+        if gc_trace:
+            for server in servers:
+                server.stop()  # each writes its trace at exit
+            for name, rounds_done in load.items():
+                for result in rounds_done:
+                    result.update(gc_in(logs, name, result["window"]))
     if profile and Path(f"{profile}.txt").exists():
         top = profile_top(f"{profile}.txt")
         Path(f"{profile}.top").write_text(top + "\n", "utf-8")
         say(f"  profile: {profile}.txt, {profile}.top")
     print_relays(relays, first, load, count)
     return goal_rows(first, load, count)
+
+
+def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0) -> dict[str, Any]:
+    """
+    The garbage collections a server (and its workers) made during one run:
+    in its ramp (the first C{ramp} seconds) and in all, their total and
+    longest pause in ms.
+    """
+    events: list[tuple[float, int, float]] = []
+    for path in logs.glob(f"gc-{name}-*.txt"):
+        for line in path.read_text("ascii").splitlines():
+            at, generation, ms = line.split()
+            events.append((float(at), int(generation), float(ms)))
+    if not events:
+        return {}
+    began, ended = window
+    ramp_pauses = [ms for at, _, ms in events if began <= at < began + ramp]
+    all_pauses = [ms for at, _, ms in events if began <= at < ended]
+    full = [ms for at, gen, ms in events if began <= at < ended and gen == 2]
+    return {
+        "gc_ramp_ms": sum(ramp_pauses),
+        "gc_ramp_max_ms": max(ramp_pauses, default=0.0),
+        "gc_ms": sum(all_pauses),
+        "gc_max_ms": max(all_pauses, default=0.0),
+        "gc_count": len(all_pauses),
+        "gc_full": len(full),
+    }
 
 
 def _worst(rounds: list[dict[str, Any]], key: str) -> float:
@@ -450,9 +504,9 @@ def print_relays(
     print(f"\n## stream: {count} streams over 2 s, every relay in one run (worst round; rounds in brackets)\n")
     print(
         "| relay | first item | completed | lag p50 | lag p99 | lag p99 vs bare proxy | vs nginx "
-        "| RSS growth | /api/health p99 | CPU s, ramp (3 s) | CPU s, all | load avg |"
+        "| RSS growth | /api/health p99 | CPU s, ramp (3 s) | CPU s, all | GC ms in ramp (longest) | load avg |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in relays:
         rounds = load[name]
 
@@ -472,6 +526,7 @@ def print_relays(
             f"| {LABELS[name]} | {first_text} | {done} | {each('lag_ms_p50')} ms | {each('lag_ms_p99')} ms "
             f"| {ratio(bare_lag, lag):.1f}x better | {ratio(lag, nginx_lag):.1f}x nginx's "
             f"| {each('rss_growth_mb')} MB | {each('health_p99_ms')} ms | {each('cpu_ramp_s', 2)} | {each('cpu_s', 2)} "
+            f"| {each('gc_ramp_ms', 0)} ({each('gc_ramp_max_ms', 0)}) "
             f"| {loads} |"
         )
     sys.stdout.flush()
@@ -579,12 +634,16 @@ def main() -> None:
         p.add_argument("--count", type=int, default=2000, help="concurrent streams")
         p.add_argument("--first-items", type=int, default=200, help="requests per first-item measurement")
         p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
-        p.add_argument("--baseline", default=None, help="a checkout whose InkFlow is measured too (A/B)")
+        p.add_argument(
+            "--baseline", action="append", default=[], help="a checkout whose InkFlow is measured too (A/B; repeatable)"
+        )
+        p.add_argument("--gc-trace", action="store_true", help="InkFlow's garbage collections in each run")
         p.add_argument("--profile", default=None, help="py-spy InkFlow's first ramp into FILE.txt / FILE.top")
 
     args = arguments(__doc__ or "", extra)
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-    print_rows("stream", run(args.rounds, args.count, args.first_items, only, args.baseline, args.profile))
+    rows = run(args.rounds, args.count, args.first_items, only, tuple(args.baseline), args.profile, args.gc_trace)
+    print_rows("stream", rows)
 
 
 if __name__ == "__main__":
