@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import pytest
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -1075,6 +1076,32 @@ class MakeHttpClientTests(TestCase):
         host, port, _, timeout, _ = reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
         self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
+
+    @pytest.mark.xfail(strict=True, reason="the agent parses the URL on every request")
+    def test_agent_parses_each_webhook_url_once(self) -> None:
+        """
+        The n8n agent parses a webhook URL on its first request only; every
+        request still goes to that URL's host and port with its path, and a
+        URL of another scheme is still refused.
+        """
+        reactor = MemoryReactorClock()
+        client, _ = make_http_client(reactor, settings())
+        agent = client._agent
+        parsed: list[bytes] = []
+        original = URI.fromBytes
+
+        def counting(uri: bytes, defaultPort: int | None = None) -> URI:
+            parsed.append(uri)
+            return original(uri, defaultPort)
+
+        self.patch(URI, "fromBytes", staticmethod(counting))
+        url = b"http://127.0.0.1:5678/webhook/chat?x=1"
+        for _ in range(3):
+            agent.request(b"POST", url, Headers({b"Host": [b"127.0.0.1:5678"]}))
+        self.assertEqual(parsed, [url])
+        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 5678)] * 3)
+        refused = agent.request(b"POST", b"ftp://127.0.0.1/x")
+        self.failureResultOf(refused, SchemeNotSupported)
 
     def test_connections_are_not_logged(self) -> None:
         """
