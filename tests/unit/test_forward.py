@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import pytest
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -1077,7 +1076,6 @@ class MakeHttpClientTests(TestCase):
         self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
         self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
 
-    @pytest.mark.xfail(strict=True, reason="the agent parses the URL on every request")
     def test_agent_parses_each_webhook_url_once(self) -> None:
         """
         The n8n agent parses a webhook URL on its first request only; every
