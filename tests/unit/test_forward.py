@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import pytest
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -53,6 +54,7 @@ from inkflow.n8n.client import (
     ForwardResult,
     make_http_client,
 )
+from inkflow.n8n.names import RESOLUTION_TTL
 from inkflow.n8n.pool import Endpoints
 from inkflow.settings import Settings
 
@@ -1075,6 +1077,35 @@ class MakeHttpClientTests(TestCase):
         host, port, _, timeout, _ = reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
         self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
+
+    @pytest.mark.xfail(strict=True, reason="every new connection to a host-name webhook resolves the name")
+    def test_host_name_webhook_is_resolved_once_per_few_seconds(self) -> None:
+        """
+        A webhook at a host name (C{localhost}, a container's name) is
+        resolved once and its addresses reused for a few seconds: a burst of
+        streams opens a new n8n connection each, and each resolution was a
+        hand-off to the thread pool.  After the few seconds it is resolved
+        again (a container may come back at a new address).
+        """
+        reactor = MemoryReactorClock()
+        asked: list[str] = []
+        real = reactor.nameResolver
+
+        class Counting:
+            def resolveHostName(self, receiver: Any, hostName: str, *args: Any, **kwargs: Any) -> Any:
+                asked.append(hostName)
+                return real.resolveHostName(receiver, hostName, *args, **kwargs)
+
+        reactor.nameResolver = Counting()  # type: ignore[assignment]
+        endpoint = Endpoints(reactor, 2.5).endpointForURI(URI.fromBytes(URL_A.encode()))
+        for _ in range(3):
+            endpoint.connect(Factory.forProtocol(Protocol))
+        reactor.advance(1)  # HostnameEndpoint's first attempt
+        self.assertEqual(asked, ["n8n-a.test"])
+        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 5678)] * 3)
+        reactor.advance(RESOLUTION_TTL)
+        endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(asked, ["n8n-a.test"] * 2)
 
     def test_agent_parses_each_webhook_url_once(self) -> None:
         """
