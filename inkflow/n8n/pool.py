@@ -31,6 +31,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResp
 from zope.interface import implementer
 
 from inkflow import __version__
+from inkflow.n8n.names import with_resolver
 from inkflow.settings import Settings
 
 __all__ = [
@@ -92,6 +93,9 @@ class Endpoints:
     C{HostnameEndpoint} resolves even an IP literal in the reactor's thread
     pool and races its addresses on a timer for every new connection, the
     largest cost of a new stream while a thousand a second arrive (issue 24).
+    A host name keeps C{HostnameEndpoint} (every address it resolves to is
+    tried), over a resolver that reuses each answer for a few seconds
+    (L{inkflow.n8n.names}).
     """
 
     def __init__(self, reactor: Any, connect_timeout: float) -> None:
@@ -99,6 +103,7 @@ class Endpoints:
         self._connect_timeout = connect_timeout
         self._tls = BrowserLikePolicyForHTTPS()
         self._built: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+        self._resolving: Any = None
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -117,7 +122,10 @@ class Endpoints:
         elif isIPv6Address(host):
             endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
         else:
-            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
+            # A host name: resolved once per few seconds, not per connection.
+            if self._resolving is None:
+                self._resolving = with_resolver(self._reactor)
+            endpoint = HostnameEndpoint(self._resolving, host, uri.port, timeout=self._connect_timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint

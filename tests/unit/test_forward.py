@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import pytest
 from treq.client import HTTPClient
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IAddress, IHostnameResolver, IResolutionReceiver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
@@ -54,7 +55,7 @@ from inkflow.n8n.client import (
     ForwardResult,
     make_http_client,
 )
-from inkflow.n8n.names import RESOLUTION_TTL
+from inkflow.n8n.names import RESOLUTION_TTL, CachingResolver
 from inkflow.n8n.pool import Endpoints
 from inkflow.settings import Settings
 
@@ -1078,7 +1079,6 @@ class MakeHttpClientTests(TestCase):
         self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
         self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
 
-    @pytest.mark.xfail(strict=True, reason="every new connection to a host-name webhook resolves the name")
     def test_host_name_webhook_is_resolved_once_per_few_seconds(self) -> None:
         """
         A webhook at a host name (C{localhost}, a container's name) is
@@ -1106,6 +1106,56 @@ class MakeHttpClientTests(TestCase):
         reactor.advance(RESOLUTION_TTL)
         endpoint.connect(Factory.forProtocol(Protocol))
         self.assertEqual(asked, ["n8n-a.test"] * 2)
+
+    def test_resolver_reuses_an_answer_only_while_fresh_and_never_a_failure(self) -> None:
+        """
+        The caching resolver hands every receiver the addresses, began and
+        complete, from its own lookup or the remembered one; an empty answer
+        (a failed lookup) is asked again next time; another port is another
+        lookup.
+        """
+        clock = Clock()
+        answers: dict[str, list[IPv4Address]] = {"n8n": [IPv4Address("TCP", "10.0.0.7", 5678)], "gone": []}
+        asked: list[tuple[str, int]] = []
+
+        @implementer(IHostnameResolver)
+        class Fake:
+            def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, *rest: Any) -> Any:
+                asked.append((hostName, portNumber))
+                receiver.resolutionBegan(None)
+                for address in answers[hostName]:
+                    receiver.addressResolved(address)
+                receiver.resolutionComplete()
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def __init__(self) -> None:
+                self.events: list[str] = []
+
+            def resolutionBegan(self, resolution: Any) -> None:
+                self.events.append("began")
+
+            def addressResolved(self, address: IAddress) -> None:
+                assert isinstance(address, IPv4Address)
+                self.events.append(address.host)
+
+            def resolutionComplete(self) -> None:
+                self.events.append("complete")
+
+        resolver = CachingResolver(Fake(), clock, ttl=5.0)
+        receivers = [Receiver() for _ in range(6)]
+        resolver.resolveHostName(receivers[0], "n8n", 5678)
+        clock.advance(4.9)
+        resolver.resolveHostName(receivers[1], "n8n", 5678)
+        resolver.resolveHostName(receivers[2], "n8n", 80)
+        clock.advance(0.2)
+        resolver.resolveHostName(receivers[3], "n8n", 5678)
+        resolver.resolveHostName(receivers[4], "gone", 5678)
+        resolver.resolveHostName(receivers[5], "gone", 5678)
+        self.assertEqual(asked, [("n8n", 5678), ("n8n", 80), ("n8n", 5678), ("gone", 5678), ("gone", 5678)])
+        for receiver in receivers[:4]:
+            self.assertEqual(receiver.events, ["began", "10.0.0.7", "complete"])
+        self.assertEqual(receivers[5].events, ["began", "complete"])
 
     def test_agent_parses_each_webhook_url_once(self) -> None:
         """
