@@ -33,6 +33,7 @@ shared machine the CPU seconds each relay used are steadier than its lag.
 
     python -m bench.stream [--rounds 2] [--count 2000] [--first-items 200]
         [--only direct,nginx,bare,inkflow,workers] [--baseline DIR ...] [--profile FILE] [--gc-trace]
+        [--webhook-host localhost]
 """
 
 from __future__ import annotations
@@ -382,6 +383,7 @@ def run(
     baselines: tuple[str, ...] = (),
     profile: str | None = None,
     gc_trace: bool = False,
+    webhook_host: str = "",
 ) -> list[Row]:
     raise_fd_limit(max(16384, count * 4 + 1000))
     say(f"stream: first item at 1 client x{first_items}, then {count} concurrent streams (10 items 1 s apart)")
@@ -393,6 +395,8 @@ def run(
         logs = stack.enter_context(logdir())
         backend = stack.enter_context(module(logs, "stream_backend", "--backlog", BACKLOG))
         webhook = backend.url("/webhook/chat")
+        if webhook_host:
+            webhook = webhook.replace(f"//{HOST}:", f"//{webhook_host}:")
         ink_args = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
         ink_args += ("--max-concurrent", limits, "--queue-size", limits, "--max-connections", limits)
         ink_args += ("--attempt-timeout", "30", "--request-timeout", "60")
@@ -635,11 +639,25 @@ def main() -> None:
             "--baseline", action="append", default=[], help="a checkout whose InkFlow is measured too (A/B; repeatable)"
         )
         p.add_argument("--gc-trace", action="store_true", help="InkFlow's garbage collections in each run")
+        p.add_argument(
+            "--webhook-host",
+            default="",
+            help="the relays reach the backend by this name (e.g. localhost), not 127.0.0.1",
+        )
         p.add_argument("--profile", default=None, help="py-spy InkFlow's first ramp into FILE.txt / FILE.top")
 
     args = arguments(__doc__ or "", extra)
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-    rows = run(args.rounds, args.count, args.first_items, only, tuple(args.baseline), args.profile, args.gc_trace)
+    rows = run(
+        args.rounds,
+        args.count,
+        args.first_items,
+        only,
+        tuple(args.baseline),
+        args.profile,
+        args.gc_trace,
+        args.webhook_host,
+    )
     print_rows("stream", rows)
 
 
