@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import overload, proxy, soak, startup, static, stream, uploads, workers
+from bench import overload, proxy, shared_state, soak, startup, static, stream, uploads, workers
 from bench._common import REPO, Row, print_rows, say, table
 
 START = "<!-- bench:results:start (written by `python -m bench`; edit outside these markers) -->"
@@ -27,7 +27,7 @@ HEADER = """# Benchmarks
 How InkFlow compares with simple references measured in the same run (machines are noisy: compare the
 ratios, not the absolute figures).  Run `python -m bench` from the repository root (about 5 minutes; it
 needs `wrk`); each benchmark also runs alone: `python -m bench.uploads`, `bench.overload`, `bench.static`,
-`bench.proxy`, `bench.startup`, `bench.workers`, `bench.soak`.  Everything listens on 127.0.0.1 only.
+`bench.proxy`, `bench.startup`, `bench.workers`, `bench.soak`, `bench.shared_state`.  Everything listens on 127.0.0.1 only.
 
 """
 
@@ -84,7 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per measurement (at least 2)")
     parser.add_argument(
-        "--only", default="", help="comma-separated subset: uploads,overload,static,proxy,startup,workers,soak,stream"
+        "--only",
+        default="",
+        help="comma-separated subset: uploads,overload,static,proxy,startup,workers,soak,stream,shared_state",
     )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -99,6 +101,7 @@ def main() -> None:
         "workers": lambda: workers.run(rounds),
         "soak": lambda: soak.run(),
         "stream": lambda: stream.run(rounds, count=500),
+        "shared_state": lambda: shared_state.run(rounds),
     }
     chosen = [b.strip() for b in args.only.split(",") if b.strip()] or list(benches)
     unknown = set(chosen) - set(benches)

@@ -10,7 +10,16 @@ read from the server's own C{/api/health} every 0.25 s; and a probe client
 that sends C{GET /} on a new connection ten times, once a second, during the
 attack (answered = HTTP 200 within 3 s).
 
-    python -m bench.attack [--cap 45]
+    python -m bench.attack [--cap 45] [--only TEXT] [--server-arg ARG ...] [--websocket-only]
+
+C{--only} runs the classes whose name holds TEXT; C{--server-arg} adds an
+option to the server (e.g. C{--server-arg=--max-connections-per-ip=0} for
+the figures without the per-address cap).  Classes that must not share the
+rate-limit bucket of the others connect from their own loopback address
+(127.0.0.5 and up: Linux routes all of 127/8 to loopback).
+
+The C{/chat} WebSocket classes (a 64 MiB message, an upgrade burst, a ping
+flood) are in L{bench.attack_websocket}.
 
 Bounded: every class ends when the server has let every attack socket go,
 or after C{--cap} seconds; everything listens on 127.0.0.1 only.
@@ -29,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import attack_websocket
 from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, say
 
 MB = 1024 * 1024
@@ -36,13 +46,36 @@ BIG = "big.bin"  # 2 MB: cached in memory
 HUGE = "huge.bin"  # 6 MB: over the cache limit, streamed from disk
 
 
-def connect(port: int, rcvbuf: int | None = None) -> socket.socket:
+def connect(port: int, rcvbuf: int | None = None, source: str | None = None) -> socket.socket:
     s = socket.socket()
     if rcvbuf is not None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source is not None:
+        s.bind((source, 0))
     s.settimeout(5)
     s.connect((HOST, port))
     return s
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One whole response (head and a Content-Length body); b"" when the server closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def head(port: int, method: str, path: str, *headers: str) -> bytes:
@@ -79,14 +112,19 @@ class Outcome:
     still_open: bool = False
     rss_mb: float = 0.0
     upload_mb: float = 0.0
+    upload_left: int = 0
     probes_ok: int = 0
     probes_answered: int = 0
     probes: int = 0
     notes: list[str] = field(default_factory=list)
 
 
+#: The probe's address: another visitor than the attacks (which come from 127.0.0.1, or their own).
+PROBE_SOURCE = "127.0.0.2"
+
+
 class Probe(threading.Thread):
-    """Ten C{GET /}, one a second, each on a new connection."""
+    """Ten C{GET /}, one a second, each on a new connection from L{PROBE_SOURCE}."""
 
     def __init__(self, port: int, count: int = 10) -> None:
         super().__init__(daemon=True)
@@ -96,7 +134,7 @@ class Probe(threading.Thread):
         for _ in range(self.count):
             started = time.monotonic()
             try:
-                s = connect(self.port)
+                s = connect(self.port, source=PROBE_SOURCE)
                 s.settimeout(3)
                 s.sendall(head(self.port, "GET", "/", "Connection: close"))
                 status = s.recv(12)
@@ -300,6 +338,154 @@ def hostile_json(port: int, n: int) -> list[socket.socket]:
 
 JSON_NOTES: list[str] = []
 
+
+# --- issue 21: early exits of a spooled body; one address holding sockets ----------------------
+
+ORPHAN_FILE = 5 * MB
+
+
+def _chat_upload(content: bytes = b"a" * ORPHAN_FILE, files: int = 2, boundary: str = "zz") -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\nhi\r\n'.encode()]
+    for i in range(files):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="f{i}.txt"\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def _send_upload(
+    port: int,
+    source: str,
+    *headers: str,
+    method: str = "POST",
+    body: bytes | None = None,
+    host: bytes | None = None,
+    cut: bool = False,
+) -> str:
+    """
+    One multipart chat of two 5 MB files (or C{body}) from C{source}; its
+    status (or "closed").  C{cut}: send half the body and leave.
+    """
+    body = _chat_upload() if body is None else body
+    lines = [f"{method} /api/chat HTTP/1.1".encode(), b"Host: " + (host or f"{HOST}:{port}".encode())]
+    lines += [h.encode() for h in headers]
+    lines += [b"Content-Type: multipart/form-data; boundary=zz", f"Content-Length: {len(body)}".encode()]
+    lines.append(b"Connection: close")
+    s = connect(port, source=source)
+    try:
+        s.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        if cut:
+            s.sendall(body[: len(body) // 2])
+            time.sleep(0.3)
+            return "left mid-body"
+        with contextlib.suppress(OSError):
+            s.sendall(body)
+        answer = read_response(s)
+        return answer[9:12].decode() if answer else "closed"
+    finally:
+        s.close()
+
+
+def orphaned_uploads(port: int, n: int) -> list[socket.socket]:
+    """
+    Multipart chats (2 x 5 MB) that end anywhere but an answered chat: an
+    C{Upgrade: websocket} (404), a Host that is not UTF-8 (400), an invalid
+    C{Idempotency-Key} (400), a replayed key and a reused one with other
+    bytes (422), a file type not allowed (415), a chunked body over the
+    limit (413), a client leaving mid-body, C{PUT} (405), a foreign Origin
+    (403), over the rate limit (429) and over the per-address cap (503);
+    C{n} rounds.  What counts is the bytes left in C{--upload-dir} after.
+    """
+    answers: list[str] = []
+    exe = b"MZ" + b"\x00" * (ORPHAN_FILE - 2)
+    for round_ in range(n):
+        src = f"127.0.0.{5 + round_ * 4}"
+        key = f"orphan-{round_}"
+        answers.append(_send_upload(port, src, "Upgrade: websocket", "Connection: Upgrade"))
+        answers.append(_send_upload(port, src, host=b"x\xff.example"))
+        answers.append(_send_upload(port, src, "Idempotency-Key: not a key"))
+        answers.append(_send_upload(port, src, f"Idempotency-Key: {key}"))
+        answers.append(_send_upload(port, src, f"Idempotency-Key: {key}"))
+        answers.append(_send_upload(port, src, f"Idempotency-Key: {key}", body=_chat_upload(b"b" * ORPHAN_FILE)))
+        answers.append(_send_upload(port, src, body=_chat_upload(exe, files=1)))
+        answers.append(_send_upload(port, src, cut=True))
+        answers.append(_send_upload(port, src, method="PUT"))
+        answers.append(_send_upload(port, src, "Origin: https://evil.example"))
+        # A chunked body over --max-body-size: refused while streaming.
+        s = connect(port, source=src)
+        s.sendall(head(port, "POST", "/api/chat", "Content-Type: multipart/form-data; boundary=zz",
+                       "Transfer-Encoding: chunked", "Connection: close"))  # fmt: skip
+        big = _chat_upload(b"c" * (10 * MB + 1), files=1)
+        with contextlib.suppress(OSError):
+            for i in range(0, len(big), MB):
+                chunk = big[i : i + MB]
+                s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        answers.append((read_response(s)[9:12] or b"closed").decode())
+        s.close()
+        # Over the rate limit (30 a minute): small chats from a fresh address until 429, then an upload.
+        rate_src = f"127.0.0.{6 + round_ * 4}"
+        for _ in range(31):
+            _send_upload(port, rate_src, body=_chat_upload(b"d", files=0))
+        answers.append(_send_upload(port, rate_src))
+        # Over --max-connections-per-ip: silent sockets from one address, then an upload from it.
+        cap_src = f"127.0.0.{7 + round_ * 4}"
+        held = []
+        with contextlib.suppress(OSError):
+            for _ in range(60):
+                held.append(connect(port, source=cap_src))
+        answers.append(_send_upload(port, cap_src))
+        for h in held:
+            h.close()
+    counts = {k: answers.count(k) for k in sorted(set(answers))}
+    ORPHAN_NOTES.append("answers: " + ", ".join(f"{v} x {k}" for k, v in counts.items()))
+    return []
+
+
+ORPHAN_NOTES: list[str] = []
+
+
+def socket_hold(port: int, n: int) -> list[socket.socket]:
+    """
+    C{n} kept-alive sockets from one address (127.0.0.20), each asking
+    C{GET /} every 3 s for 15 s: the sockets it may hold are held the whole
+    time, the others are refused; the probe (another address) is served.
+    """
+    socks: list[socket.socket] = []
+    with contextlib.suppress(OSError):
+        for _ in range(n):
+            socks.append(connect(port, source="127.0.0.20"))
+    statuses: dict[str, int] = {}
+    alive = list(socks)
+    stop = time.monotonic() + 15
+    while alive and time.monotonic() < stop:
+        for s in list(alive):
+            try:
+                s.sendall(head(port, "GET", "/"))
+                answer = read_response(s)
+            except OSError:
+                answer = b""
+            status = answer[9:12].decode() or "closed"
+            if b"too_many_connections_from_address" in answer:
+                status += " per-address"
+            elif b'"busy"' in answer:
+                status += " busy"
+            statuses[status] = statuses.get(status, 0) + 1
+            if not status.startswith("200"):
+                alive.remove(s)
+        time.sleep(3)
+    HOLD_NOTES.append(
+        f"{len(alive)} sockets still served after 15 s; answers: "
+        + ", ".join(f"{v} x {k}" for k, v in sorted(statuses.items()))
+    )
+    for s in socks:
+        s.close()
+    return []
+
+
+HOLD_NOTES: list[str] = []
+
 #: name, attack, sockets, what a client can do now
 CLASSES: list[tuple[str, Callable[[int, int], list[socket.socket]], int, str]] = [
     ("stalled chunked body", stalled_chunked, 6, "hold a place for --body-timeout (10 s), then 408"),
@@ -308,11 +494,18 @@ CLASSES: list[tuple[str, Callable[[int, int], list[socket.socket]], int, str]] =
     ("body trickle, 1 byte / 4 s", trickle, 6, "cut once behind 64 KiB/s after the 10 s grace"),
     ("header slowloris, 1 byte / 4 s", header_slowloris, 6, "--header-timeout (10 s), then 408"),
     ("never reads, 50 pipelined GETs of 2 MB", never_reads, 2, "one answer buffered; aborted after --write-timeout"),
-    ("idle flood, 60 sockets (limit 50)", idle_flood, 60, "over the limit: 503 busy after 1 s; the rest 10 s"),
+    ("idle flood, 60 sockets (limit 50)", idle_flood, 60, "12 (per address) for 10 s; the rest 503 after 1 s"),
     ("12 spellings of a 6 MB file", spellings, 1, "streamed from disk, nothing kept"),
     ("40 uploads of 5 MB over the rate limit", rate_limited_uploads, 1, "429 from the head, no body byte read"),
     ("cross-site multipart chats", cross_site, 6, "403 forbidden_origin from the head"),
     ("hostile JSON and paths", hostile_json, 1, "400 / 404, never a 500"),
+    ("orphaned uploads: multipart chats ended by an early exit", orphaned_uploads, 2, "0 bytes left in --upload-dir"),
+    (
+        "socket hold from one address while another client is served",
+        socket_hold,
+        60,
+        "--max-connections-per-ip (12) held; the rest 503; probe served",
+    ),
 ]
 
 
@@ -352,17 +545,18 @@ def run_class(
     out.seconds = last_busy - started
     out.rss_mb = (peak_rss - rss0) / MB
     out.upload_mb = peak_upload / MB
+    out.upload_left = dir_bytes(uploads)
     out.probes_ok, out.probes_answered, out.probes = probe.ok, probe.answered, probe.count
-    out.notes = RATE_NOTES + CROSS_NOTES + JSON_NOTES
-    RATE_NOTES.clear()
-    CROSS_NOTES.clear()
-    JSON_NOTES.clear()
+    out.notes = RATE_NOTES + CROSS_NOTES + JSON_NOTES + ORPHAN_NOTES + HOLD_NOTES
+    for notes in (RATE_NOTES, CROSS_NOTES, JSON_NOTES, ORPHAN_NOTES, HOLD_NOTES):
+        notes.clear()
     time.sleep(1)
     return out
 
 
-def run(cap: float = 45.0) -> list[Row]:
-    say(f"attack: {len(CLASSES)} classes against the default configuration, each capped at {cap:g} s")
+def run(cap: float = 45.0, only: str = "", server_args: tuple[str, ...] = ()) -> list[Row]:
+    classes = [c for c in CLASSES if only in c[0]]
+    say(f"attack: {len(classes)} classes against the default configuration, each capped at {cap:g} s")
     rows = []
     with logdir() as logs:
         static = logs / "static"
@@ -371,12 +565,12 @@ def run(cap: float = 45.0) -> list[Row]:
         (static / HUGE).write_bytes(os.urandom(6 * MB))
         uploads = logs / "uploads"
         uploads.mkdir(mode=0o700)
-        with inkflow(logs, "--upload-dir", str(uploads), "--static-dir", str(static)) as server:
-            for name, attack, n, can in CLASSES:
+        with inkflow(logs, "--upload-dir", str(uploads), "--static-dir", str(static), *server_args) as server:
+            for name, attack, n, can in classes:
                 say(f" {name}")
                 o = run_class(server, uploads, name, attack, n, cap)
                 held = f"{o.held_max} held, {'still open after' if o.still_open else 'all let go within'} {o.seconds:.1f} s"
-                cost = f"{held}; RSS +{o.rss_mb:.1f} MB; uploads peak {o.upload_mb:.1f} MB"
+                cost = f"{held}; RSS +{o.rss_mb:.1f} MB; uploads peak {o.upload_mb:.1f} MB, left {o.upload_left} B"
                 rows.append(
                     Row(
                         "attack",
@@ -385,7 +579,7 @@ def run(cap: float = 45.0) -> list[Row]:
                         can,
                         "—",
                         "probe 10/10, seconds and KB",
-                        o.probes_answered == o.probes and not o.still_open,
+                        o.probes_answered == o.probes and not o.still_open and o.upload_left == 0,
                         note=f"probe answered {o.probes_answered}/{o.probes} (200: {o.probes_ok})"
                         + (f"; {'; '.join(o.notes)}" if o.notes else ""),
                     )
@@ -408,9 +602,15 @@ def run(cap: float = 45.0) -> list[Row]:
 def main() -> None:
     def extra(p: object) -> None:
         p.add_argument("--cap", type=float, default=45.0, help="seconds per class at most")  # type: ignore[attr-defined]
+        p.add_argument("--only", default="", help="run the classes whose name holds this text")  # type: ignore[attr-defined]
+        p.add_argument("--server-arg", action="append", default=[], help="an extra server option")  # type: ignore[attr-defined]
+        p.add_argument(  # type: ignore[attr-defined]
+            "--websocket-only", action="store_true", help="only the /chat WebSocket classes (bench.attack_websocket)"
+        )
 
     args = arguments(__doc__ or "", extra)
-    print_rows("attack", run(args.cap))
+    rows = [] if args.websocket_only else run(args.cap, args.only, tuple(args.server_arg))
+    print_rows("attack", (rows + attack_websocket.run(args.cap)) if not args.only else rows)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,17 @@ def run(rounds: int = 2, duration: float = 10, clients: int = CLIENTS) -> list[R
     with logdir() as logs, fake_n8n(logs, delay=BACKEND_DELAY) as fake:
         webhook = fake.url("/webhook/chat")
         with (
-            inkflow(logs, "--max-connections", str(LIMIT), "--rate-limit", "0", "--webhook", webhook) as server,
+            inkflow(
+                logs,
+                "--max-connections",
+                str(LIMIT),
+                "--max-connections-per-ip",
+                "0",
+                "--rate-limit",
+                "0",
+                "--webhook",
+                webhook,
+            ) as server,
             module(logs, "naive_limit", "--backend", webhook, "--limit", str(LIMIT)) as reference,
         ):
             for r in range(rounds):

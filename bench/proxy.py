@@ -70,7 +70,16 @@ def run(rounds: int = 2, duration: float = 10, latency_duration: float = 4) -> l
     with logdir() as logs, module(logs, "fast_backend") as backend:
         webhook = backend.url("/webhook/chat")
         ink_args = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
-        ink_args += ("--max-concurrent", "100", "--queue-size", "100", "--max-connections", "200")
+        ink_args += (
+            "--max-concurrent",
+            "100",
+            "--queue-size",
+            "100",
+            "--max-connections",
+            "200",
+            "--max-connections-per-ip",
+            "0",
+        )
         with (
             inkflow(logs, *ink_args) as ink,
             module(logs, "reference_proxy", "--backend", webhook) as reference,

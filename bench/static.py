@@ -46,8 +46,8 @@ def run(rounds: int = 2, duration: float = 10) -> list[Row]:
         running("twistd-web", twistd_web, logs) as reference,
         # Headroom over wrk's 50 connections: twistd web has no limit, and a connection wrk
         # closes and reopens can briefly count twice against InkFlow's.
-        inkflow(logs, "--max-connections", "200") as ink,
-        inkflow(logs, "--max-connections", "200", "--access-log", "false") as quiet,
+        inkflow(logs, "--max-connections", "200", "--max-connections-per-ip", "0") as ink,
+        inkflow(logs, "--max-connections", "200", "--max-connections-per-ip", "0", "--access-log", "false") as quiet,
     ):
         servers = {"twistd web": reference, "InkFlow": ink, "InkFlow, no access log": quiet}
         for name, server in servers.items():

@@ -398,7 +398,16 @@ def run(
         if webhook_host:
             webhook = webhook.replace(f"//{HOST}:", f"//{webhook_host}:")
         ink_args = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
-        ink_args += ("--max-concurrent", limits, "--queue-size", limits, "--max-connections", limits)
+        ink_args += (
+            "--max-concurrent",
+            limits,
+            "--queue-size",
+            limits,
+            "--max-connections",
+            limits,
+            "--max-connections-per-ip",
+            "0",
+        )
         ink_args += ("--attempt-timeout", "30", "--request-timeout", "60")
         relays: dict[str, Relay] = {}
         if "direct" in only:

@@ -31,7 +31,7 @@ def run(rounds: int = 2, duration: float = 10) -> list[Row]:
     if not have_wrk():
         raise SystemExit("wrk is not installed (sh scripts/install-system-deps.sh load-tools)")
     say(f"workers: GET / with wrk -t2 -c100 -d{duration:g}s, 1 process vs --workers 2, {rounds} rounds interleaved")
-    common = ("--access-log", "false", "--max-connections", "400")
+    common = ("--access-log", "false", "--max-connections", "400", "--max-connections-per-ip", "0")
     results: dict[str, list[float]] = {"1 process": [], "2 workers": []}
     errors = 0
     with logdir() as logs, inkflow(logs, *common) as one, inkflow(logs, *common, "--workers", "2") as two:

@@ -44,12 +44,15 @@ class UploadedFile:
     @ivar filename: the sanitised name (Hebrew kept; no path parts).
     @ivar content_type: the type detected from the bytes.
     @ivar size: bytes.
+    @ivar sha256: the hex SHA-256 of the bytes, computed while they were
+        spooled (for the idempotency fingerprint); empty when not known.
     """
 
     path: str
     filename: str
     content_type: str
     size: int
+    sha256: str = ""
 
 
 @dataclass

@@ -44,6 +44,11 @@ MESSAGES: dict[str, tuple[int, str, str]] = {
     "internal_error": (500, "אירעה שגיאה פנימית.", "An internal error occurred."),
     "upstream_error": (502, "שירות הצ'אט אינו זמין כרגע.", "The chat service is unavailable right now."),
     "busy": (503, "השרת עמוס כרגע. נסו שוב בעוד רגע.", "The server is busy. Please try again shortly."),
+    "too_many_connections_from_address": (
+        503,
+        "נפתחו יותר מדי חיבורים מהכתובת שלכם. סגרו לשוניות פתוחות או נסו שוב בעוד רגע.",
+        "Too many connections are open from your address. Close other tabs or try again shortly.",
+    ),
     "upstream_timeout": (504, "שירות הצ'אט לא הגיב בזמן.", "The chat service did not answer in time."),
 }
 

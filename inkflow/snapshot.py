@@ -4,7 +4,7 @@ The shape of the health snapshot: one definition of each part, as TypedDicts.
 Produced by the chat queue (L{QueueSnapshot}), each webhook URL's breaker
 (L{BreakerSnapshot}, L{UpstreamSnapshot}), the cleanup loop
 (L{CleanupSnapshot}) and the process reader (L{ProcessSnapshot}); put
-together by L{inkflow.server.health.build_health} into L{Health}, the body of
+together by L{inkflow.health.build_health} into L{Health}, the body of
 C{/api/health}; read by the metrics (L{inkflow.server.metrics}) and, over
 HTTP, by C{inkflow monitor} (L{read_health}).  mypy checks every producer and
 reader against these.
@@ -30,8 +30,12 @@ __all__ = [
     "MemorySnapshot",
     "ProcessSnapshot",
     "QueueSnapshot",
+    "ServerSnapshot",
+    "StateSnapshot",
     "UpstreamSnapshot",
+    "WorkerSummary",
     "read_health",
+    "read_section",
 ]
 
 
@@ -121,10 +125,40 @@ class StreamsSnapshot(TypedDict):
     endings: dict[str, int]
 
 
+class StateSnapshot(TypedDict):
+    #: C{memory}, C{workers} or C{redis}.
+    backend: str
+    #: False while the shared store is unreachable and this process answers alone.
+    shared: bool
+    #: Calls to the shared store answered from this process instead.
+    fallbacks_total: int
+    #: Why the shared store is unreachable (only while it is).
+    error: NotRequired[str]
+
+
+class WorkerSummary(TypedDict):
+    #: One worker's own figures (C{--workers N}): a part of its health.
+    status: str
+    pid: int
+    uptime_s: float
+    connections: ConnectionsSnapshot
+    queue: QueueSnapshot
+
+
+class ServerSnapshot(TypedDict):
+    #: Under C{--workers N}: every C{*_total} of the workers' health summed,
+    #: by section (C{{"queue": {"processed_total": 12}, ...}}).
+    totals: dict[str, dict[str, float]]
+    #: Each worker's own health, by slot.
+    workers: dict[str, WorkerSummary]
+
+
 class Health(ProcessSnapshot):
     """
     The body of C{/api/health}: the process's figures (L{ProcessSnapshot}) at
-    the top level, plus these.
+    the top level, plus these.  Beside them: C{state} (L{StateSnapshot}, the
+    shared state) and, under C{--workers N}, C{server} (L{ServerSnapshot},
+    the whole server): read with L{read_section}.
     """
 
     #: C{ok}, C{degraded} or C{draining}.
@@ -160,6 +194,17 @@ def read_health(data: object) -> Health:
     this one does not know (ignored) or lack some (absent).
     """
     return _conform(Health, data)
+
+
+def read_section(kind: type[_T], health: object, name: str) -> _T | None:
+    """
+    The section C{name} of a health answer (C{state}, C{server}), reduced to
+    C{kind} like L{read_health}; C{None} when the server sent none.
+    """
+    value = health.get(name) if isinstance(health, Mapping) else None
+    if not isinstance(value, Mapping):
+        return None
+    return _conform(kind, value)
 
 
 def _conform(kind: type[_T], data: object) -> _T:

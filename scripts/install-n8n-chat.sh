@@ -6,7 +6,7 @@
 # n8n's Sustainable Use License, which allows redistribution only free of charge
 # for non-commercial purposes.  Each installation fetches it for itself.
 # Idempotent; needs npm.  1.36.4 is the newest release whose dependencies are all
-# in the registry (see N8N_NOTES.md).
+# in the registry (see docs/n8n.md).
 set -eu
 
 VERSION=1.36.4

@@ -4,13 +4,13 @@ failover, circuit breakers, timeouts and a bounded response.
 
 The policy lives in L{inkflow.n8n.retry} and L{inkflow.n8n.breaker} (pure); this module
 does the I/O.  Time and network are parameters: a L{Forwarder} takes an
-L{IReactorTime} and a treq L{HTTPClient} (built by L{make_http_client} in
-production, over a fake agent in tests), or the agent itself.
+L{IReactorTime} and an L{IAgent} (built by L{make_agent} in production, a
+fake agent in tests).
 
-Requests go to the client's agent directly, not through C{HTTPClient.request}:
-that wraps every request in a C{ContentDecoderAgent}, which asks n8n for gzip
-and inflates the answer before InkFlow's answer cap can count it (a 400 KB
-bomb cost 130 MB), plus a C{CookieAgent} and a response wrapper per request.
+Requests go to a plain agent, not through treq's C{HTTPClient.request}: that
+wraps every request in a C{ContentDecoderAgent}, which asks n8n for gzip and
+inflates the answer before InkFlow's answer cap can count it (a 400 KB bomb
+cost 130 MB), plus a C{CookieAgent} and a response wrapper per request.
 InkFlow asks for C{Accept-Encoding: identity} and refuses an encoded answer.
 """
 
@@ -23,7 +23,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
-from treq.client import HTTPClient
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -33,13 +32,14 @@ from twisted.web.client import (
     FileBodyProducer,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
 
 from inkflow.chat import ChatMessage
 from inkflow.errors import ApiError, json_bytes
 from inkflow.n8n.breaker import OPEN, CircuitBreaker
+from inkflow.n8n.joined import StreamDeadline, join_stream
 from inkflow.n8n.multipart import BytesProducer, MultipartStream
-from inkflow.n8n.pool import POOL_IDLE_TIMEOUT, make_http_client, target
+from inkflow.n8n.pool import POOL_IDLE_TIMEOUT, make_agent, target
 from inkflow.n8n.relay import StreamBody, open_body
 from inkflow.n8n.response import (
     AttemptTimedOut,
@@ -66,7 +66,7 @@ from inkflow.n8n.retry import (
     Outcome,
     RetryPolicy,
 )
-from inkflow.n8n.stream import StreamStart, bridge_body
+from inkflow.n8n.stream import BridgeResult, StreamStart, bridge_body
 from inkflow.settings import Settings, redact_url
 from inkflow.snapshot import UpstreamSnapshot
 
@@ -77,7 +77,7 @@ __all__ = [
     "ForwardResult",
     "Forwarder",
     "StreamStart",
-    "make_http_client",
+    "make_agent",
 ]
 
 #: The largest n8n answer read; a larger one is an C{upstream_error}.
@@ -121,7 +121,7 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        client: HTTPClient | IAgent,
+        agent: IAgent,
         clock: IReactorTime,
         random: Callable[[], float] = _random.random,
         *,
@@ -137,8 +137,7 @@ class Forwarder:
         @param settings: C{webhook}, C{webhook_header}, C{attempt_timeout},
             C{retries}, C{retry_on}, the breaker options and C{log_level}
             are used.
-        @param client: the HTTP client (see L{make_http_client}), whose agent
-            requests are sent through; or that agent.
+        @param agent: sends the requests (see L{make_agent}).
         @param clock: for timeouts and backoff waits.
         @param random: returns a float in M{[0, 1)}, for the backoff jitter.
         @param observer: called once per attempt with (url_index, outcome
@@ -154,10 +153,13 @@ class Forwarder:
         # every request to that URL carries.
         self._targets = tuple(target(url, settings.webhook_header) for url in self.urls)
         self._attempt_timeout = settings.attempt_timeout
+        # A stream read whole for a JSON client, once its first line is in.
+        self._stream_idle_timeout = settings.stream_idle_timeout
+        self._stream_timeout = settings.stream_timeout
         # A debug line costs its event even when the observer drops it (3 %
         # of a proxied chat for two of them): written only at --log-level debug.
         self._debug = settings.log_level == "debug"
-        self._agent: IAgent = client._agent if isinstance(client, HTTPClient) else client
+        self._agent = agent
         self._clock: IReactorTime = clock
         self._timer = clock
         self._random = random
@@ -207,7 +209,10 @@ class Forwarder:
         A stream from n8n (a 2xx whose first line is a stream line) is read
         whole and joined (L{inkflow.n8n.stream.Bridge}) for a JSON client; for
         a streaming client (C{stream}) it is returned as a L{StreamStart} as
-        soon as its first line is in.
+        soon as its first line is in.  Either way the attempt's time bounds
+        the wait for the first line; the rest of a joined stream is bounded
+        by C{--stream-idle-timeout} and C{--stream-timeout}
+        (L{inkflow.n8n.joined}).
 
         @param deadline: the C{clock.seconds()} value by which the caller must
             have its answer (for a stream: its first line); the attempt in
@@ -302,8 +307,8 @@ class Forwarder:
         self, index: int, headers: Headers, producer: IBodyProducer, stream: bool
     ) -> tuple[int, Headers, bytes | StreamBody]:
         """
-        One request and its whole (capped) response body; with C{stream}, a
-        2xx body's opening only when it is a stream.
+        One request and its whole (capped) response body; a 2xx body's
+        opening only when it is a stream.
 
         @raise EncodedAnswer: a 2xx answer in a C{Content-Encoding} (InkFlow
             asked for identity); it is not read.
@@ -313,7 +318,9 @@ class Forwarder:
         if 200 <= response.code < 300 and is_encoded(response.headers):
             drop_body(response)
             raise EncodedAnswer()
-        if stream and 200 <= response.code < 300:
+        if 200 <= response.code < 300 and (
+            response.length is UNKNOWN_LENGTH or response.length <= self._max_response_bytes
+        ):
             body = await open_body(response, self._max_response_bytes)
         else:
             body = await read_capped(response, self._max_response_bytes)
@@ -324,8 +331,9 @@ class Forwarder:
     ) -> tuple[Outcome, ForwardResult | StreamStart | None]:
         """
         One attempt at URL C{index}, bounded by C{budget} seconds for headers
-        and body.  Accounts for it (breaker, observer, log) and returns how it
-        ended and, on success, the result.
+        and body (for a stream: its first line; the rest of a stream joined
+        for a JSON client by the stream deadlines).  Accounts for it (breaker,
+        observer, log) and returns how it ended and, on success, the result.
 
         @raise CancelledError: the caller cancelled the forwarding.
         """
@@ -352,7 +360,18 @@ class Forwarder:
                 )
                 exchange.addTimeout(budget, self._timer, onTimeoutCancel=timed_out)
                 try:
-                    status, headers, body = await exchange
+                    answer: bytes | StreamBody | BridgeResult
+                    status, headers, answer = await exchange
+                    if isinstance(answer, StreamBody) and not stream:
+                        answer = await join_stream(
+                            answer,
+                            self._timer,
+                            idle_timeout=self._stream_idle_timeout,
+                            stream_timeout=self._stream_timeout,
+                            max_bytes=self._max_response_bytes,
+                        )
+                except StreamDeadline as e:
+                    outcome = Outcome(TIMEOUT, error=f"stream {e.args[0]}")
                 except AttemptTimedOut:
                     outcome = Outcome(TIMEOUT, error="no answer in time")
                 except CancelledError:
@@ -369,13 +388,13 @@ class Forwarder:
                             request_id=message.request_id,
                         )
                 else:
-                    outcome, result = self._interpret(status, headers, body, attempt, index)
+                    outcome, result = self._interpret(status, headers, answer, attempt, index)
             finally:
                 self._account(message, attempt, index, outcome, self._clock.seconds() - started)
         return outcome, result
 
     def _interpret(
-        self, status: int, headers: Headers, body: bytes | StreamBody, attempt: int, index: int
+        self, status: int, headers: Headers, body: bytes | StreamBody | BridgeResult, attempt: int, index: int
     ) -> tuple[Outcome, ForwardResult | StreamStart | None]:
         if isinstance(body, StreamBody):
             return Outcome(OK, status=status), StreamStart(
@@ -392,20 +411,13 @@ class Forwarder:
                 ),
                 None,
             )
+        if isinstance(body, BridgeResult):
+            return self._bridged(body, status, attempt, index)
         if not body.strip():
             return Outcome(EMPTY, status=status, error="empty answer"), None
         bridged = bridge_body(body)
         if bridged is not None:
-            # A stream read whole, for a JSON client.
-            if bridged.output is not None:
-                value: Any = {"output": bridged.output}
-            elif bridged.errors:
-                return Outcome(WORKFLOW_ERROR, status=status, error="the workflow streamed an error"), None
-            else:
-                return Outcome(EMPTY, status=status, error="empty stream"), None
-            return Outcome(OK, status=status), ForwardResult(
-                body=value, status=status, attempts=attempt + 1, url_index=index
-            )
+            return self._bridged(bridged, status, attempt, index)
         try:
             value, raw = decode_answer_exact(headers, body)
         except ValueError:
@@ -413,6 +425,20 @@ class Forwarder:
         return Outcome(OK, status=status), ForwardResult(
             body=value, status=status, attempts=attempt + 1, url_index=index, raw=raw
         )
+
+    def _bridged(
+        self, bridged: BridgeResult, status: int, attempt: int, index: int
+    ) -> tuple[Outcome, ForwardResult | None]:
+        """
+        A stream read whole, for a JSON client.
+        """
+        if bridged.output is not None:
+            return Outcome(OK, status=status), ForwardResult(
+                body={"output": bridged.output}, status=status, attempts=attempt + 1, url_index=index
+            )
+        if bridged.errors:
+            return Outcome(WORKFLOW_ERROR, status=status, error="the workflow streamed an error"), None
+        return Outcome(EMPTY, status=status, error="empty stream"), None
 
     def _dropped(self, index: int, error: str) -> None:
         """

@@ -31,6 +31,7 @@ class DemoResponder:
             parts.append(f"קיבלתי: «{text}»")
         if message.files:
             names = ", ".join(f.filename for f in message.files)
-            parts.append(f"וגם {len(message.files)} קבצים: {names}")
+            count = "קובץ אחד" if len(message.files) == 1 else f"{len(message.files)} קבצים"
+            parts.append(f"וגם {count}: {names}")
         parts.append("(זהו מענה הדגמה: לא הוגדר webhook של n8n.)")
         return {"output": " ".join(parts)}

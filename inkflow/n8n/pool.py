@@ -7,24 +7,14 @@ constant request parts (L{Target}) built once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from http.cookiejar import Cookie
-from typing import Any, cast
+from typing import Any
 
 from hyperlink import EncodedURL
-from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _ensureValidURI,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _ensureValidURI
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
@@ -33,6 +23,7 @@ from zope.interface import implementer
 from inkflow import __version__
 from inkflow.n8n.names import with_resolver
 from inkflow.settings import Settings
+from inkflow.web.twisted_hooks import quiet_pool
 
 __all__ = [
     "ACCEPT",
@@ -41,7 +32,7 @@ __all__ = [
     "USER_AGENT",
     "Endpoints",
     "Target",
-    "make_http_client",
+    "make_agent",
     "target",
 ]
 
@@ -56,29 +47,6 @@ USER_AGENT = f"InkFlow/{__version__}"
 
 #: What InkFlow accepts from n8n, in order of preference.
 ACCEPT = b"application/json, text/plain;q=0.9, */*;q=0.1"
-
-
-class _NoCookies(IndexableCookieJar):
-    """
-    A cookie jar that keeps nothing: a cookie n8n sets for one visitor must
-    never travel with another visitor's message.
-    """
-
-    def set_cookie(self, cookie: Cookie) -> None:
-        pass
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        pass
-
-
-class _QuietFactory(_HTTP11ClientFactory):
-    """
-    twisted.web's connection factory without its "Starting factory" /
-    "Stopping factory" log lines: two per n8n connection, which under many
-    concurrent streams cost more than the streams' own logging.
-    """
-
-    noisy = False
 
 
 @implementer(IAgentEndpointFactory)
@@ -168,27 +136,29 @@ class _Agent(Agent):
         return self._requestWithEndpoint(key, endpoint, method, parsed_uri, headers, bodyProducer, path)
 
 
-def make_http_client(reactor: Any, settings: Settings) -> tuple[HTTPClient, HTTPConnectionPool]:
+def make_agent(reactor: Any, settings: Settings) -> tuple[IAgent, HTTPConnectionPool]:
     """
-    Build the HTTP client for n8n over its own persistent connection pool
-    (never treq's global one).
+    Build the agent for n8n over its own persistent connection pool (never
+    treq's global one).  A plain twisted.web C{Agent}: no cookie jar (a
+    cookie n8n sets for one visitor must never travel with another's
+    message), no content decoding (InkFlow asks for C{identity} and refuses
+    an encoded answer before its cap counts the bytes).
 
     @param reactor: provides C{IReactorTCP}, C{IReactorTime} and name
         resolution (the real reactor).
-    @return: the client (the L{Forwarder} sends through its agent), and the
-        pool (call C{closeCachedConnections()} on shutdown).
+    @return: the agent (the L{inkflow.n8n.client.Forwarder} sends through
+        it), and the pool (call C{closeCachedConnections()} on shutdown).
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = quiet_pool(HTTPConnectionPool(reactor, persistent=True))
     pool.maxPersistentPerHost = max(settings.max_concurrent, 2)
     pool.cachedConnectionTimeout = POOL_IDLE_TIMEOUT
     pool.retryAutomatically = False  # a POST must never be replayed behind our back
-    pool._factory = _QuietFactory
     # Strictly inside the attempt: a host that is down must fail as "connect"
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).
     connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
-    agent = _Agent(reactor, Endpoints(reactor, connect_timeout), pool)
-    return HTTPClient(cast(IAgent, agent), cookiejar=_NoCookies()), pool
+    agent: IAgent = _Agent(reactor, Endpoints(reactor, connect_timeout), pool)
+    return agent, pool
 
 
 @dataclass(frozen=True)

@@ -1,73 +1,47 @@
 """
-n8n's streamed answers, the Twisted part: reading the opening of a 2xx body
-(L{open_body}), and relaying a committed stream to the client
-(L{StreamRelay}), with backpressure both ways, deadlines, caps and the error
-line.  The pure rules are in L{inkflow.n8n.stream}.
+n8n's streamed answers, the Twisted part of n8n's side: reading the
+opening of a 2xx body (L{open_body}) and handing its lines on
+(L{StreamBody}).  The pure rules are in L{inkflow.n8n.stream}; the client's
+side (the relay, the headers, the registry) in L{inkflow.web.stream}.
 
 The life of a streamed answer::
 
-    n8n's response ──deliverBody──▶ StreamBody ──lines──▶ StreamRelay ──write──▶ the client's request
+    n8n's response ──deliverBody──▶ StreamBody ──lines──▶ StreamRelay (inkflow.web.stream) ──▶ the client
                       (opening: first line read under the attempt deadline)
                                     ◀──pause/resume/stop── (the relay is the request's producer)
 
 Before its first line the body belongs to the Forwarder (retries and
 failover are still possible); once the first line is a stream line the body
-is handed to the route, which commits (writes the first bytes) and relays.
+is handed to the chat handler, which commits (writes the first bytes) and relays.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.iweb import IResponse
-from zope.interface import implementer
 
 from inkflow.n8n.response import BodyTooLarge, drop_connection
 from inkflow.n8n.stream import (
-    CAUSES,
-    CLIENT_LEFT,
     COMPLETE,
-    DRAIN,
-    ERROR_TEXT,
-    IDLE_TIMEOUT,
-    KEEPALIVE_LINE,
     MAX_LINE_BYTES,
-    MAX_STREAM_BYTES,
-    STREAM_HEADERS,
-    STREAM_TIMEOUT,
     TOO_LARGE,
     UPSTREAM_DROPPED,
     LineSplitter,
     LineTooLong,
-    StreamRegistry,
-    error_line,
     is_keepalive,
     is_stream_line,
 )
 
-__all__ = [
-    "CAUSES",
-    "KEEPALIVE_AFTER",
-    "STREAM_HEADERS",
-    "StreamBody",
-    "StreamRegistry",
-    "StreamRelay",
-    "open_body",
-]
+__all__ = ["StreamBody", "open_body"]
 
 log = Logger()
-
-#: Seconds without a line from n8n after which a keepalive line is written.
-KEEPALIVE_AFTER = 20.0
 
 
 class _Sink(TypingProtocol):
@@ -242,199 +216,3 @@ def open_body(response: IResponse, max_body: int, max_line: int = MAX_LINE_BYTES
     protocol = StreamBody(opened, max_body, max_line)
     cast(Any, response).deliverBody(protocol)
     return opened
-
-
-class _Request(TypingProtocol):
-    def write(self, data: bytes) -> None: ...
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
-
-
-#: Called once when a stream ends: (cause, bytes written, seconds).
-EndObserver = Callable[[str, int, float], None]
-
-
-@implementer(IPushProducer)
-class StreamRelay:
-    """
-    Relays a committed stream to the client: each complete line as it
-    arrives, unchanged.
-
-    It is the request's streaming producer: when the client reads slowly the
-    channel pauses it, and it pauses n8n's side (memory stays at one
-    unfinished line plus the transports' buffers).  One timer per stream
-    checks the deadlines: C{stream_timeout} from the commit, C{idle_timeout}
-    without a byte from n8n (not counted while the client holds it paused),
-    and a keepalive line after C{keepalive} seconds without a line.
-
-    A stream that does not end well (n8n drops it, a cap, a deadline, drain)
-    gets one error line and a clean end; n8n's connection is dropped.  When
-    the client leaves, n8n's connection is dropped at once.
-
-    @ivar done: fires with the cause when the stream has ended (the route
-        then finishes the request); cancelling it is the client leaving.
-    """
-
-    def __init__(
-        self,
-        request: _Request,
-        body: StreamBody,
-        clock: IReactorTime,
-        *,
-        idle_timeout: float,
-        stream_timeout: float,
-        keepalive: float = KEEPALIVE_AFTER,
-        max_bytes: int = MAX_STREAM_BYTES,
-        registry: StreamRegistry | None = None,
-        on_end: EndObserver | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.request = request
-        self.body = body
-        self.clock = clock
-        self.idle_timeout = idle_timeout
-        self.stream_timeout = stream_timeout
-        self.keepalive = keepalive
-        self.max_bytes = max_bytes
-        self.registry = registry
-        self.on_end = on_end
-        self.request_id = request_id
-        self.sent = 0
-        self.cause: str | None = None
-        self.paused = False
-        self.done: Deferred[str] = Deferred(self._cancelled)
-        self._timer: IDelayedCall | None = None
-        self._started = self._last_byte = self._last_line = 0.0
-
-    # -- lifetime
-
-    def start(self) -> Deferred[str]:
-        """
-        Commit: write the lines read so far and relay the rest.
-        """
-        now = self.clock.seconds()
-        self._started = self._last_byte = self._last_line = now
-        if self.registry is not None:
-            self.registry.add(self)
-        self.request.registerProducer(self, True)
-        self._schedule()
-        self.body.attach(self)
-        return self.done
-
-    def stop(self, cause: str = DRAIN) -> None:
-        """
-        End the stream now with an error line (drain).
-        """
-        self._end(cause)
-
-    def _cancelled(self, d: Deferred[str]) -> None:
-        self._end(CLIENT_LEFT, fire=False)
-
-    def _end(self, cause: str, fire: bool = True) -> None:
-        if self.cause is not None:
-            return
-        self.cause = cause
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if cause != COMPLETE:
-            self.body.abort()
-        with contextlib.suppress(Exception):  # the channel may be gone already
-            self.request.unregisterProducer()
-        if cause not in (COMPLETE, CLIENT_LEFT):
-            text = ERROR_TEXT.get(cause, ERROR_TEXT[UPSTREAM_DROPPED])
-            self._write(error_line(text, self.clock.seconds()))
-        seconds = self.clock.seconds() - self._started
-        if self.registry is not None:
-            self.registry.ended(self, cause)
-        # A complete stream has its access log line; the others say why here.
-        log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
-        log_method(
-            "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
-            request_id=self.request_id,
-            cause=cause,
-            seconds=round(seconds, 3),
-            bytes=self.sent,
-        )
-        if self.on_end is not None:
-            try:
-                self.on_end(cause, self.sent, seconds)
-            except Exception:
-                log.failure("Stream end observer failed")
-        if fire:
-            self.done.callback(cause)
-
-    def _write(self, data: bytes) -> None:
-        self.sent += len(data)
-        self.request.write(data)
-
-    # -- from the body (the sink)
-
-    def lines(self, lines: list[bytes]) -> None:
-        if self.cause is not None:
-            return
-        data = b"\n".join(lines) + b"\n"
-        if self.sent + len(data) > self.max_bytes:
-            self._end(TOO_LARGE)
-            return
-        self._last_line = self._last_byte = self.clock.seconds()
-        self._write(data)
-
-    def data_arrived(self) -> None:
-        self._last_byte = self.clock.seconds()
-
-    def ended(self, cause: str) -> None:
-        self._end(cause)
-
-    # -- the request's producer
-
-    def pauseProducing(self) -> None:
-        if self.cause is None and not self.paused:
-            self.paused = True
-            self.body.pause()
-
-    def resumeProducing(self) -> None:
-        if self.cause is None and self.paused:
-            self.paused = False
-            self._last_byte = self.clock.seconds()
-            self.body.resume()
-            self._schedule()
-
-    def stopProducing(self) -> None:
-        self._end(CLIENT_LEFT)
-
-    # -- deadlines
-
-    def _next_due(self) -> float:
-        due = self._started + self.stream_timeout
-        if not self.paused:
-            due = min(due, self._last_byte + self.idle_timeout, self._last_line + self.keepalive)
-        return due
-
-    def _schedule(self) -> None:
-        due = self._next_due()
-        delay = max(0.0, due - self.clock.seconds())
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= due:
-                return
-            self._timer.cancel()
-        self._timer = self.clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self.cause is not None:
-            return
-        now = self.clock.seconds()
-        if now >= self._started + self.stream_timeout:
-            self._end(STREAM_TIMEOUT)
-            return
-        if not self.paused:
-            if now >= self._last_byte + self.idle_timeout:
-                self._end(IDLE_TIMEOUT)
-                return
-            if now >= self._last_line + self.keepalive:
-                self._last_line = now
-                self._write(KEEPALIVE_LINE)
-        self._schedule()

@@ -27,6 +27,7 @@ __all__ = [
     "INVALID",
     "LOST",
     "OK",
+    "RETRY_ON_CHOICES",
     "STATUS",
     "TIMEOUT",
     "TOO_LARGE",
@@ -50,7 +51,13 @@ INVALID = "invalid"  # a 2xx that cannot be passed on (e.g. a redirect, undecoda
 WORKFLOW_ERROR = "workflow_error"  # a 2xx stream of error lines only: the workflow ran and failed
 CANCELLED = "cancelled"  # the caller went away; not n8n's doing
 
-DEFAULT_RETRY_ON: frozenset[str] = frozenset({"connect", "404", "429", "502", "503", "504"})
+#: The C{--retry-on} words, in the order C{--help} lists them: the kinds of
+#: failure that may move an attempt on (see L{Outcome.retry_token}).
+RETRY_ON_CHOICES: tuple[str, ...] = ("connect", "timeout", "404", "429", "500", "502", "503", "504")
+
+#: The words on by default, in that order: the failures after which n8n cannot
+#: have run the workflow, or says so itself.
+DEFAULT_RETRY_ON: tuple[str, ...] = ("connect", "404", "429", "502", "503", "504")
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class RetryPolicy:
 
     url_count: int = 1
     retries: int = 2
-    retry_on: frozenset[str] = DEFAULT_RETRY_ON
+    retry_on: frozenset[str] = frozenset(DEFAULT_RETRY_ON)
     base_delay: float = 0.25
     max_delay: float = 5.0
 

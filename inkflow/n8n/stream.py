@@ -17,8 +17,10 @@ This module has what InkFlow does with such a body:
  - L{Bridge}: a whole stream turned into the JSON client's C{{"output"}};
  - L{synthesize}: a JSON answer turned into begin / item / end lines for a
    streaming client;
- - L{error_line}, L{KEEPALIVE_LINE}: the lines InkFlow writes itself;
- - L{wants_stream}: whether a client's C{Accept} asks for a stream.
+ - L{error_line}, L{KEEPALIVE_LINE}: the lines InkFlow writes itself.
+
+The client's side (what a client asks for, the response headers, the relay
+and the registry of streams) is in L{inkflow.web.stream}.
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from inkflow.snapshot import StreamsSnapshot
+from typing import Any
 
 __all__ = [
     "CAUSES",
@@ -36,7 +36,6 @@ __all__ = [
     "KEEPALIVE_LINE",
     "MAX_LINE_BYTES",
     "MAX_STREAM_BYTES",
-    "STREAM_HEADERS",
     "STREAM_TYPES",
     "Bridge",
     "BridgeResult",
@@ -49,7 +48,6 @@ __all__ = [
     "metadata",
     "parse_stream_line",
     "synthesize",
-    "wants_stream",
 ]
 
 #: The line types of n8n's stream.
@@ -75,13 +73,6 @@ ERROR_TEXT = {
     "too_large": "התשובה ארוכה מדי ונעצרה.",
     "drain": "השרת עובר הפעלה מחדש והתשובה נעצרה. אפשר לנסות שוב בעוד רגע.",
 }
-
-#: The headers of a streamed answer (besides X-Request-ID, X-Session-ID, CORS).
-STREAM_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"Content-Type", b"application/x-ndjson; charset=utf-8"),
-    (b"Cache-Control", b"no-store"),
-    (b"X-Accel-Buffering", b"no"),
-)
 
 #: How a committed stream ended (the label of the metrics).
 COMPLETE = "complete"
@@ -208,32 +199,6 @@ def first_line(body: bytes) -> bytes | None:
     return None
 
 
-def wants_stream(accept: bytes | str | None) -> bool:
-    """
-    Whether a client's C{Accept} asks for a stream: it names C{text/plain}
-    (what @n8n/chat sends with C{enableStreaming}) or C{application/x-ndjson}
-    (with a non-zero quality).
-    """
-    if not accept:
-        return False
-    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
-    for item in text.lower().split(","):
-        media, _, params = item.partition(";")
-        if media.strip() not in ("text/plain", "application/x-ndjson"):
-            continue
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.partition("=")
-            if key.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 1.0
-        if quality > 0:
-            return True
-    return False
-
-
 def metadata(now: float) -> dict[str, Any]:
     """
     The C{metadata} of a line InkFlow writes itself (n8n's shape; C{nodeId}
@@ -356,7 +321,7 @@ def bridge_body(body: bytes) -> BridgeResult | None:
 class StreamStart:
     """
     n8n streams its answer: its first line is in, nothing has reached the
-    client yet.  Relaying it (L{inkflow.n8n.relay.StreamRelay}) is the commit
+    client yet.  Relaying it (L{inkflow.web.stream.StreamRelay}) is the commit
     point: from then on no retry and no failover.
 
     @ivar body: n8n's live response body (a L{inkflow.n8n.relay.StreamBody}),
@@ -371,42 +336,3 @@ class StreamStart:
     attempts: int
     url_index: int
     dropped: Callable[[str], None]
-
-
-class _Stoppable(Protocol):
-    def stop(self, cause: str) -> None: ...
-
-
-class StreamRegistry:
-    """
-    The streams being relayed: for health, metrics and drain.
-    """
-
-    def __init__(self) -> None:
-        self.active: set[_Stoppable] = set()
-        self.total = 0
-        self.endings: dict[str, int] = dict.fromkeys(CAUSES, 0)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.active)
-
-    def add(self, relay: _Stoppable) -> None:
-        self.active.add(relay)
-        self.total += 1
-
-    def ended(self, relay: _Stoppable, cause: str) -> None:
-        self.active.discard(relay)
-        self.endings[cause] = self.endings.get(cause, 0) + 1
-
-    def stop_all(self, cause: str = DRAIN) -> int:
-        """
-        End every stream with an error line and a clean end; return how many.
-        """
-        relays = list(self.active)
-        for relay in relays:
-            relay.stop(cause)
-        return len(relays)
-
-    def snapshot(self) -> StreamsSnapshot:
-        return {"in_flight": self.in_flight, "total": self.total, "endings": dict(self.endings)}

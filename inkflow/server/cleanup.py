@@ -23,10 +23,11 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from inkflow.paths import TEMP_PREFIX, TEMP_SUFFIX
@@ -36,7 +37,6 @@ __all__ = [
     "DEFAULT_MAX_AGE",
     "MALLOC_TRIM",
     "Cleaner",
-    "TimeSource",
     "is_temp_name",
 ]
 
@@ -49,19 +49,6 @@ log = Logger()
 DEFAULT_MAX_AGE = 3600.0
 
 _T = TypeVar("_T")
-
-
-class TimeSource(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} used here (by
-    this module and the C{LoopingCall} of L{Cleaner.service}): the reactor,
-    or a L{twisted.internet.task.Clock} in tests.  A protocol rather than the
-    zope interface so that mypy (without the zope plugin) accepts both.
-    """
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any) -> Any: ...
 
 
 def _no_malloc_trim(pad: int) -> int:
@@ -121,7 +108,7 @@ class Cleaner:
     def __init__(
         self,
         upload_dir: str,
-        clock: TimeSource,
+        clock: IReactorTime,
         *,
         max_age: float = DEFAULT_MAX_AGE,
         gc_collect: Callable[[], int] = gc.collect,
@@ -130,7 +117,7 @@ class Cleaner:
     ) -> None:
         self.upload_dir = upload_dir
         self.max_age = max_age
-        self._clock: TimeSource = clock
+        self._clock: IReactorTime = clock
         self._gc_collect = gc_collect
         self._malloc_trim = malloc_trim
         self._active_paths = active_paths

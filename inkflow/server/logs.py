@@ -9,24 +9,42 @@ C{ILogObserver} component in the .tac.  SIGUSR1 and SIGHUP rotate the file.
 
 Every process sets its logging up here: the plugin and the .tac call
 L{set_up}, a C{--workers} worker calls L{begin_worker_logging}.
+
+C{--log-format json} writes one JSON object per line in the shape of the
+Elastic Common Schema's logging format (ecs-logging), which Elasticsearch,
+Loki, Datadog and Vector read as it is (L{ecs_line}, docs/operations.md)::
+
+  {"@timestamp": "2026-12-06T10:00:00.123Z", "log.level": "info",
+   "log.logger": "inkflow.access", "message": "GET / 200 5120",
+   "ecs.version": "8.11.0", "method": "GET", "status": 200, ...}
+
+the event's own fields flat after the five fixed keys; a logged failure adds
+C{error.type}, C{error.message} and C{error.stack_trace}.  Twisted's own
+keys (C{log_*}, the unrendered format) are never written.  A C{--workers}
+worker writes Twisted's JSON events to its parent, which relays them into
+its own log (in this shape, with C{worker_pid}).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     formatTime,
     globalLogBeginner,
     jsonFileLogObserver,
@@ -35,15 +53,17 @@ from twisted.logger import (
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
-from inkflow.settings import Settings
+from inkflow.settings import Settings, describe
 
 __all__ = [
     "ROTATED_FILES",
     "ROTATE_BYTES",
     "begin_worker_logging",
+    "ecs_line",
     "install_rotation_signals",
     "make_observer",
     "set_up",
+    "settings_summary",
     "twistd_observer",
     "use_for_twistd",
 ]
@@ -83,10 +103,84 @@ def make_observer(
     else:
         _current_file = None
         out = stream or sys.stdout
-    observer = jsonFileLogObserver(out, recordSeparator="") if log_format == "json" else textFileLogObserver(out)
+    observer = ecs_observer(out) if log_format == "json" else textFileLogObserver(out)
     wanted = LogLevel.levelWithName(level)
     _text_stream = out if log_format == "text" and wanted <= LogLevel.info else None
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))])
+
+
+#: The version of the Elastic Common Schema the JSON lines follow.
+ECS_VERSION = "8.11.0"
+
+#: Keys of Twisted's events (beyond C{log_*}) that are its internals, not the event's fields.
+_TWISTED_KEYS = frozenset({"format", "message", "isError", "system", "time", "why", "failure", "printed"})
+
+#: The fixed keys of a JSON line; an event field of the same name is written with a trailing C{_}.
+_FIXED_KEYS = frozenset({"@timestamp", "log.level", "log.logger", "message", "ecs.version"})
+
+
+def _iso_utc(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    """
+    A field value as JSON has it: numbers, strings, booleans, null, lists and
+    objects as they are; anything else as its text.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def ecs_line(event: Mapping[str, Any]) -> str:
+    """
+    One log event as one line of JSON in the ECS logging shape (see the
+    module's docstring).
+    """
+    level = event.get("log_level")
+    failure = event.get("log_failure")
+    record: dict[str, Any] = {
+        "@timestamp": _iso_utc(event.get("log_time") or time.time()),
+        "log.level": getattr(level, "name", "info"),
+        # Twisted's own log.msg lines have no namespace of their own.
+        "log.logger": namespace if (namespace := event.get("log_namespace")) not in (None, "log_legacy") else "twisted",
+        "message": formatEvent(dict(event)).rstrip("\n") or "",
+        "ecs.version": ECS_VERSION,
+    }
+    if failure is not None:
+        record["error.type"] = getattr(failure.type, "__qualname__", str(failure.type))
+        record["error.message"] = str(failure.value)
+        record["error.stack_trace"] = failure.getTraceback()
+    for key, value in event.items():
+        if key.startswith("log_") or key in _TWISTED_KEYS or key.startswith("__"):
+            continue
+        record[key + "_" if key in _FIXED_KEYS or key in record else key] = _plain(value)
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def ecs_observer(out: IO[str]) -> ILogObserver:
+    """
+    An observer writing L{ecs_line}s to C{out}, one per event.
+    """
+
+    return FileLogObserver(out, lambda event: ecs_line(event) + "\n")
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    """
+    What the start-up line carries: the options that differ from their
+    defaults (secrets hidden), not all of them.
+    """
+    shown, default = describe(settings), describe(Settings.defaults())
+    return {name: value for name, value in shown.items() if value != default.get(name)}
 
 
 class _Clock:
@@ -171,7 +265,9 @@ def begin_worker_logging(level: str) -> None:
     A C{--workers} worker's log: JSON lines on stdout, which the parent relays
     into its own log.
     """
-    observer = make_observer("json", level=level, stream=sys.stdout)
+    # Twisted's own JSON events (not the ECS lines): the parent reads them back with eventFromJSON.
+    wanted = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    observer = FilteringLogObserver(jsonFileLogObserver(sys.stdout, recordSeparator=""), [wanted])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -189,6 +285,9 @@ def install_rotation_signals(reactor: IReactorFromThreads) -> None:
     """
     SIGUSR1 and SIGHUP rotate the log file (SIGHUP would otherwise kill twistd
     silently: it installs no handler for it).  Main thread only.
+
+    Where they do not exist (Windows), one line says so: the file still
+    rotates by size (L{ROTATE_BYTES}).
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -196,11 +295,18 @@ def install_rotation_signals(reactor: IReactorFromThreads) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         reactor.callFromThread(_rotate_and_log, signal.Signals(signum).name)
 
-    signal.signal(signal.SIGHUP, on_signal)
+    hup, usr1 = getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)
+    if hup is None or usr1 is None:
+        log.info(
+            "No SIGHUP or SIGUSR1 on this system: the log file rotates at {size} MB only",
+            size=ROTATE_BYTES // (1024 * 1024),
+        )
+        return
+    signal.signal(hup, on_signal)
     if _current_file is not None:
         # Only when InkFlow owns the file; otherwise twistd's own SIGUSR1
         # handler (for its --logfile) stays.
-        signal.signal(signal.SIGUSR1, on_signal)
+        signal.signal(usr1, on_signal)
 
 
 def _rotate_and_log(name: str) -> None:

@@ -6,17 +6,31 @@ L{Metrics.observe_chat}, L{Metrics.observe_queue_wait}) and by the forwarder's
 attempt observer (L{Metrics.observe_attempt}); gauges (queue depth, breaker
 states, connections, RSS, cleanup runs) are read at scrape time from the same
 snapshot C{/api/health} uses, so the two never disagree.
+
+Beside them, on the same registry: prometheus_client's C{process_*} (CPU,
+memory, open files, start time; on Linux, read from /proc) and
+C{python_info}, and C{inkflow_build_info{version, python, twisted}} (1).
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from inkflow import paths
+import twisted
+from inkflow import __version__, paths
 from inkflow.snapshot import Health
 
 __all__ = ["CONTENT_TYPE", "Metrics", "route_label"]
@@ -108,11 +122,16 @@ class Metrics:
     """
     InkFlow's metrics.
 
-    @param snapshot: returns the health snapshot (see L{inkflow.server.health}).
+    @param snapshot: returns the health snapshot (see L{inkflow.health}).
     """
 
     def __init__(self, snapshot: Callable[[], Health] | None = None) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("inkflow_build", "InkFlow's version and what it runs on", registry=self.registry).info(
+            {"version": __version__, "python": platform.python_version(), "twisted": twisted.__version__}
+        )
         self.requests = Counter(
             "inkflow_http_requests",
             "HTTP requests answered, by route and status",
@@ -168,7 +187,18 @@ class Metrics:
             registry=self.registry,
         )
         if snapshot is not None:
-            self.registry.register(_SnapshotCollector(snapshot))
+            self.read_health(snapshot)
+
+    #: The Content-Type of L{render}.
+    content_type = CONTENT_TYPE
+
+    def read_health(self, snapshot: Callable[[], Health]) -> None:
+        """
+        Export the health snapshot's figures too (read at each scrape).  The
+        composition root calls it once the health reporter is built: the
+        reporter reads the forwarder, which reports its attempts here.
+        """
+        self.registry.register(_SnapshotCollector(snapshot))
 
     def observe_request(self, path: bytes, status: int) -> None:
         self.requests.labels(route_label(path), str(status)).inc()

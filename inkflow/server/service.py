@@ -1,11 +1,14 @@
 """
 The one place InkFlow is assembled: L{makeService}.
 
-The twistd plugin and C{inkflow.tac} both call it.  It builds a
+The twistd plugin and C{inkflow.tac} both call it.  It builds every
+collaborator (connection registry, queue, rate limiter, forwarder, stream
+registry, idempotency store, chat sockets, health reporter, metrics, chat
+handler, routes, site), each from those built before it, and a
 C{MultiService} of:
 
- - the core service (L{InkFlowService}): owns the site, the n8n client and the
-   queue, and drains them on shutdown;
+ - the core service (L{InkFlowService}): drains the connections, the
+   WebSockets, the streams, the queue and the n8n pool on shutdown;
  - the HTTP server on the C{--listen} endpoint (and the admin one on
    C{--admin-listen}, when set);
  - the cleanup loop.
@@ -22,22 +25,38 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
 
 from inkflow import __version__
+from inkflow.health import HealthReporter
+from inkflow.n8n.demo import DemoResponder
 from inkflow.server.cleanup import Cleaner
-from inkflow.server.health import ProcessMetrics, SiteStats
-from inkflow.server.logs import install_rotation_signals, write_access_line
+from inkflow.server.health import ProcessMetrics
+from inkflow.server.logs import install_rotation_signals, settings_summary, write_access_line
 from inkflow.server.metrics import Metrics
 from inkflow.server.workers import WorkerSupervisor, adopted_endpoint
-from inkflow.settings import Settings, describe
-from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.settings import Settings
+from inkflow.state.build import Built, build_state, state_config
+from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
+from inkflow.state.fallback import StateCollector
+from inkflow.state.memory import MemoryState
+from inkflow.state.workers import SOCKET_ENV, ParentStateService
+from inkflow.web.admission import ChatQueue
+from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.connections import Connections
+from inkflow.web.handler import ChatHandler
+from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest, log_safe
 from inkflow.web.routes import InkFlowApp
 from inkflow.web.site import InkFlowSite
+from inkflow.web.state import request_state
+from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.stream import StreamAnswers, StreamRegistry
 from inkflow.web.uploads import upload_dir_problem
+from inkflow.web.websocket import ChatSocketResource, ChatSockets
 
 __all__ = ["InkFlowService", "makeService"]
 
@@ -96,17 +115,24 @@ class InkFlowService(service.MultiService):
         self,
         settings: Settings,
         reactor: IReactorTime,
-        site: InkFlowSite,
-        app: InkFlowApp,
+        connections: Connections,
         queue: ChatQueue,
+        *,
+        static: StaticFiles,
+        chat_sockets: ChatSockets,
+        streams: StreamRegistry,
         pool: Any = None,
+        state: Built | None = None,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
-        self.site = site
-        self.app = app
+        self.connections = connections
         self.queue = queue
+        self.static = static
+        self.chat_sockets = chat_sockets
+        self.streams = streams
         self.pool = pool
+        self.state = state
         super().__init__()
 
     def startService(self) -> None:
@@ -133,14 +159,14 @@ class InkFlowService(service.MultiService):
             version=__version__,
             mode=self.settings.mode,
             listen=self.settings.listen,
-            settings=describe(self.settings),
+            settings=settings_summary(self.settings),  # the options that differ from their defaults
         )
-        if not self.app.static.exists():
+        if not self.static.exists():
             log.warn("The page is missing: no index.html in {static_dir}", static_dir=self.settings.static_dir)
 
     async def _drain(self) -> None:
         clock = self.reactor
-        self.site.draining = True
+        self.connections.draining = True
         if self.settings.shutdown_delay > 0:
             log.info(
                 "Stopping: not ready; still serving for {delay}s before closing the port",
@@ -151,30 +177,51 @@ class InkFlowService(service.MultiService):
         self.queue.start_draining()
         log.info(
             "Draining: {connections} connections open, up to {timeout}s",
-            connections=len(self.site.channels),
+            connections=len(self.connections.channels),
             timeout=self.settings.drain_timeout,
         )
-        self.app.chat_sockets.close_all(1001)  # /chat WebSockets: "going away"
-        gone = self.site.drain()
-        if self.site.channels:
+        self.chat_sockets.close_all(1001)  # /chat WebSockets: "going away"
+        gone = self.connections.drain()
+        if self.connections.channels:
             try:
                 await gone.addTimeout(self.settings.drain_timeout, clock)
             except defer.TimeoutError:
                 # Streams end with an error line and a clean end, never a reset.
-                if self.app.streams.registry.stop_all("drain"):
+                if self.streams.stop_all("drain"):
                     with contextlib.suppress(defer.TimeoutError):
-                        await self.site.drain().addTimeout(STREAM_END_GRACE, clock)
-                if self.site.channels:
+                        await self.connections.drain().addTimeout(STREAM_END_GRACE, clock)
+                if self.connections.channels:
                     log.warn(
-                        "Drain timeout reached: cutting {connections} connections", connections=len(self.site.channels)
+                        "Drain timeout reached: cutting {connections} connections",
+                        connections=len(self.connections.channels),
                     )
-                    self.site.abort_all()
+                    self.connections.abort_all()
         if self.pool is not None:
             await self.pool.closeCachedConnections()
+        if self.state is not None:
+            await self.state.state.close()
+            if self.state.link is not None and self.state.backend == "redis":
+                await self.state.link.close()  # (under --workers, the state's link is this one)
         log.info("Drained; stopping")
 
     def stopService(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._drain())
+
+
+class _StopLastFirst(service.MultiService):
+    """
+    The C{--workers} parent: its children stop one after another, the last
+    started first, so the workers drain while the parent still serves their
+    shared state (a C{MultiService} stops them all at once).
+    """
+
+    async def _stop(self) -> None:
+        service.Service.stopService(self)
+        for child in reversed(list(self)):
+            await defer.maybeDeferred(child.stopService)
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._stop())
 
 
 def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRequest], None]:
@@ -192,7 +239,8 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
         method = request.method.decode("latin-1")
         uri = request.uri[:300].decode("latin-1")
         line = log_safe(f"{method} {uri} {request.code} {request.sentLength}")
-        streamed = getattr(request, "stream_seconds", None)
+        state = request_state(request)
+        streamed = state.stream_seconds
         if streamed is not None:
             line += f" stream {streamed:.3f}s"
         if write_access_line(line):
@@ -203,7 +251,7 @@ def _request_logger(settings: Settings, metrics: Metrics) -> Callable[[InkFlowRe
             uri=uri,
             status=request.code,
             bytes=request.sentLength,
-            request_id=getattr(request, "request_id", None),
+            request_id=state.request_id,
         )
 
     return log_request
@@ -215,6 +263,8 @@ def makeService(
     *,
     install_signals: bool = True,
     worker_fd: int | None = None,
+    state_socket: str | None = None,
+    worker_slot: str = "",
 ) -> service.MultiService:
     """
     Build the whole InkFlow service from its settings.
@@ -225,6 +275,9 @@ def makeService(
         (off in tests).
     @param worker_fd: in a worker process (C{--workers N}), the inherited
         listening socket to serve instead of opening C{--listen}.
+    @param state_socket: in a worker, the parent's state socket (the shared
+        state, the whole server's metrics and health).
+    @param worker_slot: in a worker, its slot (the label of its metrics).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -235,49 +288,139 @@ def makeService(
     if settings.workers > 1 and worker_fd is None:
         # The parent of --workers N: it opens the socket and supervises the
         # workers, each of which calls makeService with worker_fd.
-        top = service.MultiService()
-        WorkerSupervisor(settings, IReactorProcess(reactor)).setServiceParent(top)
+        # The parent holds the shared state and serves it to the workers over
+        # AMP (it also merges their metrics and health, under --redis too).
+        parent = _StopLastFirst()
+        parent_state = ParentStateService(MemoryState(reactor, state_config(settings)), reactor)
+        parent_state.setServiceParent(parent)  # before the workers: their command names its socket
+        WorkerSupervisor(settings, IReactorProcess(reactor), state_socket=lambda: parent_state.path).setServiceParent(
+            parent
+        )
         if install_signals:
             reactor.callWhenRunning(install_rotation_signals, reactor)
         reactor.callWhenRunning(tune_gc)
-        return top
+        return parent
 
+    # Built in order, each from those before it: no callback looks up a
+    # name bound later.
+    connections = Connections()
     queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, reactor)
-    rate_limiter = RateLimiter(settings.rate_limit, reactor)
-    # The app, the site and these callbacks need each other; the closures
-    # below look `site` and `app` up when called, after both are built.
-    cleaner = Cleaner(settings.upload_dir, reactor, active_paths=lambda: site.active_upload_paths())
-    metrics = Metrics(lambda: app.health_snapshot())
-
+    cleaner = Cleaner(settings.upload_dir, reactor, active_paths=connections.active_upload_paths)
+    metrics = Metrics()
     forwarder = None
     pool = None
     if settings.mode == "proxy":
-        from inkflow.n8n.client import Forwarder, make_http_client
+        from inkflow.n8n.client import Forwarder, make_agent
 
-        client, pool = make_http_client(reactor, settings)
-        forwarder = Forwarder(settings, client, reactor, observer=metrics.observe_attempt)
+        agent, pool = make_agent(reactor, settings)
+        forwarder = Forwarder(settings, agent, reactor, observer=metrics.observe_attempt)
+    stream_registry = StreamRegistry()
+    streams = StreamAnswers(
+        reactor,
+        idle_timeout=settings.stream_idle_timeout,
+        stream_timeout=settings.stream_timeout,
+        registry=stream_registry,
+        observe_start=metrics.observe_stream_start,
+        observe_end=metrics.observe_stream_end,
+    )
+    chat_sockets = ChatSockets()
+    # The state the processes share (one process: memory; --workers: the
+    # parent's over AMP; --redis: Redis), with this process's own as the
+    # fallback.  Health and metrics are read through it late (bound below).
+    health_of: list[Callable[[], Any]] = []
+    built = build_state(
+        settings,
+        reactor,
+        environ={SOCKET_ENV: state_socket} if state_socket else {},
+        worker=worker_slot,
+        metrics_text=metrics.render,
+        health_snapshot=lambda: health_of[0]() if health_of else {},
+    )
+    fallback = built.fallback
 
-    def site_stats() -> SiteStats:
-        # Admitted connections: those over the limit are being refused.
-        return SiteStats(site.admitted, site.connections_rejected, site.timeouts_total, site.draining)
+    def state_section() -> dict[str, Any]:
+        if fallback is None:
+            return {"backend": built.backend, "shared": True, "fallbacks_total": 0}
+        fallback.probe()  # an idle process leaves the degraded state
+        return fallback.snapshot()
 
-    app = InkFlowApp(
+    if fallback is not None:
+        metrics.registry.register(StateCollector(fallback))
+    executions = SharedExecutions(built.state)
+
+    def client_of(request: Any) -> str:
+        peer = request.getClientAddress()
+        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), settings.trusted_proxy)
+
+    idempotency = SharedIdempotentChat(built.state, settings.chat_input_key, settings.chat_session_key, client_of)
+    reporter = HealthReporter(
+        settings,
+        reactor,
+        site=connections.stats,
+        queue=queue,
+        process=ProcessMetrics().read,
+        upstreams=forwarder.upstreams if forwarder is not None else None,
+        cleanup=cleaner.snapshot,
+        websockets=chat_sockets.snapshot,
+        streams=stream_registry.snapshot,
+        state=state_section,
+    )
+    health_of.append(reporter.health)
+    metrics.read_health(reporter.health)
+    chat = ChatHandler(
         settings,
         reactor,
         forwarder=forwarder,
+        demo=DemoResponder(),
         queue=queue,
-        rate_limiter=rate_limiter,
-        process_metrics=ProcessMetrics(),
-        site_stats=site_stats,
-        cleanup=cleaner,
+        streams=streams,
+        executions=executions,
+        idempotency=idempotency,
         metrics=metrics,
     )
+    static = StaticFiles(settings.static_dir)
+    app = InkFlowApp(
+        settings,
+        reactor,
+        chat=chat,
+        idempotency=idempotency,
+        rate_take=built.state.rate_take,
+        reporter=reporter,
+        static=PageFiles.from_settings(static, settings),
+        chat_socket=ChatSocketResource(
+            settings,
+            reactor,
+            executions,
+            chat_sockets,
+            draining=lambda: connections.draining,
+            rate_take=built.state.rate_take,
+        ),
+        metrics=metrics,
+        server_view=built.link,
+    )
     site = InkFlowSite(
-        app.resource(), settings, reactor, app.sink_for, _request_logger(settings, metrics), admit_head=app.admit_head
+        app.resource(),
+        settings,
+        reactor,
+        app.sink_for,
+        _request_logger(settings, metrics),
+        admit_head=app.admit_head,
+        connections=connections,
     )
 
     top = service.MultiService()
-    core = InkFlowService(settings, reactor, site, app, queue, pool)
+    core = InkFlowService(
+        settings,
+        reactor,
+        connections,
+        queue,
+        static=static,
+        chat_sockets=chat_sockets,
+        streams=stream_registry,
+        pool=pool,
+        state=built,
+    )
     core.setServiceParent(top)
     cleaner.service(settings.cleanup_interval).setServiceParent(top)
     http_service: service.Service

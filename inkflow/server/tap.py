@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from inkflow.server import logs
+from inkflow.server import logs, startup
 from inkflow.settings import OPTIONS, ConfigError, Option, Settings, load_settings
 
 __all__ = ["Options", "makeService"]
@@ -64,9 +64,14 @@ class _OptionsBase(usage.Options):
         except ConfigError as e:
             sys.stderr.write(f"inkflow: error: {e}\n")
             raise _Handled(str(e)) from None
+        problem = startup.unsupported(self.settings)
+        if problem is not None:
+            sys.stderr.write(f"inkflow: error: {problem}\n")
+            raise _Handled(problem)
         parent = getattr(self, "parent", None)
         if parent is not None:
             logs.set_up(self.settings, twistd_options=parent)
+            startup.use_twistd_options(parent)
 
 
 class _Handled(usage.UsageError):
@@ -94,6 +99,10 @@ Options = _build_options_class()
 
 
 def makeService(options: usage.Options) -> IService:
+    from twisted.internet import reactor
+
     from inkflow.server.service import makeService as make
 
-    return make(options.settings)  # type: ignore[attr-defined]
+    # A port in use and the like: one line and status 2; under systemd, READY=1 and WATCHDOG=1
+    # (inkflow.server.startup, inkflow.server.systemd).
+    return startup.guarded(make(options.settings, reactor), reactor)  # type: ignore[attr-defined]

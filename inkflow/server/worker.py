@@ -3,8 +3,9 @@ C{--workers N}, one worker's side: C{python -m inkflow.server.worker}.
 
 Started by L{inkflow.server.workers.WorkerSupervisor}: the settings come in
 the environment (loaded and validated as at start-up), the listening socket is
-file descriptor 3 (served through C{AdoptedStreamServerEndpoint}), and the log
-goes to stdout as JSON lines, for the parent to relay.
+file descriptor 3 (served through C{AdoptedStreamServerEndpoint}), the
+parent's state socket and this worker's slot in the environment too, and the
+log goes to stdout as JSON lines, for the parent to relay.
 
 Only this entry point imports L{inkflow.server.service}; nothing imports this
 module, so running it with C{-m} loads it once.
@@ -19,7 +20,7 @@ from twisted.internet.interfaces import IReactorCore
 
 from inkflow.server.logs import begin_worker_logging
 from inkflow.server.service import makeService
-from inkflow.server.workers import SETTINGS_ENV, WORKER_FD, settings_from_env
+from inkflow.server.workers import SETTINGS_ENV, SLOT_ENV, STATE_SOCKET_ENV, WORKER_FD, settings_from_env
 from inkflow.settings import ConfigError
 
 __all__ = ["main"]
@@ -39,7 +40,13 @@ def main() -> int:  # pragma: no cover - runs in a worker process
         return 2
     begin_worker_logging(settings.log_level)
     reactor = IReactorCore(_reactor)
-    top = makeService(settings, reactor, worker_fd=WORKER_FD)
+    top = makeService(
+        settings,
+        reactor,
+        worker_fd=WORKER_FD,
+        state_socket=os.environ.pop(STATE_SOCKET_ENV, None),
+        worker_slot=os.environ.pop(SLOT_ENV, ""),
+    )
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

@@ -19,8 +19,11 @@ reactor, queue and connection limit.  The parent:
    C{--drain-timeout} plus a margin.
 
 This module never imports L{inkflow.server.service} (which imports it); the
-worker's entry point does.  Each worker answers C{/api/health} with its own
-pid: limits and counters there are per worker.
+worker's entry point does.  The parent also serves the shared state
+(L{inkflow.state.workers.ParentStateService}): each worker gets its socket in
+C{INKFLOW_STATE_SOCKET} and its slot in L{SLOT_ENV}, and reaches it over AMP
+for the idempotency keys, the rate limit, the execution map and the whole
+server's C{/metrics} and C{/api/health}.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -44,14 +48,29 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from inkflow.page import page_config
 from inkflow.settings import OPTIONS, Settings, load_settings
+from inkflow.state.workers import SOCKET_ENV
 from inkflow.supervisor import Child, ChildCommand, ChildProtocol, Supervisor, SupervisorHooks
 
-__all__ = ["SETTINGS_ENV", "WORKER_FD", "WorkerSupervisor", "adopted_endpoint", "settings_from_env", "settings_to_env"]
+__all__ = [
+    "SETTINGS_ENV",
+    "SLOT_ENV",
+    "STATE_SOCKET_ENV",
+    "WORKER_FD",
+    "WorkerSupervisor",
+    "adopted_endpoint",
+    "settings_from_env",
+    "settings_to_env",
+]
 
 log = Logger()
 
 SETTINGS_ENV = "INKFLOW_WORKER_SETTINGS"
+#: The environment variable giving a worker its slot (the label of its metrics).
+SLOT_ENV = "INKFLOW_WORKER_SLOT"
+#: The environment variable naming the parent's state socket.
+STATE_SOCKET_ENV = SOCKET_ENV
 WORKER_FD = 3
 MIN_RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
@@ -62,6 +81,9 @@ KILL_MARGIN = 5.0
 
 
 # --- settings, parent to worker
+
+#: The [page] table's place among the raw options (no option has brackets in its name).
+PAGE_KEY = "[page]"
 
 
 def settings_to_env(settings: Settings) -> str:
@@ -79,6 +101,7 @@ def settings_to_env(settings: Settings) -> str:
             raw[option.name] = items or ([""] if option.default_value() else [])
         else:
             raw[option.name] = value
+    raw[PAGE_KEY] = settings.page.public()
     return json.dumps(raw)
 
 
@@ -89,7 +112,9 @@ def settings_from_env(text: str) -> Settings:
 
     @raise inkflow.settings.ConfigError: a value does not pass.
     """
-    return load_settings(flags=json.loads(text), environ={})
+    flags = json.loads(text)
+    page = page_config(flags.pop(PAGE_KEY, None))
+    return load_settings(flags=flags, environ={}, overrides={"page": page})
 
 
 # --- the socket
@@ -188,16 +213,25 @@ class WorkerSupervisor(service.Service, SupervisorHooks):
     @param reactor: starts the workers; must also provide time, TCP and the
         reader set (every real reactor does).
     @param python: the interpreter that runs the workers.
+    @param state_socket: the path of the parent's state socket (asked when a
+        worker is started: the state service listens first).
     """
 
     name = "workers"
 
-    def __init__(self, settings: Settings, reactor: IReactorProcess, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: IReactorProcess,
+        python: str = sys.executable,
+        state_socket: Callable[[], str] | None = None,
+    ) -> None:
         if settings_from_env(settings_to_env(settings)) != settings:
             raise RuntimeError("the settings do not survive the trip to the workers")
         self.settings = settings
         self.reactor = reactor
         self.python = python
+        self.state_socket = state_socket
         self.port: IListeningPort | None = None
         self._supervisor = Supervisor(
             reactor,
@@ -243,6 +277,10 @@ class WorkerSupervisor(service.Service, SupervisorHooks):
         env = dict(os.environ)
         env[SETTINGS_ENV] = settings_to_env(self.settings)
         env["PYTHONUNBUFFERED"] = "1"
+        env[SLOT_ENV] = str(slot)
+        env.pop(STATE_SOCKET_ENV, None)
+        if self.state_socket is not None and self.state_socket():
+            env[STATE_SOCKET_ENV] = self.state_socket()
         return ChildCommand(
             (self.python, "-m", "inkflow.server.worker"),
             env,

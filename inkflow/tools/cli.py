@@ -23,7 +23,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from inkflow import __version__
-from inkflow import settings_parsers as parsers
+from inkflow.paths import HEALTH
+from inkflow.settings import parsers
 from inkflow.tools import healthcheck, monitor, watchdog
 
 __all__ = ["main"]
@@ -92,7 +93,7 @@ class _Options(usage.Options):
 class MonitorOptions(_Options):
     synopsis = "[--url URL] [--interval SECONDS] [--once [--json]]"
     longdesc = (
-        "Live terminal view of a running InkFlow's /api/health: status, process, connections, queue, "
+        f"Live terminal view of a running InkFlow's {HEALTH}: status, process, connections, queue, "
         "request totals and rates, upstream breakers, cleanup. Keeps polling while the server is down. "
         "--once --json prints one snapshot as JSON and exits 0 (1 if the server cannot be read)."
     )
@@ -105,7 +106,7 @@ class MonitorOptions(_Options):
             "url",
             "u",
             healthcheck.DEFAULT_URL,
-            "Server or health URL to poll (a server URL means its /api/health).",
+            f"Server or health URL to poll (a server URL means its {HEALTH}).",
             _http_url("url"),
         ],
         ["interval", "i", 1.0, "Seconds between polls (each may take min(0.8 x interval, 5s)).", _seconds("interval")],
@@ -130,7 +131,7 @@ class WatchdogOptions(_Options):
         ["no-health", None, "Do not poll a health URL; only restart the child when it exits."],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
-        ["health-url", None, healthcheck.DEFAULT_URL, "Server or health URL to poll (a server URL means its /api/health); any 200 is healthy.", _http_url("health-url")],
+        ["health-url", None, healthcheck.DEFAULT_URL, f"Server or health URL to poll (a server URL means its {HEALTH}); any 200 is healthy.", _http_url("health-url")],
         ["interval", None, 2.0, "Seconds between health checks (each may take min(0.8 x interval, 5s)).", _seconds("interval")],
         ["failures", None, 3, "Failed health checks in a row that mean the child is hung.", _count("failures", 1)],
         ["grace", None, 10.0, "Seconds between SIGTERM and SIGKILL.", _seconds("grace", allow_equal=True)],
@@ -166,7 +167,7 @@ class WatchdogOptions(_Options):
 class Options(_Options):
     longdesc = "Operator tools for InkFlow. Run 'inkflow COMMAND --help' for a command's options."
     subCommands: ClassVar[list[list[Any]]] = [
-        ["monitor", None, MonitorOptions, "Live terminal view of /api/health."],
+        ["monitor", None, MonitorOptions, f"Live terminal view of {HEALTH}."],
         ["watchdog", None, WatchdogOptions, "Run a command and restart it when it exits or hangs."],
     ]
 

@@ -141,6 +141,13 @@ def _header(view: View, interval: float | None) -> Panel:
     if uptime is not None and not view.stale:
         line.append("  up ", style="dim")
         line.append(format_duration(uptime))
+    if view.state:
+        shared = view.state.get("shared")
+        line.append("  state ", style="dim")
+        line.append(
+            f"{view.state.get('backend', '?')}" + ("" if shared is not False else " (answering alone)"),
+            style="" if shared is not False else "yellow",
+        )
     lines: list[RenderableType] = [line]
     if not view.up:
         down = Text()
@@ -188,6 +195,36 @@ def _upstream_table(view: View, dim: bool) -> Panel:
     return _panel(table, "Upstreams", dim)
 
 
+def _workers_table(view: View, dim: bool) -> Panel | None:
+    """
+    Under C{--workers N}: one row per worker (the other panels show the
+    worker that answered this poll; the chat counts are the server's).
+    """
+    server = view.server
+    if not server or not server.get("workers"):
+        return None
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, show_edge=False)
+    table.add_column("worker", justify="right", style="dim")
+    table.add_column("pid", justify="right")
+    table.add_column("status")
+    table.add_column("up", justify="right")
+    table.add_column("connections", justify="right")
+    table.add_column("in flight", justify="right")
+    table.add_column("processed", justify="right")
+    for slot, worker in sorted(server["workers"].items()):
+        status = worker.get("status") or "?"
+        table.add_row(
+            slot,
+            format_of(worker.get("pid"), None),
+            Text(status, style=status_style(status)),
+            format_duration(worker.get("uptime_s")),
+            format_of(worker.get("connections", {}).get("active"), worker.get("connections", {}).get("max")),
+            format_of(worker.get("queue", {}).get("in_flight"), worker.get("queue", {}).get("max_concurrent")),
+            format_of(worker.get("queue", {}).get("processed_total"), None),
+        )
+    return _panel(table, f"Workers ({len(server['workers'])}, this answer from pid {view.health.get('pid')})", dim)
+
+
 def render(view: View, interval: float | None = None) -> RenderableType:
     """
     The whole dashboard for one view.
@@ -221,6 +258,7 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     )
     q = health["queue"]
     p50, p95 = q.get("wait_ms_p50"), q.get("wait_ms_p95")
+    server_queue: dict[str, float] = view.server.get("totals", {}).get("queue", {}) if view.server else {}
     queue = _pairs(
         "Queue",
         [
@@ -235,11 +273,13 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     counts.add_column("", style="cyan")
     counts.add_column("total", justify="right")
     counts.add_column("rate", justify="right")
-    counts.add_row("processed", format_of(q.get("processed_total"), None), format_rate(view.rates.processed))
-    counts.add_row("rejected", format_of(q.get("rejected_total"), None), format_rate(view.rates.rejected))
-    counts.add_row("timed out", format_of(q.get("timed_out_total"), None), format_rate(view.rates.timed_out))
-    counts.add_row("client left", format_of(q.get("cancelled_total"), None), format_rate(view.rates.cancelled))
-    totals = _panel(counts, "Chat requests", dim)
+    # Under --workers N the server's totals (all workers), else this process's.
+    counted: dict[str, Any] = {**q, **server_queue}
+    counts.add_row("processed", format_of(counted.get("processed_total"), None), format_rate(view.rates.processed))
+    counts.add_row("rejected", format_of(counted.get("rejected_total"), None), format_rate(view.rates.rejected))
+    counts.add_row("timed out", format_of(counted.get("timed_out_total"), None), format_rate(view.rates.timed_out))
+    counts.add_row("client left", format_of(counted.get("cancelled_total"), None), format_rate(view.rates.cancelled))
+    totals = _panel(counts, "Chat requests (all workers)" if server_queue else "Chat requests", dim)
     cl = health["cleanup"]
     cleanup = _pairs(
         "Cleanup",
@@ -251,6 +291,23 @@ def render(view: View, interval: float | None = None) -> RenderableType:
         ],
         dim,
     )
+    st = health["streams"]
+    endings = st.get("endings") or {}
+    streams = _pairs(
+        "Streams",
+        [
+            ("in flight", format_of(st.get("in_flight"), None)),
+            ("total", format_of(st.get("total"), None)),
+            *((f"ended: {cause}", format_of(count, None)) for cause, count in sorted(endings.items())),
+        ],
+        dim,
+    )
+    ws = health["websockets"]
+    websockets = _pairs(
+        "WebSockets (/chat)",
+        [("open", format_of(ws.get("open"), None)), ("opened", format_of(ws.get("opened_total"), None))],
+        dim,
+    )
     top = Table.grid(expand=True, padding=(0, 1))
     for _ in range(3):
         top.add_column(ratio=1)
@@ -259,4 +316,12 @@ def render(view: View, interval: float | None = None) -> RenderableType:
     middle.add_column(ratio=1)
     middle.add_column(ratio=1)
     middle.add_row(totals, cleanup)
-    return Group(header, top, middle, _upstream_table(view, dim))
+    lower = Table.grid(expand=True, padding=(0, 1))
+    lower.add_column(ratio=1)
+    lower.add_column(ratio=1)
+    lower.add_row(streams, websockets)
+    workers = _workers_table(view, dim)
+    parts: list[RenderableType] = [header, top, middle, lower]
+    if workers is not None:
+        parts.append(workers)
+    return Group(*parts, _upstream_table(view, dim))

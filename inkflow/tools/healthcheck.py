@@ -31,6 +31,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IResponse
 
+from inkflow import paths
+
 __all__ = [
     "DEFAULT_URL",
     "HealthAnswer",
@@ -41,7 +43,7 @@ __all__ = [
     "probe_timeout",
 ]
 
-HEALTH_PATH = "/api/health"
+HEALTH_PATH = paths.HEALTH
 DEFAULT_URL = "http://127.0.0.1:8000" + HEALTH_PATH
 #: The longest one check may take, whatever the interval.
 MAX_TIMEOUT = 5.0

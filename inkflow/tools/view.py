@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from inkflow.snapshot import Health, read_health
+from inkflow.snapshot import Health, ServerSnapshot, StateSnapshot, read_health, read_section
 
 __all__ = ["Poll", "Rates", "Tracker", "View", "build_view", "compute_rates"]
 
@@ -71,6 +71,10 @@ class View:
     stale: bool
     health: Health = field(default_factory=_no_health)
     rates: Rates = Rates()
+    #: Under C{--workers N}: the whole server (totals, one section per worker).
+    server: ServerSnapshot | None = None
+    #: The shared state (backend, shared or answering alone).
+    state: StateSnapshot | None = None
 
 
 #: The counters that get a rate, each read from the schema.
@@ -95,7 +99,13 @@ def compute_rates(current: Poll, previous: Poll | None) -> Rates:
     if elapsed <= 0:
         return Rates()
     now, before = read_health(current.health), read_health(previous.health)
-    if now.get("pid") != before.get("pid"):
+    server_now = read_section(ServerSnapshot, current.health, "server")
+    server_before = read_section(ServerSnapshot, previous.health, "server")
+    if server_now and server_before and server_now.get("totals") and server_before.get("totals"):
+        # --workers N: each poll may be answered by another worker; the
+        # server's totals never go backwards.
+        now, before = server_totals(now, server_now), server_totals(before, server_before)
+    elif now.get("pid") != before.get("pid"):
         return Rates()
     uptime_now, uptime_before = now.get("uptime_s"), before.get("uptime_s")
     if uptime_now is not None and uptime_before is not None and uptime_now < uptime_before:
@@ -105,6 +115,20 @@ def compute_rates(current: Poll, previous: Poll | None) -> Rates:
         a, b = read(now), read(before)
         rates[name] = (a - b) / elapsed if a is not None and b is not None and a >= b else None
     return Rates(**rates)
+
+
+def server_totals(health: Health, server: ServerSnapshot) -> Health:
+    """
+    C{health} with its counters (queue, connections) replaced by the whole
+    server's (C{--workers N}).
+    """
+    totals = server.get("totals", {})
+    merged: dict[str, Any] = dict(health)
+    merged.pop("pid", None)
+    merged.pop("uptime_s", None)
+    merged["queue"] = {**health["queue"], **totals.get("queue", {})}
+    merged["connections"] = {**health["connections"], **totals.get("connections", {})}
+    return cast(Health, merged)
 
 
 def build_view(
@@ -134,6 +158,8 @@ def build_view(
         stale=not up and seen,
         health=health,
         rates=compute_rates(poll, previous_good) if up else Rates(),
+        server=read_section(ServerSnapshot, last_good.health, "server") if last_good is not None else None,
+        state=read_section(StateSnapshot, last_good.health, "state") if last_good is not None else None,
     )
 
 

@@ -19,10 +19,9 @@ import functools
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from inkflow.errors import ApiError
@@ -36,35 +35,11 @@ __all__ = [
     "ChatQueue",
     "RateLimiter",
     "Slot",
-    "TimeSource",
     "client_ip",
     "rate_key",
 ]
 
 log = Logger()
-
-
-class DelayedCall(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IDelayedCall} used here.
-    """
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class TimeSource(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} used here: the
-    reactor, or a L{twisted.internet.task.Clock} in tests.  A protocol rather
-    than the zope interface so that mypy (without the zope plugin) accepts
-    both and checks the calls.
-    """
-
-    def seconds(self) -> float: ...
-
-    def callLater(self, delay: float, callable: Callable[..., Any], /, *args: Any, **kw: Any) -> DelayedCall: ...
 
 
 #: How many recent queue waits the percentiles are computed over.
@@ -128,7 +103,7 @@ class _Waiter:
     def __init__(self, deferred: Deferred[Slot], enqueued: float) -> None:
         self.deferred = deferred
         self.enqueued = enqueued
-        self.timer: DelayedCall | None = None
+        self.timer: IDelayedCall | None = None
 
 
 def _percentile(ordered: list[float], p: float) -> float:
@@ -157,7 +132,7 @@ class ChatQueue:
         max_concurrent: int,
         queue_size: int,
         queue_timeout: float,
-        clock: TimeSource,
+        clock: IReactorTime,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -168,7 +143,7 @@ class ChatQueue:
         self.max_concurrent = max_concurrent
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
-        self._clock: TimeSource = clock
+        self._clock: IReactorTime = clock
         self._in_flight = 0
         self._waiters: deque[_Waiter] = deque()
         self._idle_waiters: list[Deferred[None]] = []
@@ -393,7 +368,7 @@ class RateLimiter:
     owner gets a fresh, full bucket, erring on the side of letting through).
     """
 
-    def __init__(self, per_minute: int, clock: TimeSource, max_buckets: int = 10_000) -> None:
+    def __init__(self, per_minute: int, clock: IReactorTime, max_buckets: int = 10_000) -> None:
         if per_minute < 0:
             raise ValueError(f"per_minute must be >= 0, got {per_minute}")
         if max_buckets < 1:
@@ -402,7 +377,7 @@ class RateLimiter:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self.max_buckets = max_buckets
-        self._clock: TimeSource = clock
+        self._clock: IReactorTime = clock
         # key -> (tokens, time of last update); oldest update first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 

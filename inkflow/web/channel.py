@@ -7,14 +7,27 @@ InkFlow's HTTP channel: deadlines, the connection limit, early refusals.
  - B{a connection limit that answers}: a connection over C{--max-connections}
    gets C{503 busy} with C{Retry-After} and C{Connection: close}, except for
    C{/api/health} and C{/api/ready};
- - B{framing errors} get the contract's JSON 400, not twisted.web's bare one.
+ - B{a limit per client address} (C{--max-connections-per-ip}, keyed like the
+   rate limit): counted when the connection opens (its peer is the client),
+   or from each request's head when the peer is a trusted proxy; over it,
+   C{503 too_many_connections_from_address} the same way.  The connection
+   stays counted while it is open (kept alive, streaming, a WebSocket);
+ - B{framing errors} get the contract's JSON 400, not twisted.web's bare one;
+ - B{request targets} (RFC 9112 3.2): only visible ASCII (a DEL, a control or
+   a byte over 0x7e is a JSON 400: Twisted lets 0x7f-0xb0 through); the
+   absolute form (C{http://host/path}) is served like the origin form when
+   its authority is the request's C{Host} (the server's own name), a JSON 400
+   otherwise (InkFlow is not a proxy).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,18 +35,78 @@ from twisted.web import http
 
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
+from inkflow.web.admission import rate_key
+from inkflow.web.client_address import UNIX, client_ip, is_trusted_peer
 from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
 from inkflow.web.responses import raw_error_response
+from inkflow.web.state import request_state
 
 if TYPE_CHECKING:
     from inkflow.web.site import InkFlowSite
 
-__all__ = ["MIN_BODY_RATE", "InkFlowChannel"]
+__all__ = ["MIN_BODY_RATE", "InkFlowChannel", "origin_form"]
 
 log = Logger()
 
 #: Slowest accepted request body, in bytes per second, once the head is in.
 MIN_BODY_RATE = 64 * 1024
+
+#: Retry-After (seconds) of a connection over C{--max-connections-per-ip}.
+ADDRESS_RETRY_AFTER = 5
+
+#: A byte no request target may hold: anything but visible ASCII.
+_NOT_VISIBLE = re.compile(rb"[^\x21-\x7e]")
+#: An absolute-form target: scheme, authority, and the rest (path and query).
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
+_DEFAULT_PORTS = {b"http": b"80", b"https": b"443"}
+
+
+def _host_and_port(authority: bytes, scheme: bytes) -> tuple[bytes, bytes]:
+    """
+    An authority (C{host}, C{host:port}, C{[v6]:port}) as a lower-case host
+    and a port (the scheme's default when none is given).
+    """
+    authority = authority.strip().lower()
+    if authority.startswith(b"["):
+        host, _, rest = authority.partition(b"]")
+        host += b"]"
+        port = rest[1:] if rest.startswith(b":") else b""
+    elif authority.count(b":") == 1:
+        host, _, port = authority.partition(b":")
+    else:
+        host, port = authority, b""
+    return host, port or _DEFAULT_PORTS.get(scheme, b"")
+
+
+def origin_form(line: bytes) -> tuple[bytes, tuple[bytes, bytes] | None] | None:
+    """
+    A request line with its target checked and, in the absolute form, turned
+    into the origin form.
+
+    @return: C{None} when the target is refused (a byte that is not visible
+        ASCII, or an absolute form whose scheme is not http/https or that
+        has no host or carries user information); else the line to parse
+        and, for an absolute form, its scheme and authority (to be checked
+        against C{Host} once the headers are in).  A line that is not three
+        parts is returned as it is (Twisted's parser refuses it).
+    """
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return line, None
+    method, target, version = parts
+    if _NOT_VISIBLE.search(target):
+        return None
+    if target[:1] == b"/" or target == b"*":
+        return line, None
+    match = _ABSOLUTE.fullmatch(target)
+    if match is None:
+        return line, None  # not a form InkFlow serves: routed (and refused) as before
+    scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
+    if scheme not in _DEFAULT_PORTS or not authority or b"@" in authority:
+        return None
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    return b" ".join((method, rest, version)), (scheme, authority)
 
 
 class InkFlowChannel(http.HTTPChannel):
@@ -56,6 +129,9 @@ class InkFlowChannel(http.HTTPChannel):
 
     site: InkFlowSite
     over_limit = False
+    #: Over C{--max-connections-per-ip} (only this connection's health
+    #: requests are answered).
+    over_address = False
     refused = False
     _dropping = False
 
@@ -69,6 +145,7 @@ class InkFlowChannel(http.HTTPChannel):
         self._holding = False
         self._in_head = False
         self._hosts = 0
+        self._absolute: tuple[bytes, bytes] | None = None
         self._body_started = 0.0
         self._body_received = 0
         self.clock: IReactorTime | None = None
@@ -79,17 +156,26 @@ class InkFlowChannel(http.HTTPChannel):
         super().connectionMade()
         site = self.site
         self.clock = site.clock
-        site.channels.add(self)
         # Only admitted connections count: one already answered 503 (and
         # closing) must not keep a newcomer out.
-        self.over_limit = site.admitted >= site.settings.max_connections
-        if not self.over_limit:
-            site.admitted += 1
-        # A connection over the limit gets one short chance to say what it
+        # A peer that is not a trusted proxy is the client: count it now,
+        # silent sockets included.  A proxy's requests are counted from their
+        # heads (check_address).  A connection over its address's cap takes
+        # no place within --max-connections while it is answered.
+        host = self._peer_host()
+        if not is_trusted_peer(host, site.settings.trusted_proxy):
+            key = rate_key(client_ip(host, None, site.settings.trusted_proxy))
+            self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        self.over_limit = site.connections.opened(self, site.settings.max_connections, admit=not self.over_address)
+        if self.over_limit:
+            self.over_address = False
+            site.connections.release_address(self)
+        # A connection over a limit gets one short chance to say what it
         # wants: under a flood of slow clients it must not hold its file
         # descriptor for the whole header timeout.
+        refused_soon = self.over_limit or self.over_address
         self._arm(
-            min(site.settings.header_timeout, OVER_LIMIT_TIMEOUT) if self.over_limit else site.settings.header_timeout
+            min(site.settings.header_timeout, OVER_LIMIT_TIMEOUT) if refused_soon else site.settings.header_timeout
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -99,7 +185,45 @@ class InkFlowChannel(http.HTTPChannel):
         try:
             super().connectionLost(reason)
         finally:
-            self.site.channel_gone(self)
+            self.site.connections.gone(self)
+
+    def _peer_host(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+
+    def check_address(self, forwarded_for: Sequence[str] | None, always_answered: bool) -> None:
+        """
+        A request's head is in: check C{--max-connections-per-ip} for its
+        client (through a trusted proxy, this request's client; the
+        connection is counted under it from now on).
+
+        @param always_answered: a health request, answered over the limit
+            too (on a connection then closed after it).
+        @raise ApiError: 503 C{too_many_connections_from_address}.
+        """
+        site = self.site
+        if self.over_limit:
+            return
+        host = self._peer_host()
+        if not self.over_address and is_trusted_peer(host, site.settings.trusted_proxy):
+            key = rate_key(client_ip(host, forwarded_for, site.settings.trusted_proxy))
+            self.over_address = not site.connections.claim(self, key, site.settings.connections_per_ip)
+        if not self.over_address:
+            return
+        self.persistent = False
+        site.connections.give_up_place(self)
+        if not always_answered:
+            site.connections.connections_rejected += 1
+            raise ApiError.retry_later(
+                "too_many_connections_from_address", ADDRESS_RETRY_AFTER, "too many connections from one address"
+            )
+
+    def is_idle(self) -> bool:
+        """
+        Between two requests of a kept-alive connection (for the per-address
+        count: an idle connection makes room for its address's new one).
+        """
+        return self.state == "idle" and not self.requests and not self.refused
 
     # -- reading ----------------------------------------------------------------
 
@@ -117,13 +241,18 @@ class InkFlowChannel(http.HTTPChannel):
         if self._in_head:
             if line[:1] in (b" ", b"\t"):
                 # obs-fold: a strict front proxy reads this head differently.
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return
         elif line:
             self._in_head = True  # the request line; headers follow
             if self.state == "idle":
                 self.state = "head"
                 self._arm(self.site.settings.header_timeout)
+            checked = origin_form(line)
+            if checked is None:
+                twisted_hooks.respond_bad_request(self)
+                return
+            line, self._absolute = checked
         super().lineReceived(line)
 
     def headerReceived(self, line: bytes) -> bool:
@@ -131,12 +260,12 @@ class InkFlowChannel(http.HTTPChannel):
         name = name.strip().lower()
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             # Twisted ignores "identity" and reads the body as the next request.
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
             return False
         if name == b"host":
             self._hosts += 1
             if self._hosts > 1:
-                self._respondToBadRequestAndDisconnect()
+                twisted_hooks.respond_bad_request(self)
                 return False
         return bool(super().headerReceived(line))
 
@@ -165,8 +294,12 @@ class InkFlowChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         hosts, self._hosts, self._in_head = self._hosts, 0, False
+        absolute, self._absolute = self._absolute, None
         if hosts == 0 and twisted_hooks.request_version(self) == b"HTTP/1.1":
-            self._respondToBadRequestAndDisconnect()
+            twisted_hooks.respond_bad_request(self)
+            return
+        if absolute is not None and not self._own_authority(*absolute):
+            twisted_hooks.respond_bad_request(self)
             return
         super().allHeadersReceived()
         if self.refused:
@@ -179,14 +312,28 @@ class InkFlowChannel(http.HTTPChannel):
         self._arm(settings.header_timeout + limit / MIN_BODY_RATE)
         self._arm_progress()
 
+    def _own_authority(self, scheme: bytes, authority: bytes) -> bool:
+        """
+        Whether an absolute-form target names this server: its authority is
+        the request's C{Host} (or, without one, the address the client
+        connected to).
+        """
+        host = (self.requests[-1].requestHeaders.getRawHeaders(b"Host") or [None])[0] if self.requests else None
+        if host is None:
+            local = self.transport.getHost() if self.transport is not None else None
+            if not isinstance(local, (IPv4Address, IPv6Address)):
+                return False
+            address = f"[{local.host}]" if isinstance(local, IPv6Address) else local.host
+            host = f"{address}:{local.port}".encode()
+        return _host_and_port(authority, scheme) == _host_and_port(host, scheme)
+
     def _body_limit(self) -> int:
         """
         The most body bytes the chosen sink takes (the C{Content-Length} when
         smaller): what the overall body deadline is computed from.
         """
-        request = self.requests[-1] if self.requests else None
-        limit = getattr(request, "body_limit", None)
-        if not isinstance(limit, int):
+        limit = request_state(self.requests[-1]).body_limit if self.requests else None
+        if limit is None:
             limit = self.site.settings.max_body_size
         if self.length:
             limit = min(limit, self.length)
@@ -221,7 +368,7 @@ class InkFlowChannel(http.HTTPChannel):
         super().requestDone(request)
         if closing:
             return
-        if self.site.draining and not self.requests:
+        if self.site.connections.draining and not self.requests:
             self.loseConnection()
             return
         if not self.requests and self.transport is not None and not self.refused:
@@ -252,7 +399,7 @@ class InkFlowChannel(http.HTTPChannel):
 
     def _write_expired(self) -> None:
         self._write_timer = None
-        self.site.timeouts_total += 1
+        self.site.connections.timeouts_total += 1
         log.info("Client did not read its answer in time; aborting the connection")
         self._abort_now()
 
@@ -275,17 +422,31 @@ class InkFlowChannel(http.HTTPChannel):
             self.loseConnection()
             return
         if self.state in ("head", "body"):
-            request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
+            request_id = request_state(self.requests[-1]).request_id if self.requests else None
             if self.over_limit:
                 # Cut for the connection limit, not for slowness: the contract's
                 # answer over the limit is 503 busy.
-                self.site.connections_rejected += 1
+                self.site.connections.connections_rejected += 1
                 error = ApiError.retry_later("busy", 5, "too many connections")
+            elif self.over_address:
+                self.site.connections.connections_rejected += 1
+                error = ApiError.retry_later(
+                    "too_many_connections_from_address", ADDRESS_RETRY_AFTER, "too many connections from one address"
+                )
             else:
-                self.site.timeouts_total += 1
+                self.site.connections.timeouts_total += 1
                 log.info("Request {state} not received in time; answering 408", state=self.state)
                 error = ApiError("request_timeout")
-            self.refuse(raw_error_response(error, request_id), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
+            self.refuse(
+                raw_error_response(error, request_id, secure=self.secure), linger=OVER_LIMIT_TIMEOUT, drop_input=True
+            )
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether this connection is TLS (C{--listen ssl:...}).
+        """
+        return ISSLTransport.providedBy(self.transport)
 
     def loseConnection(self) -> None:
         """
@@ -342,9 +503,9 @@ class InkFlowChannel(http.HTTPChannel):
         """
         if self.refused or self.transport is None:
             return
-        request_id = getattr(self.requests[-1], "request_id", None) if self.requests else None
+        request_id = request_state(self.requests[-1]).request_id if self.requests else None
         self.refuse(
-            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id),
+            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id, secure=self.secure),
             linger=1.0,
             drop_input=True,
         )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from twisted.logger import Logger
 
-__all__ = ["UNIX", "client_ip"]
+__all__ = ["UNIX", "client_ip", "is_trusted_peer"]
 
 #: The peer host of a unix: listener's connections, and the --trusted-proxy
 #: value that believes them.
@@ -76,6 +76,18 @@ def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
 def _is_trusted(address: _Address, networks: Iterable[_Network]) -> bool:
     # An IPv4 address is never "in" an IPv6 network and vice versa (False, no error).
     return any(address in network for network in networks)
+
+
+def is_trusted_peer(peer_host: str, trusted: tuple[str, ...]) -> bool:
+    """
+    Whether the connection's peer is a trusted proxy (its C{X-Forwarded-For}
+    is believed): then the client's address is known only from each
+    request's head; otherwise it is the peer's, known when it connects.
+    """
+    if peer_host == UNIX:
+        return UNIX in trusted
+    peer = _parse_address(peer_host)
+    return peer is not None and _is_trusted(peer, _networks(tuple(t for t in trusted if t != UNIX)))
 
 
 def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tuple[str, ...]) -> str:

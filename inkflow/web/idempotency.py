@@ -19,11 +19,12 @@ L{IdempotentChat} wraps the chat route with it:
    ends nothing is stored (a stream is not replayed) and the next request with
    the key is forwarded as usual.
 
-Hook for the streaming branch of the chat route: when it starts streaming the
-answer of a request that carries a key, it calls
-C{store.mark_streaming(key)} (the key as sent, i.e.
-C{request.getHeader("Idempotency-Key")}); the wrapper then stores nothing
-when the route returns.
+Hook for a streamed answer: when the chat handler commits a stream for a
+request that carries a key, it calls C{store.mark_streaming(key)}; the
+wrapper then stores nothing when the route returns.  The route parses the
+key once (L{parse_key}) and hands it, with the parsed body, to
+L{IdempotentChat.run}; the request owns its body (its files are removed when
+it ends, answered or replayed).
 
 A request with a known key but another message (another session, action,
 text or files) is refused with 422 C{idempotency_mismatch}: a key names one
@@ -97,8 +98,9 @@ def parse_key(values: Sequence[bytes] | None) -> str | None:
 def fingerprint(body: ChatBody | None, input_key: str, session_key: str) -> str:
     """
     What makes two requests the same request: the session the client sent
-    (none when it sent none), the action, the message and the files' names
-    and sizes.
+    (none when it sent none), the action, the message, the metadata and each
+    file's name, size and SHA-256 (computed while it was spooled): the same
+    name and size with other bytes is another request.
     """
     fields = body.fields if body is not None else {}
 
@@ -112,7 +114,8 @@ def fingerprint(body: ChatBody | None, input_key: str, session_key: str) -> str:
         "action": fields.get("action"),
         "session": first(session_fields(session_key)),
         "message": first(message_fields(input_key)),
-        "files": [(f.filename, f.size) for f in body.files] if body is not None else [],
+        "metadata": fields.get("metadata"),
+        "files": [(f.filename, f.size, f.sha256) for f in body.files] if body is not None else [],
     }
     text = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -317,6 +320,9 @@ class _Request(Protocol):
     def setResponseCode(self, code: int) -> None: ...
 
     @property
+    def code(self) -> int: ...
+
+    @property
     def responseHeaders(self) -> Any: ...
 
     @property
@@ -337,31 +343,20 @@ class IdempotentChat:
         self._input_key = input_key
         self._session_key = session_key
 
-    async def run(self, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]) -> bytes | None:
+    async def run(
+        self, request: _Request, key: str | None, body: ChatBody | None, handler: Callable[[], Awaitable[bytes | None]]
+    ) -> bytes | None:
         """
         Answer C{request} with C{handler}, at most once per key.
 
-        @raise ApiError: 400 C{invalid_idempotency_key}, 409 C{in_progress},
-            422 C{idempotency_mismatch}, or the leader's error.
+        @param key: the request's C{Idempotency-Key} (L{parse_key}), or C{None}.
+        @param body: the request's parsed body, for the fingerprint.
+        @raise ApiError: 409 C{in_progress}, 422 C{idempotency_mismatch}, or
+            the leader's error.
         """
-        try:
-            key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
-            if key is None:
-                return await handler(request)
-            return await self._run(key, request, handler)
-        finally:
-            # A request answered from another's answer (or refused for its key)
-            # still holds its own uploads: drop them now (idempotent; the route
-            # does it too).
-            release = getattr(request, "release_body", None)
-            if release is not None:
-                release()
-
-    async def _run(
-        self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]
-    ) -> bytes | None:
-        print_ = fingerprint(getattr(request, "chat_body", None), self._input_key, self._session_key)
-        begin = self.store.begin(key, print_)
+        if key is None:
+            return await handler()
+        begin = self.store.begin(key, fingerprint(body, self._input_key, self._session_key))
         if begin.kind == "lead":
             return await self._lead(key, request, handler)
         if begin.kind == "in_progress":
@@ -378,12 +373,10 @@ class IdempotentChat:
         # The leader ended without an answer: this request leads now.
         return await self._lead(key, request, handler)
 
-    async def _lead(
-        self, key: str, request: _Request, handler: Callable[[Any], Awaitable[bytes | None]]
-    ) -> bytes | None:
+    async def _lead(self, key: str, request: _Request, handler: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
         outcome: Outcome = None
         try:
-            body = await handler(request)
+            body = await handler()
         except ApiError as e:
             outcome = e
             raise
@@ -397,7 +390,7 @@ class IdempotentChat:
                 for value in (request.responseHeaders.getRawHeaders(name) or [])[:1]
             )
             # A streamed answer (the route wrote it itself) is never stored.
-            outcome = Answer(getattr(request, "code", 200), body, headers) if body is not None else None
+            outcome = Answer(request.code, body, headers) if body is not None else None
             return body
         finally:
             self.store.finish(key, outcome)

@@ -1,23 +1,62 @@
 """
-The Origin check for state-changing routes: a browser must not be made to
-post chats on another site's behalf (a multipart POST is a "simple" request,
-sent cross-site without a preflight).  Pure: no reactor, no twisted.web.
+The one Origin rule, for everything a browser may be made to do on another
+site's behalf: C{POST /api/chat} (a multipart POST is a "simple" request,
+sent cross-site without a preflight), the C{/chat} WebSocket (a browser
+opens any WebSocket cross-site), and the CORS headers.  Pure: no reactor,
+no twisted.web.
+
+The rule, in order:
+
+ 1. no C{Origin} (curl, server-to-server): allowed, unless
+    C{Sec-Fetch-Site: cross-site} says a browser sent it from another site;
+ 2. an C{Origin} that is not C{http}/C{https} (C{null}, C{file:}, an
+    extension's scheme): refused;
+ 3. listed in C{--cors-origin}: allowed, whatever C{Sec-Fetch-Site} says
+    (another site is what the list is for);
+ 4. C{Sec-Fetch-Site: cross-site}: refused;
+ 5. the request's own origin (its C{Host}, with either scheme: behind a
+    proxy that ends TLS the browser says C{https} and InkFlow sees C{http}):
+    allowed; anything else is refused.
+
+Origins are compared as scheme, host and port in lower case, the scheme's
+default port made explicit: C{Host: site.example:443} is the origin
+C{https://site.example}, and C{https://shop.example:443} is the listed
+C{https://shop.example}.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Sequence
 
 from inkflow.errors import ApiError
 
-__all__ = ["check_origin"]
+__all__ = ["Verdict", "check_origin", "judge_origin", "normalize_origin", "origin_allowed"]
+
+_SCHEMES = ("http", "https")
+
+
+class Verdict(enum.Enum):
+    """
+    What the rule made of a request's C{Origin} (the value: why).
+    """
+
+    NONE = "no Origin"
+    OWN = "the request's own origin"
+    LISTED = "listed in --cors-origin"
+    CROSS_SITE = "Sec-Fetch-Site is cross-site"
+    FOREIGN = "the Origin is not allowed"
+
+    @property
+    def allowed(self) -> bool:
+        return self in (Verdict.NONE, Verdict.OWN, Verdict.LISTED)
 
 
 def _default_port(scheme: str) -> str:
     return "443" if scheme == "https" else "80"
 
 
-def _netloc(scheme: str, netloc: str) -> str:
+def _host_port(scheme: str, netloc: str) -> str:
     """
     C{host:port} in lower case, the scheme's default port made explicit.
     """
@@ -31,6 +70,64 @@ def _netloc(scheme: str, netloc: str) -> str:
     return f"{host}:{port or _default_port(scheme)}"
 
 
+def normalize_origin(text: str) -> str | None:
+    """
+    C{scheme://host:port} for an http(s) origin (any case, a trailing slash,
+    the default port implied or written), else C{None}.
+    """
+    scheme, sep, netloc = text.strip().lower().rstrip("/").partition("://")
+    if not sep or scheme not in _SCHEMES or not netloc or "/" in netloc or "@" in netloc:
+        return None
+    return f"{scheme}://{_host_port(scheme, netloc)}"
+
+
+def judge_origin(
+    origin: bytes | None,
+    fetch_site: bytes | None,
+    host: bytes | None,
+    secure: bool,
+    allowed: Collection[str],
+) -> Verdict:
+    """
+    The rule (see the module docstring) for a request's C{Origin},
+    C{Sec-Fetch-Site} and C{Host} headers; C{allowed} is C{--cors-origin};
+    C{secure}: the request came over TLS to InkFlow itself.
+    """
+    cross_site = (fetch_site or b"").strip().lower() == b"cross-site"
+    if not origin:
+        return Verdict.CROSS_SITE if cross_site else Verdict.NONE
+    given = normalize_origin(origin.decode("latin-1"))
+    if given is None:
+        return Verdict.FOREIGN
+    if given in {normalize_origin(a) for a in allowed}:
+        return Verdict.LISTED
+    if cross_site:
+        return Verdict.CROSS_SITE
+    if host:
+        own = host.decode("latin-1")
+        scheme, _, netloc = given.partition("://")
+        if netloc in (_host_port(scheme, own), _host_port("https" if secure else "http", own)):
+            return Verdict.OWN
+    return Verdict.FOREIGN
+
+
+def origin_allowed(
+    origin: bytes | None,
+    fetch_site: bytes | None,
+    host: bytes | None,
+    secure: bool,
+    allowed: Collection[str],
+) -> bool:
+    """
+    Whether the rule lets the request through.
+    """
+    return judge_origin(origin, fetch_site, host, secure, allowed).allowed
+
+
+def _first(values: Sequence[bytes] | None) -> bytes | None:
+    return values[0] if values else None
+
+
 def check_origin(
     origin: Sequence[bytes] | None,
     fetch_site: Sequence[bytes] | None,
@@ -39,27 +136,11 @@ def check_origin(
     allowed: Collection[str],
 ) -> None:
     """
-    Refuse a state-changing request a browser sent on another site's
-    behalf: a present C{Origin} that is neither allow-listed (C{--cors-origin})
-    nor the request's own origin, or C{Sec-Fetch-Site: cross-site}.  No
-    C{Origin} at all (curl, server-to-server) is allowed.
-
-    The request's own origin is its C{Host} with either scheme: behind a
-    proxy that ends TLS, the browser says C{https} and InkFlow sees C{http}.
+    Refuse a request a browser sent on another site's behalf (the headers'
+    raw values, as C{Headers.getRawHeaders} gives them).
 
     @raise ApiError: 403 C{forbidden_origin}.
     """
-    if fetch_site and fetch_site[0].strip().lower() == b"cross-site":
-        raise ApiError("forbidden_origin", "Sec-Fetch-Site is cross-site")
-    if not origin:
-        return
-    text = origin[0].decode("latin-1").strip().lower().rstrip("/")
-    if text in allowed:
-        return
-    scheme, sep, netloc = text.partition("://")
-    if sep and scheme in ("http", "https") and host:
-        own_host = host.decode("latin-1")
-        given = _netloc(scheme, netloc)
-        if given in (_netloc(scheme, own_host), _netloc("https" if secure else "http", own_host)):
-            return
-    raise ApiError("forbidden_origin", "the Origin is not allowed")
+    verdict = judge_origin(_first(origin), _first(fetch_site), host, secure, allowed)
+    if not verdict.allowed:
+        raise ApiError("forbidden_origin", verdict.value)

@@ -1,12 +1,15 @@
 """
 InkFlow's request: bodies streamed into sinks, early refusals, security
-headers, the request id; and L{received_body}, the one way routes get a
-parsed body, from InkFlow's request or from any other C{IRequest}.
+headers, the request id (all kept in its L{RequestState}).
 
-What Twisted does not do by itself, and InkFlow needs (see TWISTED_NOTES.md):
+What Twisted does not do by itself, and InkFlow needs (the private parts in L{twisted_hooks}):
 each body goes to a L{BodySink} chosen when the headers are in; a body over
 the limits is refused from C{Content-Length} before any body byte is read
 (and no C{100 Continue} is sent), or while streaming otherwise.
+
+The request owns its body: whatever answers it (a route, an early 400 or
+404, the WebSocket resource, an idempotent replay) or if the client leaves,
+its spooled files are removed when it ends.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 
-from inkflow.chat import ChatBody, new_request_id
+from inkflow.chat import new_request_id
 from inkflow.errors import ApiError
+from inkflow.paths import HEALTH, READY
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
-from inkflow.web.responses import SECURITY_HEADERS, error_response, raw_error_response
+from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response, raw_error_response
+from inkflow.web.state import RequestState, attach_state
 
 if TYPE_CHECKING:
     from inkflow.web.channel import InkFlowChannel
@@ -38,14 +43,13 @@ __all__ = [
     "HeadCheck",
     "InkFlowRequest",
     "SinkChooser",
-    "received_body",
 ]
 
 log = Logger()
 
 #: Routes answered even on a connection over the limit (operators must see an
 #: overloaded server).
-ALWAYS_ANSWERED = (b"/api/health", b"/api/ready")
+ALWAYS_ANSWERED = (HEALTH.encode(), READY.encode())
 
 #: How long a refused upload may keep sending (its bytes are discarded) before
 #: the connection is cut.  Reading them lets the client see the answer instead
@@ -64,9 +68,9 @@ class InkFlowRequest(server.Request):
     """
     A request whose body goes to a L{BodySink} as it streams in.
 
-    After the body is complete, exactly one of C{chat_body} (the parsed body,
-    whose files the route must clean up) and C{body_error} is set, unless the
-    route takes no body.
+    After the body is complete, exactly one of its state's C{body} and
+    C{body_error} is set, unless the route takes no body; the body's files
+    are removed when the request ends (L{finish}, L{connectionLost}).
     """
 
     channel: InkFlowChannel
@@ -74,13 +78,10 @@ class InkFlowRequest(server.Request):
 
     def __init__(self, channel: InkFlowChannel, *args: Any, **kw: Any) -> None:
         super().__init__(channel, *args, **kw)
-        self.request_id = new_request_id()
-        self.chat_body: ChatBody | None = None
-        self.body_error: ApiError | None = None
+        self._state = RequestState(new_request_id())
+        attach_state(self, self._state)
         self._sink: BodySink | None = None
         self._refused = False
-        #: The site's head check (Origin, rate limit) passed.
-        self.head_admitted = False
 
     # -- body ---------------------------------------------------------------
 
@@ -97,21 +98,17 @@ class InkFlowRequest(server.Request):
         path = unquote_to_bytes(target.split(b"?", 1)[0])
         try:
             if channel.over_limit and path not in ALWAYS_ANSWERED:
-                channel.site.connections_rejected += 1
+                channel.site.connections.connections_rejected += 1
                 raise ApiError.retry_later("busy", 5, "too many connections")
+            channel.check_address(self.requestHeaders.getRawHeaders("X-Forwarded-For"), path in ALWAYS_ANSWERED)
             if channel.site.admit_head is not None:
                 channel.site.admit_head(self, method, path)
-                self.head_admitted = True
+                self._state.admitted = True
             self._sink = channel.site.sink_for(method, path, self.requestHeaders, length)
+            self._state.body_limit = self._sink.limit if self._sink is not None else None
         except ApiError as e:
-            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if channel.over_limit else LINGER_SECONDS)
-
-    @property
-    def body_limit(self) -> int | None:
-        """
-        The most body bytes the chosen sink takes (C{None} without a sink).
-        """
-        return self._sink.limit if self._sink is not None else None
+            over = channel.over_limit or channel.over_address
+            self._refuse(e, linger=OVER_LIMIT_TIMEOUT if over else LINGER_SECONDS)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused or self._sink is None:
@@ -122,7 +119,7 @@ class InkFlowRequest(server.Request):
             self._sink = None
             self._refuse(e)
         except Exception:
-            log.failure("Body sink failed", request_id=self.request_id)
+            log.failure("Body sink failed", request_id=self._state.request_id)
             sink, self._sink = self._sink, None
             sink.discard()
             self._refuse(ApiError("bad_request", "the body could not be read"))
@@ -135,14 +132,27 @@ class InkFlowRequest(server.Request):
         if self._sink is not None:
             sink, self._sink = self._sink, None
             try:
-                self.chat_body = sink.close()
+                self._state.body = sink.close()
             except ApiError as e:
-                self.body_error = e
+                self._state.body_error = e
             except Exception:
-                log.failure("Body sink failed at close", request_id=self.request_id)
+                log.failure("Body sink failed at close", request_id=self._state.request_id)
                 sink.discard()
-                self.body_error = ApiError("bad_request", "the body could not be read")
+                self._state.body_error = ApiError("bad_request", "the body could not be read")
         super().requestReceived(command, path, version)
+
+    def refuse_late(self, error: ApiError) -> None:
+        """
+        A head check that answered after the head (the shared rate limit):
+        refuse the body still coming, as a 413 found while streaming is.  A
+        body already in is left to the route, which answers the same error.
+        """
+        if self._refused or self._sink is None or self._state.body is not None:
+            return
+        sink, self._sink = self._sink, None
+        sink.discard()
+        self._state.rate_decision = None
+        self._refuse(error)
 
     def _refuse(self, error: ApiError, linger: float = LINGER_SECONDS) -> None:
         """
@@ -152,19 +162,28 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self.request_id), linger=linger)
+        self.channel.refuse(raw_error_response(error, self._state.request_id, secure=self.isSecure()), linger=linger)
         # Debug: under a flood there is one per connection (counted in health
         # and /metrics as connections rejected).
         log.debug(
             "Refused request before its body: {status} {code}",
             status=error.status,
             code=error.code,
-            request_id=self.request_id,
+            request_id=self._state.request_id,
         )
 
     def connectionLost(self, reason: Failure) -> None:
         self.release_body()
         super().connectionLost(reason)
+
+    def finish(self) -> None:
+        # The one place a body is let go of when its request is answered,
+        # whatever answered it (a route, an early 400 or 404, the WebSocket
+        # resource, a replay); connectionLost does it for a client that left.
+        try:
+            super().finish()
+        finally:
+            self.release_body()
 
     def upload_paths(self) -> list[str]:
         """
@@ -175,8 +194,8 @@ class InkFlowRequest(server.Request):
         temp_paths = getattr(self._sink, "temp_paths", None)
         if temp_paths is not None:
             paths.extend(temp_paths())
-        if self.chat_body is not None:
-            paths.extend(f.path for f in self.chat_body.files)
+        if self._state.body is not None:
+            paths.extend(f.path for f in self._state.body.files)
         return paths
 
     def release_body(self) -> None:
@@ -186,8 +205,8 @@ class InkFlowRequest(server.Request):
         if self._sink is not None:
             sink, self._sink = self._sink, None
             sink.discard()
-        if self.chat_body is not None:
-            body, self.chat_body = self.chat_body, None
+        if self._state.body is not None:
+            body, self._state.body = self._state.body, None
             body.cleanup()
 
     # -- response -------------------------------------------------------------
@@ -195,8 +214,10 @@ class InkFlowRequest(server.Request):
     def process(self) -> None:
         for name, value in SECURITY_HEADERS:
             self.responseHeaders.setRawHeaders(name, [value])
-        self.responseHeaders.setRawHeaders(b"X-Request-ID", [self.request_id.encode()])
-        if self.channel.over_limit:
+        if self.isSecure():
+            self.responseHeaders.setRawHeaders(b"Strict-Transport-Security", [HSTS])
+        self.responseHeaders.setRawHeaders(b"X-Request-ID", [self._state.request_id.encode()])
+        if self.channel.over_limit or self.channel.over_address:
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             self.channel.persistent = False
         self.site = self.channel.site
@@ -238,7 +259,7 @@ class InkFlowRequest(server.Request):
         if not self.startedWriting:
             # twisted.web's own "Server: TwistedWeb/<version>" tells too much.
             self.responseHeaders.setRawHeaders(b"Server", [b"InkFlow"])
-            if self.channel.site.draining or not self.channel.persistent:
+            if self.channel.site.connections.draining or not self.channel.persistent:
                 # Say so when the connection ends after this response: a proxy
                 # must not send another request on it.
                 self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
@@ -249,7 +270,7 @@ class InkFlowRequest(server.Request):
         """
         Anything unexpected: log it, answer a generic JSON 500, never a traceback.
         """
-        log.failure("Unhandled error", failure=reason, request_id=self.request_id)
+        log.failure("Unhandled error", failure=reason, request_id=self._state.request_id)
         if self.finished or twisted_hooks.is_disconnected(self):
             return
         self._answer(ApiError("internal_error"))
@@ -290,44 +311,3 @@ def log_safe(text: str) -> str:
 
 
 _UNSAFE = frozenset({"Cc", "Zl", "Zp"})
-
-
-def received_body(request: IRequest, choose_sink: SinkChooser) -> ChatBody:
-    """
-    The request's parsed body.
-
-    From an L{InkFlowRequest}, the body its sink parsed while it streamed in.
-    From any other request (Klein's tests, C{StubTreq}), the body Twisted
-    kept in C{request.content}, run through the sink C{choose_sink} picks,
-    so both see the same limits and errors.
-
-    @raise ApiError: the body was refused or is malformed; or there is none.
-    """
-    if isinstance(request, InkFlowRequest):
-        if request.body_error is not None:
-            raise request.body_error
-        if request.chat_body is None:
-            raise ApiError("bad_request", "the request has no body")
-        return request.chat_body
-    content = getattr(request, "content", None)
-    raw = b""
-    if content is not None:
-        content.seek(0)
-        raw = content.read()
-    method = request.method
-    path = request.path.split(b"?", 1)[0]
-    sink = choose_sink(method, path, request.requestHeaders, len(raw))
-    if sink is None:
-        raise ApiError("bad_request", "the request has no body")
-    sink.write(raw)
-    return sink.close()
-
-
-def release_body(request: IRequest, body: ChatBody | None) -> None:
-    """
-    Remove the body's spooled files, whichever request carried it.
-    """
-    if isinstance(request, InkFlowRequest):
-        request.release_body()
-    if body is not None:
-        body.cleanup()

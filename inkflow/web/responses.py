@@ -10,17 +10,17 @@ write (none for HEAD): Klein routes return them.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from inkflow.chat import new_request_id
 from inkflow.errors import ApiError, json_bytes
+from inkflow.web.state import request_state
 from inkflow.web.twisted_hooks import reason_phrase
 
 __all__ = [
     "CSP",
+    "HSTS",
     "JSON_TYPE",
     "SECURITY_HEADERS",
     "bytes_response",
@@ -44,22 +44,21 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"Cross-Origin-Opener-Policy", b"same-origin"),
 )
 
+#: Sent on every response to a request that came over TLS (C{--listen ssl:...}): browsers then
+#: use HTTPS for this host for a year.  Not on plain HTTP, where it means nothing (RFC 6797 7.2);
+#: not includeSubDomains, which is the domain owner's decision.
+HSTS = b"max-age=31536000"
+
 JSON_TYPE = b"application/json; charset=utf-8"
 
 
 def request_id(request: IRequest) -> str:
     """
-    The request's id: InkFlow's request carries one; any other request gets
-    one here, sent back as C{X-Request-ID}.
+    The request's id (from its L{inkflow.web.state.RequestState}): InkFlow's
+    request carries one; any other request gets one here, sent back as
+    C{X-Request-ID}.
     """
-    known = getattr(request, "request_id", None)
-    if isinstance(known, str) and known:
-        return known
-    new = new_request_id()
-    request.setHeader(b"X-Request-ID", new.encode("ascii"))
-    with contextlib.suppress(AttributeError):  # a request that takes no attributes
-        request.request_id = new  # type: ignore[attr-defined]
-    return new
+    return request_state(request).request_id
 
 
 def set_status(request: IRequest, status: int) -> None:
@@ -99,14 +98,18 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     return json_response(request, error.body(request_id(request)), error.status)
 
 
-def raw_error_response(error: ApiError, request_id: str | None) -> bytes:
+def raw_error_response(error: ApiError, request_id: str | None, *, secure: bool = False) -> bytes:
     """
     A complete HTTP/1.1 error response with C{Connection: close}, for answers
     given before (or instead of) the normal request processing.
+
+    @param secure: the connection is TLS (adds C{Strict-Transport-Security}).
     """
     body = json_bytes(error.body(request_id))
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason_phrase(error.status))]
     lines.extend(name + b": " + value for name, value in SECURITY_HEADERS)
+    if secure:
+        lines.append(b"Strict-Transport-Security: " + HSTS)
     lines.append(b"Content-Type: " + JSON_TYPE)
     lines.append(b"Content-Length: %d" % len(body))
     lines.append(b"Cache-Control: no-store")

@@ -1,8 +1,10 @@
 """
-InkFlow's routes: a Klein app bound to an instance, its collaborators passed
-in.  Errors become the contract's JSON through Klein's error handlers and
-the free functions of L{inkflow.web.responses}, so every route works with any
-C{IRequest} (and is unit-tested through C{treq.testing.StubTreq}).
+InkFlow's routes: a Klein app bound to an instance, every collaborator
+passed in by the composition root (L{inkflow.server.service.makeService}).
+Errors become the contract's JSON through Klein's error handlers and the free
+functions of L{inkflow.web.responses}, so every route works with any
+C{IRequest}; the route tests drive the real L{inkflow.web.site.InkFlowSite}
+over an in-memory transport.
 """
 
 from __future__ import annotations
@@ -16,43 +18,32 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from inkflow.chat import ChatBody, ChatMessage, forwarded_headers, parse_chat
+from inkflow.chat import ChatBody
 from inkflow.errors import ApiError
-from inkflow.n8n.demo import DemoResponder
-from inkflow.n8n.executions import ExecutionMap
-from inkflow.n8n.stream import StreamStart, wants_stream
-from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
-from inkflow.server.metrics import CONTENT_TYPE, Metrics
-from inkflow.settings import origin_url
-from inkflow.snapshot import CleanupSnapshot, Health, UpstreamSnapshot
-from inkflow.web.admission import ChatQueue, RateLimiter, rate_key
+from inkflow.health import HealthReporter
+from inkflow.web import twisted_hooks
+from inkflow.web.admission import rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
-from inkflow.web.idempotency import IdempotencyStore, IdempotentChat, parse_key
-from inkflow.web.origin import check_origin
-from inkflow.web.request import received_body, release_body
-from inkflow.web.responses import (
-    JSON_TYPE,
-    SECURITY_HEADERS,
-    bytes_response,
-    error_response,
-    json_response,
-    request_id,
-)
-from inkflow.web.staticfiles import StaticFiles
-from inkflow.web.streaming import StreamAnswers
-from inkflow.web.websocket import ChatSocketResource, ChatSockets, is_websocket_upgrade
+from inkflow.web.handler import ChatHandler, ChatRun
+from inkflow.web.idempotency import parse_key
+from inkflow.web.origin import Verdict, check_origin, judge_origin
+from inkflow.web.page import PageFiles
+from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
+from inkflow.web.state import request_state
+from inkflow.web.stream import wants_stream
+from inkflow.web.websocket import is_websocket_upgrade
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
 
-__all__ = ["ChatForwarder", "InkFlowApp"]
+__all__ = ["AdminResource", "ChatIdempotency", "InkFlowApp", "MetricsPage", "ServerView", "ready_response"]
 
 log = Logger()
 
@@ -60,18 +51,45 @@ log = Logger()
 NO_BODY_LIMIT = 64 * 1024
 
 
-class ChatForwarder(Protocol):
+class MetricsPage(Protocol):
     """
-    What the chat route needs from the n8n forwarder (L{inkflow.n8n.client.Forwarder}).
+    What C{/metrics} serves (L{inkflow.server.metrics.Metrics}).
     """
 
-    def forward(self, message: ChatMessage, deadline: float, *, stream: bool = False) -> Awaitable[Any]: ...
+    content_type: bytes
 
-    def upstreams(self) -> list[UpstreamSnapshot]: ...
+    def render(self) -> bytes: ...
 
 
-class Stats(Protocol):
-    def snapshot(self) -> CleanupSnapshot: ...
+class ChatIdempotency(Protocol):
+    """
+    The chat route under a client's C{Idempotency-Key}
+    (L{inkflow.state.chat.SharedIdempotentChat}).
+    """
+
+    def run(
+        self,
+        request: Any,
+        key: str | None,
+        body: ChatBody | None,
+        handler: Callable[[], Awaitable[bytes | None]],
+    ) -> Awaitable[bytes | None]: ...
+
+
+#: Takes one token from a client's bucket: 0.0 when allowed, else the seconds
+#: until the next token (L{inkflow.state.base.SharedState.rate_take}).
+RateTake = Callable[[str], defer.Deferred[float]]
+
+
+class ServerView(Protocol):
+    """
+    The whole server, seen from one of its C{--workers} (the parent merges
+    every worker's figures: L{inkflow.state.workers.WorkersState}).
+    """
+
+    def scrape(self) -> defer.Deferred[bytes]: ...
+
+    def server_health(self) -> defer.Deferred[dict[str, Any]]: ...
 
 
 class _StaticFirst(Resource):
@@ -83,7 +101,7 @@ class _StaticFirst(Resource):
 
     isLeaf = True
 
-    def __init__(self, static: StaticFiles, routes: IResource, websocket: IResource | None = None) -> None:
+    def __init__(self, static: PageFiles, routes: IResource, websocket: IResource | None = None) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
@@ -102,7 +120,17 @@ class _StaticFirst(Resource):
         return cast(bytes, self.routes.render(request))
 
 
-class _Admin(Resource):
+def ready_response(request: IRequest, reporter: HealthReporter) -> bytes:
+    """
+    C{/api/ready}'s answer: 200 ready, or 503 with the reason.
+    """
+    ok, reason = reporter.readiness()
+    if ok:
+        return json_response(request, {"ready": True})
+    return json_response(request, {"ready": False, "reason": reason}, 503)
+
+
+class AdminResource(Resource):
     """
     The admin endpoint: C{/api/health} (full), C{/api/ready}, C{/metrics}.
     """
@@ -113,18 +141,49 @@ class _Admin(Resource):
         super().__init__()
         self._app = app
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> bytes | int:
         for name, value in SECURITY_HEADERS:
             request.setHeader(name, value)
         if request.method not in (b"GET", b"HEAD"):
             return error_response(request, ApiError("method_not_allowed", headers={"Allow": "GET, HEAD"}))
         if request.path == b"/api/health":
-            return json_response(request, self._app.health_snapshot())
+            return _later(request, self._app.full_health(request))
         if request.path == b"/api/ready":
-            return self._app._ready_response(request)
+            return ready_response(request, self._app.reporter)
         if request.path == b"/metrics" and self._app.metrics is not None:
-            return bytes_response(request, self._app.metrics.render(), CONTENT_TYPE)
+            return _later(request, self._app.metrics_page(request))
         return error_response(request, ApiError("not_found"))
+
+
+def _later(request: IRequest, answer: defer.Deferred[bytes]) -> bytes | int:
+    """
+    A plain resource's answer that may come later (the whole server's
+    figures are asked of the workers' parent).
+    """
+    if answer.called:
+        result: list[bytes] = []
+        answer.addCallback(result.append)
+        if result:
+            return result[0]
+
+    def write(body: bytes) -> None:
+        if not twisted_hooks.is_disconnected(request):
+            request.write(body)
+            request.finish()
+
+    answer.addCallback(write).addErrback(lambda f: log.failure("Admin answer failed", failure=f))
+    return server.NOT_DONE_YET
+
+
+def _allowed_on_error(reason: Failure) -> float:
+    # The request went away (its route was cancelled while it waited): the
+    # cancellation goes on.
+    if reason.check(defer.CancelledError):
+        reason.raiseException()
+    # The state answers from this process when the shared one fails; anything
+    # else is a defect, and chat goes on without the limit rather than a 500.
+    log.failure("The rate limit could not be checked", failure=reason)
+    return 0.0
 
 
 def _is_api(path: bytes) -> bool:
@@ -133,13 +192,19 @@ def _is_api(path: bytes) -> bool:
 
 class InkFlowApp:
     """
-    The HTTP routes.
+    The HTTP routes, and the choice of a request's fate from its head
+    (L{admit_head}, L{sink_for}, handed to the site).
 
-    @param forwarder: forwards chat to n8n; C{None} means demo mode.
-    @param queue: the concurrency gate and bounded queue for chat.
-    @param rate_limiter: per-client chat rate limit.
-    @param cleanup: the cleanup loop's stats, for health.
-    @param site_stats: returns the site's connection figures and whether it drains.
+    @param chat: answers chat messages.
+    @param idempotency: the chat route under a client's C{Idempotency-Key}.
+    @param rate_take: the per-client chat rate limit (the shared state's
+        token bucket).
+    @param reporter: health and readiness.
+    @param static: the page's files, in the owner's names.
+    @param chat_socket: the C{/chat} WebSocket resource (C{None}: none).
+    @param metrics: what C{/metrics} serves (C{None}: not served).
+    @param server_view: under C{--workers}, the whole server's metrics and
+        health (C{None}: this process is the server).
     """
 
     app = Klein()
@@ -149,59 +214,42 @@ class InkFlowApp:
         settings: Settings,
         clock: IReactorTime,
         *,
-        forwarder: ChatForwarder | None,
-        queue: ChatQueue,
-        rate_limiter: RateLimiter,
-        process_metrics: ProcessMetrics,
-        site_stats: Callable[[], SiteStats],
-        cleanup: Stats | None = None,
-        metrics: Metrics | None = None,
+        chat: ChatHandler,
+        idempotency: ChatIdempotency,
+        rate_take: RateTake,
+        reporter: HealthReporter,
+        static: PageFiles,
+        chat_socket: IResource | None = None,
+        metrics: MetricsPage | None = None,
+        server_view: ServerView | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.forwarder = forwarder
-        self.demo = DemoResponder()
-        self.queue = queue
-        self.rate_limiter = rate_limiter
-        self.process_metrics = process_metrics
-        self.site_stats = site_stats
-        self.cleanup = cleanup
+        self.chat_handler = chat
+        self.idempotency = idempotency
+        self.rate_take = rate_take
+        self.reporter = reporter
+        self.static = static
+        self.chat_socket = chat_socket
         self.metrics = metrics
-        self.static = StaticFiles(settings.static_dir)
-        self.started = clock.seconds()
+        self.server_view = server_view
         self._json_limit = settings.max_message_chars * 6 + 64 * 1024
-        self._debug = settings.log_level == "debug"
         self._cors = set(settings.cors_origin)
-        self.streams = StreamAnswers(
-            clock,
-            idle_timeout=settings.stream_idle_timeout,
-            stream_timeout=settings.stream_timeout,
-            observe_start=metrics.observe_stream_start if metrics is not None else None,
-            observe_end=metrics.observe_stream_end if metrics is not None else None,
-        )
         self._allow_headers = ", ".join(("Content-Type", "Idempotency-Key", *settings.cors_allow_header)).encode()
-        self.executions = ExecutionMap(clock)
-        self.chat_sockets = ChatSockets()
-        self.idempotency = IdempotentChat(
-            IdempotencyStore(clock, settings.idempotency_ttl), settings.chat_input_key, settings.chat_session_key
-        )
 
     def resource(self) -> IResource:
         """
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        websocket = ChatSocketResource(
-            self.settings, self.clock, self.executions, self.chat_sockets, draining=lambda: self.site_stats().draining
-        )
-        return _StaticFirst(self.static, self.app.resource(), websocket)
+        return _StaticFirst(self.static, self.app.resource(), self.chat_socket)
 
     def admin_resource(self) -> IResource:
         """
         The C{--admin-listen} endpoint's root: the full health, readiness and
         C{/metrics}, for operators only.
         """
-        return _Admin(self)
+        return AdminResource(self)
 
     # -- heads and bodies -------------------------------------------------------
 
@@ -210,6 +258,14 @@ class InkFlowApp:
         Whether a request may send its body, decided from its head alone
         (before any body byte, like a 413): for chat, the Origin check and
         the rate limit.
+
+        The rate limit's token is taken from the head.  When the state
+        answers at once (one process, or a shared state that is away) the
+        429 is raised here; when the answer comes from the workers' parent or
+        Redis, the body is read meanwhile (no added wait), the decision is
+        kept on the request (C{rate_decision}) and a 429 refuses the body
+        still coming (L{InkFlowRequest.refuse_late}) or, once the body is in,
+        is answered by the route before anything goes to n8n.
 
         @raise ApiError: 403 C{forbidden_origin}, 429 C{rate_limited}.
         """
@@ -223,7 +279,41 @@ class InkFlowApp:
             request.isSecure(),
             self._cors,
         )
-        self.rate_limiter.check(rate_key(self._client(request)))
+        decision = self.rate_take(rate_key(self._client(request))).addErrback(_allowed_on_error)
+        answered: list[float] = []
+
+        def note(wait: float) -> float:
+            answered.append(wait)
+            return wait
+
+        decision.addCallback(note)
+        if answered:
+            self._rate_verdict(request, answered[0])
+            return
+        request_state(request).rate_decision = decision
+
+        def decided(wait: float) -> float:
+            if wait > 0:
+                refuse = getattr(request, "refuse_late", None)
+                if refuse is not None:
+                    refuse(self._rate_limited(request, wait))
+            return wait
+
+        decision.addCallback(decided)
+
+    def _rate_limited(self, request: IRequest, wait: float) -> ApiError:
+        error = ApiError.retry_later("rate_limited", wait)
+        # Refused before any route: an allow-listed page (the embed) must still read it.
+        error.headers.update(self._cors_for(request))
+        return error
+
+    def _rate_verdict(self, request: IRequest, wait: float) -> None:
+        """
+        @raise ApiError: 429 C{rate_limited} (with the CORS headers of a
+            listed origin) when the token was refused.
+        """
+        if wait > 0:
+            raise self._rate_limited(request, wait)
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -255,6 +345,29 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
+    def _cors_for(self, request: IRequest) -> dict[str, str]:
+        """
+        The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
+        """
+        origin = request.getHeader(b"Origin")
+        if not origin:
+            return {}
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin.decode("latin-1"),
+            "Access-Control-Expose-Headers": "X-Request-ID, X-Session-ID, Retry-After",
+            "Vary": "Origin",
+        }
+
     def _cors_headers(self, request: IRequest) -> bool:
         """
         Add CORS headers when the request's origin is allowed.
@@ -263,7 +376,15 @@ class InkFlowApp:
         if not origin or not self._cors:
             return False
         request.setHeader(b"Vary", b"Origin")
-        if origin.decode("latin-1").lower().rstrip("/") not in self._cors:
+        headers = request.requestHeaders
+        verdict = judge_origin(
+            origin,
+            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+            request.getHeader(b"Host"),
+            request.isSecure(),
+            self._cors,
+        )
+        if verdict is not Verdict.LISTED:
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
         request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")
@@ -302,67 +423,56 @@ class InkFlowApp:
 
     # -- health ---------------------------------------------------------------
 
-    def _connections_full(self, active: int) -> bool:
-        return active >= self.settings.max_connections
-
-    def health_snapshot(self) -> Health:
+    def full_health(self, request: IRequest) -> defer.Deferred[bytes]:
         """
-        The full health snapshot: upstreams shown by index and
-        C{scheme://host:port} only (in n8n the webhook path is the secret);
-        C{degraded} while every connection place is taken.
+        The full health snapshot; under C{--workers}, with the whole
+        server's C{server} section (C{totals} and one section per worker).
         """
-        site = self.site_stats()
-        upstreams = self.forwarder.upstreams() if self.forwarder is not None else []
-        snapshot = build_health(
-            HealthInputs(
-                settings=self.settings,
-                uptime_s=self.clock.seconds() - self.started,
-                site=self.site_stats(),
-                queue=self.queue.snapshot(),
-                upstreams=[{**u, "index": i, "url": origin_url(u["url"])} for i, u in enumerate(upstreams)],
-                process=self.process_metrics.read(),
-                cleanup=self.cleanup.snapshot() if self.cleanup is not None else None,
-                websockets=self.chat_sockets.snapshot(),
-                streams=self.streams.registry.snapshot(),
-            )
-        )
-        if snapshot["status"] == "ok" and self._connections_full(site.connections_active):
-            snapshot["status"] = "degraded"
-        return snapshot
+        snapshot: dict[str, Any] = dict(self.reporter.health())
+        if self.server_view is None:
+            return defer.succeed(json_response(request, snapshot))
 
-    def _readiness(self) -> tuple[bool, str | None]:
-        site = self.site_stats()
-        ok, reason = readiness(
-            draining=site.draining,
-            queue_full=self.queue.full,
-            upstreams=self.forwarder.upstreams() if self.forwarder is not None else [],
-        )
-        if ok and self._connections_full(site.connections_active):
-            return False, "connections_full"
-        return ok, reason
+        def add(server: dict[str, Any]) -> bytes:
+            snapshot["server"] = server
+            return json_response(request, snapshot)
 
-    def _ready_response(self, request: IRequest) -> bytes:
-        ok, reason = self._readiness()
-        if ok:
-            return json_response(request, {"ready": True})
-        return json_response(request, {"ready": False, "reason": reason}, 503)
+        def failed(reason: Failure) -> bytes:
+            snapshot["server"] = {"error": reason.getErrorMessage() or "the workers' parent did not answer"}
+            return json_response(request, snapshot)
+
+        return self.server_view.server_health().addCallbacks(add, failed)
+
+    def metrics_page(self, request: IRequest) -> defer.Deferred[bytes]:
+        """
+        C{/metrics}: this process's; under C{--workers}, the whole server's
+        (this worker's own when the parent does not answer).
+        """
+        assert self.metrics is not None
+        page = self.metrics
+
+        def send(text: bytes) -> bytes:
+            return bytes_response(request, text, page.content_type)
+
+        if self.server_view is None:
+            return defer.succeed(send(page.render()))
+        return self.server_view.scrape().addErrback(lambda _: page.render()).addCallback(send)
 
     @app.route("/api/health", methods=["GET", "HEAD"])
-    def health(self, request: IRequest) -> bytes:
+    def health(self, request: IRequest) -> bytes | defer.Deferred[bytes]:
         if self.settings.admin_listen:
             # The full snapshot is on the admin endpoint only.
-            return json_response(request, {"status": self.health_snapshot()["status"]})
-        return json_response(request, self.health_snapshot())
+            return json_response(request, {"status": self.reporter.health()["status"]})
+        return self.full_health(request)
 
     @app.route("/api/ready", methods=["GET", "HEAD"])
     def ready(self, request: IRequest) -> bytes:
-        return self._ready_response(request)
+        return ready_response(request, self.reporter)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
-    def prometheus(self, request: IRequest) -> bytes:
+    def prometheus(self, request: IRequest) -> defer.Deferred[bytes]:
         if self.metrics is None or self.settings.admin_listen:
             raise NotFound()
-        return bytes_response(request, self.metrics.render(), CONTENT_TYPE)
+        return self.metrics_page(request)
 
     # -- chat -----------------------------------------------------------------
 
@@ -379,112 +489,30 @@ class InkFlowApp:
     @app.route("/api/chat", methods=["POST"])
     def chat(self, request: IRequest) -> defer.Deferred[bytes | None]:
         self._cors_headers(request)
-        d = defer.Deferred.fromCoroutine(self.idempotency.run(request, self._chat))
+        d = defer.Deferred.fromCoroutine(self._chat(request))
         # A client that leaves stops its work: a queued request leaves the
         # queue, an attempt in flight is cancelled.
         cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
 
     async def _chat(self, request: IRequest) -> bytes | None:
-        started = self.clock.seconds()
-        status = 500
-        observed = False
-        body: ChatBody | None = None
-        try:
-            # (--static-only never gets here: sink_for refuses the request from its head.)
-            if not getattr(request, "head_admitted", False):
-                # A request from elsewhere than InkFlow's site (tests).
-                self.admit_head(request, request.method, request.path)
-            body = received_body(request, self.sink_for)
-            message = parse_chat(
-                body,
-                request_id=request_id(request),
-                max_chars=self.settings.max_message_chars,
-                max_files=self.settings.max_files,
-                input_key=self.settings.chat_input_key,
-                session_key=self.settings.chat_session_key,
-            ).with_client(
-                parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key")),
-                forwarded_headers(request.requestHeaders.getRawHeaders, self.settings.forward_header),
-            )
-            deadline = self.clock.seconds() + self.settings.request_timeout
-            stream = wants_stream(request.getHeader(b"Accept"))
-            slot = await self.queue.acquire()
-            if self.metrics is not None:
-                self.metrics.observe_queue_wait(slot.waited)
-            try:
-                raw: bytes | None = None
-                if self.forwarder is None:
-                    answer: Any = self.demo.answer(message)
-                else:
-                    result = await (
-                        self.forwarder.forward(message, deadline, stream=True)
-                        if stream
-                        else self.forwarder.forward(message, deadline)
-                    )
-                    if isinstance(result, StreamStart):
-                        # The commit point: the slot is held until the stream ends.
-                        request.setHeader(b"X-Session-ID", message.session_id.encode())
-                        status = 200
-                        if self.metrics is not None:
-                            # The chat latency of a stream is its time to first byte.
-                            self.metrics.observe_chat(self.clock.seconds() - started, status)
-                            observed = True
-                        if message.idempotency_key is not None:
-                            # A streamed answer is not replayed (409 in_progress meanwhile).
-                            self.idempotency.store.mark_streaming(message.idempotency_key)
-                        await self.streams.relay(request, result, started)
-                        return None
-                    answer = result.body
-                    raw = result.raw
-                    self.executions.note_answer(answer, result.url_index)
-            finally:
-                slot.release()
-            request.setHeader(b"X-Session-ID", message.session_id.encode())
-            if message.session_generated and isinstance(answer, dict) and "sessionId" not in answer:
-                answer = {**answer, "sessionId": message.session_id}
-                raw = None
-            if self._debug:
-                # Debug: the access line (with its X-Request-ID) records every
-                # answer; at info this line cost 5 % of a proxied chat, and
-                # even a dropped debug event costs 1.5 %.
-                log.debug(
-                    "Chat {request_id} answered ({files} files)",
-                    request_id=message.request_id,
-                    session_id=message.session_id,
-                    files=len(message.files),
-                    mode=self.settings.mode,
-                )
-            if stream:
-                status = 200
-                if message.idempotency_key is not None:
-                    self.idempotency.store.mark_streaming(message.idempotency_key)
-                self.streams.synthesized(request, answer, started)
-                return None
-            if raw is not None:
-                # n8n's JSON as it came (checked when decoded): nothing to add.
-                status = 200
-                return bytes_response(request, raw, JSON_TYPE)
-            try:
-                written = json_response(request, answer)
-            except ValueError:
-                # NaN, an infinity or nesting too deep: never sent as "JSON".
-                raise ApiError("upstream_error", "the answer is not valid JSON") from None
-            status = 200
-            return written
-        except ApiError as e:
-            status = e.status
-            log.info(
-                "Chat {request_id} refused: {status} {code}",
-                status=e.status,
-                code=e.code,
-                request_id=request_id(request),
-            )
-            raise
-        finally:
-            release_body(request, body)
-            if self.metrics is not None and not observed:
-                self.metrics.observe_chat(self.clock.seconds() - started, status)
+        # (--static-only never gets here: sink_for refuses the request from
+        # its head; the head check ran before the body.)
+        state = request_state(request)
+        if state.rate_decision is not None:
+            # The head's rate check, when the shared state answered later.
+            decision, state.rate_decision = state.rate_decision, None
+            self._rate_verdict(request, await decision)
+        key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+        stream = wants_stream(request.getHeader(b"Accept"))
+        handler = self.chat_handler
+
+        async def answer() -> bytes | None:
+            with handler.observed(ChatRun(self.clock.seconds(), state.request_id)) as run:
+                message = handler.message(state.take_body(), run, key, request)
+                return await (await handler.answer(message, stream, run)).write(request)
+
+        return await self.idempotency.run(cast(Any, request), key, state.body, answer)
 
     def _client(self, request: IRequest) -> str:
         peer = request.getClientAddress()

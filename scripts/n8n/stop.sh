@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Stop the n8n that scripts/n8n/start.sh started from DIR: SIGTERM, wait, SIGKILL after a grace.
 #
-#   scripts/n8n/stop.sh [DIR]        (N8N_STOP_GRACE=seconds, default 20)
+#   scripts/n8n/stop.sh [DIR]        (default .n8n/2.41.3/; N8N_STOP_GRACE=seconds, default 20)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-DIR="${1:-$REPO/.n8n}"
+DIR="${1:-$REPO/.n8n/2.41.3}"
 GRACE="${N8N_STOP_GRACE:-20}"
 PIDFILE="$DIR/n8n.pid"
 

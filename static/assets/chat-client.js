@@ -1,29 +1,16 @@
 // The polite part of the chat: limits, session id, an in-order queue, and
 // waiting out a busy server. No DOM here; the page wires it up in app.js.
 
-export const DEFAULT_LIMITS = Object.freeze({
-  max_file_size: 10485760,
-  max_files: 5,
-  max_message_chars: 4000,
-  allowed_types: ["image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf", "text/plain"],
-});
+import { DEFAULT_LIMITS, SERVER_MESSAGES } from "./messages.js";
 
-// Hebrew messages for the server's error codes (inkflow/errors.py), used when
-// a response carries no message of its own.
+// The default limits, generated from the settings defaults (messages.js).
+export { DEFAULT_LIMITS };
+
+// Hebrew messages for error codes, used when a response carries no message
+// of its own: the server's (messages.js, generated from inkflow/errors.py),
+// then the page's own.
 export const ERROR_MESSAGES = Object.freeze({
-  bad_request: "הבקשה אינה תקינה.",
-  too_many_files: "צורפו יותר מדי קבצים.",
-  not_found: "הכתובת לא נמצאה.",
-  chat_disabled: "הצ'אט אינו זמין באתר זה.",
-  method_not_allowed: "השיטה אינה נתמכת בכתובת זו.",
-  request_timeout: "הבקשה נשלחה לאט מדי.",
-  too_large: "הקובץ או ההודעה גדולים מדי.",
-  unsupported_type: "סוג הקובץ או התוכן אינו נתמך.",
-  rate_limited: "נשלחו יותר מדי הודעות. נסו שוב בעוד רגע.",
-  internal_error: "אירעה שגיאה פנימית.",
-  upstream_error: "שירות הצ'אט אינו זמין כרגע.",
-  busy: "השרת עמוס כרגע. נסו שוב בעוד רגע.",
-  upstream_timeout: "שירות הצ'אט לא הגיב בזמן.",
+  ...SERVER_MESSAGES,
   network: "אין חיבור לשרת. בדקו את החיבור ונסו שוב.",
   client_timeout: "התשובה מתעכבת יותר מדי. נסו שוב מאוחר יותר.",
   stream_interrupted: "החיבור נקטע באמצע התשובה.",
@@ -40,6 +27,11 @@ export function newSessionId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// An Idempotency-Key for one message: the same on every retry of it.
+export function newIdempotencyKey() {
+  return newSessionId();
+}
+
 // Merge what /api/health reports over the defaults, keeping only sane values.
 export function mergeLimits(reported) {
   const limits = { ...DEFAULT_LIMITS };
@@ -54,15 +46,40 @@ export function mergeLimits(reported) {
   return limits;
 }
 
-// "1.5 מ"ב", "12 ק"ב", "800 בתים"
-export function formatSize(bytes) {
-  if (bytes >= 1024 * 1024) return `${trim(bytes / (1024 * 1024))} מ"ב`;
-  if (bytes >= 1024) return `${trim(bytes / 1024)} ק"ב`;
-  return bytes === 1 ? "בית אחד" : `${bytes} בתים`;
+const SIZE_UNITS = [
+  [1024 * 1024 * 1024, 'ג"ב'],
+  [1024 * 1024, 'מ"ב'],
+  [1024, 'ק"ב'],
+];
+const numberFormats = new Map();
+
+function formatNumber(value, digits) {
+  let format = numberFormats.get(digits);
+  if (!format) {
+    format = new Intl.NumberFormat("he-IL", { maximumFractionDigits: digits });
+    numberFormats.set(digits, format);
+  }
+  return format.format(value);
 }
 
-function trim(n) {
-  return n >= 10 ? String(Math.round(n)) : String(Math.round(n * 10) / 10);
+// "10.5 מ"ב", "12 ק"ב", "800 בתים": one decimal where it is not a whole number
+// (11,000,000 bytes are 10.5 מ"ב, not 10). digits: more decimals when they matter.
+export function formatSize(bytes, digits = 1) {
+  for (const [unit, name] of SIZE_UNITS) {
+    if (bytes >= unit) return `${formatNumber(bytes / unit, digits)} ${name}`;
+  }
+  if (bytes === 1) return "בית אחד";
+  return `${formatNumber(bytes, 0)} בתים`;
+}
+
+// A size and the limit it is over, written so that they differ on screen
+// (10,485,761 bytes against 10 מ"ב is "10.001 מ"ב", or bytes at worst).
+export function formatSizes(size, limit) {
+  for (let digits = 1; digits <= 3; digits += 1) {
+    const [a, b] = [formatSize(size, digits), formatSize(limit, digits)];
+    if (a !== b) return [a, b];
+  }
+  return [`${formatNumber(size, 0)} בתים`, `${formatNumber(limit, 0)} בתים`];
 }
 
 // Seconds from a Retry-After header (delta-seconds or an HTTP date), or null.
@@ -203,7 +220,10 @@ export class ChatClient {
     maxWait = 120,
     requestTimeout = 90,
     streamIdleTimeout = 90,
+    preset = null,
   } = {}) {
+    // preset: mode and limits known already (the embed's configuration); no /api/health then.
+    this.preset = preset;
     this.chatUrl = chatUrl;
     this.healthUrl = healthUrl;
     this.storage = storage;
@@ -254,6 +274,11 @@ export class ChatClient {
 
   // Read mode and limits from /api/health; defaults when it cannot be read.
   async loadConfig() {
+    if (this.preset) {
+      this.limits = mergeLimits(this.preset);
+      this.mode = typeof this.preset.mode === "string" ? this.preset.mode : null;
+      return { mode: this.mode, limits: this.limits };
+    }
     try {
       const response = await fetch(this.healthUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
       if (!response.ok) throw new Error(`health ${response.status}`);
@@ -284,9 +309,11 @@ export class ChatClient {
   // ({ok: true, streamed: true, reply, runs, errors} for a streamed answer).
   // hooks: onStart(), onWait(seconds, reason) with a countdown, onRetry(),
   // onStream(event) for each line of a streamed answer (see StreamReply).
-  send(text, files = [], hooks = {}) {
+  // key: the message's Idempotency-Key (a new one when not given); pass the
+  // same key to send the same message again.
+  send(text, files = [], hooks = {}, key = newIdempotencyKey()) {
     this._pending += 1;
-    const run = () => this._deliver(text, files, hooks);
+    const run = () => this._deliver(text, files, hooks, key);
     const result = this._tail.then(run, run);
     this._tail = result.catch(() => undefined);
     return result.finally(() => {
@@ -310,7 +337,7 @@ export class ChatClient {
     hooks.onRetry?.();
   }
 
-  async _deliver(text, files, hooks) {
+  async _deliver(text, files, hooks, key) {
     hooks.onStart?.();
     let busy = 0;
     let network = 0;
@@ -318,7 +345,7 @@ export class ChatClient {
       let response;
       const deadline = new Deadline(this.requestTimeout);
       try {
-        response = await this._post(text, files, deadline.signal);
+        response = await this._post(text, files, deadline.signal, key);
       } catch (error) {
         deadline.clear();
         if (error?.name === "TimeoutError" || error?.name === "AbortError") {
@@ -385,8 +412,9 @@ export class ChatClient {
     return stream.result();
   }
 
-  async _post(text, files, signal) {
+  async _post(text, files, signal, key) {
     const init = { method: "POST", headers: { Accept: CHAT_ACCEPT }, credentials: "same-origin" };
+    if (key) init.headers["Idempotency-Key"] = key;
     if (files.length) {
       const form = new FormData();
       form.append("message", text);
@@ -462,5 +490,69 @@ function safeStorage() {
     return globalThis.localStorage ?? null;
   } catch {
     return null;
+  }
+}
+
+// The conversation as this browser saw it, kept in localStorage so that a
+// reload shows it again (for the session id it belongs to; "שיחה חדשה"
+// clears it). Bounded: the last MAX_ENTRIES messages, at most MAX_CHARS of
+// text. Entries: {kind: "user" | "bot" | "error", text, files: [{name, size}]}.
+const TRANSCRIPT_KEY = "inkflow.transcript";
+const MAX_ENTRIES = 60;
+const MAX_CHARS = 200_000;
+const KINDS = new Set(["user", "bot", "error"]);
+
+export class Transcript {
+  constructor(storage = safeStorage(), key = TRANSCRIPT_KEY) {
+    this.storage = storage;
+    this.key = key;
+  }
+
+  // The entries kept for sessionId ([] for another session or nothing kept).
+  load(sessionId) {
+    let data;
+    try {
+      data = JSON.parse(this.storage?.getItem(this.key) ?? "null");
+    } catch {
+      return [];
+    }
+    if (!data || data.sessionId !== sessionId || !Array.isArray(data.entries)) return [];
+    return data.entries.filter(
+      (e) => e && KINDS.has(e.kind) && typeof e.text === "string" && (e.files === undefined || Array.isArray(e.files)),
+    ).map((e) => ({
+      kind: e.kind,
+      text: e.text,
+      files: (e.files ?? [])
+        .filter((f) => f && typeof f.name === "string" && Number.isFinite(f.size))
+        .map((f) => ({ name: f.name, size: f.size })),
+    }));
+  }
+
+  add(sessionId, kind, text, files = []) {
+    const entries = this.load(sessionId);
+    entries.push({ kind, text: String(text), files: Array.from(files, (f) => ({ name: f.name, size: f.size })) });
+    this._save(sessionId, entries);
+  }
+
+  clear() {
+    try {
+      this.storage?.removeItem(this.key);
+    } catch {
+      // nothing kept
+    }
+  }
+
+  _save(sessionId, entries) {
+    let kept = entries.slice(-MAX_ENTRIES);
+    let chars = kept.reduce((n, e) => n + e.text.length, 0);
+    while (kept.length > 1 && chars > MAX_CHARS) {
+      chars -= kept[0].text.length;
+      kept = kept.slice(1);
+    }
+    try {
+      this.storage?.setItem(this.key, JSON.stringify({ sessionId, entries: kept }));
+    } catch {
+      // full or private mode: the conversation lives for this page only
+    }
   }
 }

@@ -559,6 +559,34 @@ export function plainText(node) {
 
 // -- DOM ---------------------------------------------------------------------
 
+// The copy button's text, which is also its name (a screen reader user says what they see).
+export const COPY_LABEL = "העתקת הקוד";
+
+// The levels the headings of an answer are drawn at (set as outLevel on each
+// heading block): the first is base (h3 under the chat's h2), a deeper mark is
+// one level deeper than the heading it falls under, a mark seen before goes
+// back to that heading's level; so an answer that starts with ## or skips from
+// # to ### leaves no gap in the page's outline. A heading's level depends only
+// on the blocks before it, so the kept blocks of a streamed answer keep theirs.
+export function headingLevels(tree, base = 3) {
+  const open = []; // {mark, level} of the headings the next one may fall under
+  const walk = (blocks) => {
+    for (const block of blocks) {
+      if (block.type === "heading") {
+        while (open.length && open.at(-1).mark > block.level) open.pop();
+        let level;
+        if (open.length && open.at(-1).mark === block.level) level = open.pop().level;
+        else level = open.length ? open.at(-1).level + 1 : base;
+        block.outLevel = Math.min(6, level);
+        open.push({ mark: block.level, level: block.outLevel });
+      } else if (block.type === "quote") walk(block.children);
+      else if (block.type === "list") for (const item of block.items) walk(item.children);
+    }
+  };
+  walk(tree.children);
+  return tree;
+}
+
 function el(doc, tag, className, dir) {
   const node = doc.createElement(tag);
   if (className) node.className = className;
@@ -608,7 +636,8 @@ function inlineNodes(doc, parent, nodes) {
 // which take the direction of their list or quote (dir="auto" looks past
 // children with a dir of their own, so those would leave the quote without text
 // to decide by). Code is always dir="ltr".
-// Answer headings sit under the chat's own <h2>: # is an <h3>, and so on.
+// Answer headings sit under the chat's own <h2>: # is an <h3>, and so on
+// (headingLevels: never more than one level below the heading before).
 function blockNode(doc, block, inherit = false) {
   const dir = inherit ? null : "auto";
   switch (block.type) {
@@ -618,7 +647,7 @@ function blockNode(doc, block, inherit = false) {
       return p;
     }
     case "heading": {
-      const h = el(doc, `h${Math.min(6, block.level + 2)}`, "md-h", dir);
+      const h = el(doc, `h${block.outLevel ?? Math.min(6, block.level + 2)}`, "md-h", dir);
       inlineNodes(doc, h, block.children);
       return h;
     }
@@ -648,10 +677,11 @@ function blockNode(doc, block, inherit = false) {
       lang.textContent = block.lang;
       const copy = el(doc, "button", "md-copy");
       copy.setAttribute("type", "button");
-      copy.setAttribute("aria-label", "העתקת הקוד");
-      copy.textContent = "העתקה";
+      copy.textContent = COPY_LABEL;
       bar.append(lang, copy);
       const pre = el(doc, "pre", "md-pre", "ltr");
+      // Scrolled sideways from the keyboard too.
+      pre.setAttribute("tabindex", "0");
       const code = el(doc, "code");
       code.textContent = block.text;
       pre.append(code);
@@ -660,6 +690,7 @@ function blockNode(doc, block, inherit = false) {
     }
     case "table": {
       const wrap = el(doc, "div", "md-table-wrap", dir);
+      wrap.setAttribute("tabindex", "0");
       const table = el(doc, "table", "md-table");
       const thead = el(doc, "thead");
       const headRow = el(doc, "tr");
@@ -707,12 +738,12 @@ function parseGrowing(text, before) {
 // Render text into container. Blocks whose source and state are unchanged since
 // the last call on this container keep their DOM nodes (no flicker, selection and
 // focus kept); the rest are replaced. Returns the tree.
-export function render(container, text, { streaming = false, doc = container.ownerDocument } = {}) {
+export function render(container, text, { streaming = false, doc = container.ownerDocument, base = 3 } = {}) {
   const source = normalise(text);
   const before = rendered.get(container);
   // The first render owns the container: whatever was in it goes.
   if (!before) container.textContent = "";
-  const tree = streaming ? parseGrowing(source, before) : parse(source);
+  const tree = headingLevels(streaming ? parseGrowing(source, before) : parse(source), base);
   const old = before?.entries ?? [];
   const entries = [];
   const last = tree.children.length - 1;

@@ -6,7 +6,23 @@
   var status = document.getElementById("example-status");
   document.getElementById("webhook-url").textContent = webhookUrl;
   if (!window.N8nChat || typeof window.N8nChat.createChat !== "function") {
-    status.textContent = "לא ניתן לטעון את רכיב הצ'אט (יש להריץ scripts/install-n8n-chat.sh).";
+    // Not in the package (its licence allows no redistribution): each checkout fetches it.
+    var command = function (text) {
+      var code = document.createElement("code");
+      code.dir = "ltr";
+      code.textContent = text;
+      return code;
+    };
+    status.replaceChildren(
+      "רכיב הצ'אט הרשמי של n8n אינו מותקן בשרת הזה: הוא אינו נכלל בחבילה של InkFlow. בתיקיית הקוד של InkFlow הריצו ",
+      command("make run"),
+      " (מוריד את הרכיב ומגיש את התיקייה static של הקוד), או ",
+      command("sh scripts/install-n8n-chat.sh"),
+      " ואז הפעילו את השרת עם ",
+      command("--static-dir static"),
+      ".",
+    );
+    document.documentElement.dataset.chatReady = "missing";
     return;
   }
   window.N8nChat.createChat({

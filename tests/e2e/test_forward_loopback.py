@@ -1,5 +1,5 @@
 """
-End-to-end tests of the real L{Forwarder} and L{make_http_client} against the
+End-to-end tests of the real L{Forwarder} and L{make_agent} against the
 fake n8n, over loopback TCP on the real reactor (pytest + pytest-twisted).
 
 Timeouts are small (a fraction of a second) so the suite stays fast.
@@ -19,7 +19,7 @@ from twisted.internet import reactor as _reactor
 
 from inkflow.chat import ChatMessage, UploadedFile
 from inkflow.errors import ApiError
-from inkflow.n8n.client import Forwarder, make_http_client
+from inkflow.n8n.client import Forwarder, make_agent
 from inkflow.settings import Settings
 from tests.support.fake_n8n import (
     FakeN8n,
@@ -76,8 +76,8 @@ class Env:
         }
         values.update(overrides)
         self.settings = Settings.defaults(**values)
-        self.client, self.pool = make_http_client(reactor, self.settings)
-        self.forwarder = Forwarder(self.settings, self.client, reactor, random=lambda: 0.2)
+        self.agent, self.pool = make_agent(reactor, self.settings)
+        self.forwarder = Forwarder(self.settings, self.agent, reactor, random=lambda: 0.2)
 
     async def forward(self, msg: ChatMessage | None = None, timeout: float = 3.0) -> Any:
         return await self.forwarder.forward(msg or message(), reactor.seconds() + timeout)
@@ -275,7 +275,7 @@ async def test_big_answer_is_502() -> None:
     An answer over the response cap is a 502.
     """
     env = Env()
-    env.forwarder = Forwarder(env.settings, env.client, reactor, max_response_bytes=64 * 1024)
+    env.forwarder = Forwarder(env.settings, env.agent, reactor, max_response_bytes=64 * 1024)
     try:
         env.fake.set_default("/webhook/a", status_reply(200, b'"' + b"x" * 200_000 + b'"'))
         with pytest.raises(ApiError) as caught:

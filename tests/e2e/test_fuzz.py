@@ -253,7 +253,7 @@ MESSAGES_TEXT = st.one_of(
     st.text(HEBREW, min_size=1, max_size=50),
     st.integers(MAX_CHARS - 3, MAX_CHARS + 3).map(lambda n: "א" * n),
     st.just("x" * 200_000),
-    # issue 12: a lone surrogate (a valid JSON escape, not text)
+    # a lone surrogate (a valid JSON escape, not text)
     st.sampled_from(["a\ud800b", "\udfff", "ok\ud83d"]),
 )
 CHAT_FIELD_VALUES = st.one_of(MESSAGES_TEXT, JSON_VALUES)
@@ -263,7 +263,7 @@ METADATA = st.one_of(
     st.just({"big": "x" * 9000}),
     JSON_VALUES,
     TEXT.map(json.dumps),
-    # issue 12: metadata as a string nested deeply, and numbers JSON does not have
+    # metadata as a string nested deeply, and numbers JSON does not have
     st.integers(900, 3000).map(lambda d: "[" * d + "]" * d),
     st.sampled_from(['{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": -1e400}']),
 )
@@ -506,7 +506,7 @@ METHODS = st.one_of(
 PATHS = st.one_of(
     st.sampled_from([b"/api/chat", b"/api/health", b"/api/ready", b"/api/", b"/api/nope", b"/", b"/metrics"]),
     st.sampled_from([b"/api/chat?x=1", b"/api/../etc/passwd", b"/api/chat%00", b"*", b"http://x/api/chat", b"//api"]),
-    # issue 12: werkzeug's redirects (merged slashes) and encoded spellings of the chat route
+    # werkzeug's redirects (merged slashes) and encoded spellings of the chat route
     st.sampled_from([b"/api//health", b"//api//chat", b"/api/chat/", b"/api/%63hat", b"/%61pi/chat", b"/api/./health"]),
     # UTF-8 paths, raw or percent-encoded, and bytes that are not UTF-8.
     st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20).map(
@@ -547,7 +547,7 @@ HEADERS = st.one_of(
             b" Leading-Space: x",
             b"No-Colon",
             b"Folded: a\r\n b",
-            # issue 12: framing a strict proxy reads differently, cross-site heads
+            # framing a strict proxy reads differently, cross-site heads
             b"Transfer-Encoding: identity",
             b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
             b"Host: a\r\nHost: b",

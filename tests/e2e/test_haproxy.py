@@ -1,7 +1,8 @@
 """
-End to end: two real InkFlow instances behind a real HAProxy running
-deploy/haproxy.cfg (its ports, server addresses and check interval swapped for
-loopback test values), a fake n8n in this process, and five chat clients.
+End to end: two real InkFlow instances sharing a real Redis (C{--redis}, as
+deploy/haproxy.cfg says) behind a real HAProxy running deploy/haproxy.cfg (its
+ports, server addresses and check interval swapped for loopback test values),
+a fake n8n in this process, and five chat clients.
 
 One instance is stopped in the middle of the load:
 
@@ -11,9 +12,11 @@ One instance is stopped in the middle of the load:
    is answered, and no chat reaches n8n twice (HAProxy never resends a POST
    once it was sent).
 
-A third test checks HAProxy's own JSON 503 when no instance is up.
+A third test checks HAProxy's own JSON 503 when no instance is up; a fourth
+that one Idempotency-Key spread by HAProxy over both instances runs n8n once.
 
-Skipped when C{haproxy} is not installed (scripts/install-system-deps.sh haproxy).  Loopback
+Skipped when C{haproxy} is not installed (scripts/install-system-deps.sh haproxy),
+or C{redis-server} (... redis).  Loopback
 only; every loop and wait is bounded.  Each scenario takes 8-10 s.
 """
 
@@ -41,6 +44,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.support.fake_n8n import FakeN8n, listen_fake_n8n, slow
+from tests.support.redis_server import RedisServer, redis_server_path
 from tests.support.server import REPO, ServerProcess
 
 reactor: Any = _reactor
@@ -75,6 +79,17 @@ def fake() -> Iterator[FakeN8n]:
     pytest_twisted.blockon(f.stop())
 
 
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port, shared by the instances of this module's tests."""
+    binary = redis_server_path()
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh redis)")
+    server = RedisServer(binary).start()
+    yield server
+    server.close()
+
+
 def free_port() -> int:
     """A port the kernel just handed out on loopback (HAProxy cannot report a port 0 bind back)."""
     with socket.socket() as sock:
@@ -103,7 +118,7 @@ def haproxy_config(workdir: Path, port: int, servers: dict[str, int]) -> str:
     # Each backend's server lines give way to ours, in their place (after default-server).
     lines = "".join(f"    server {name} 127.0.0.1:{p}\n" for name, p in servers.items())
     text, blocks = re.subn(r"(?m)(?:^    server .*\n)+", lines, text)
-    assert blocks >= 2, "deploy/haproxy.cfg changed: no server lines in the two backends"
+    assert blocks >= 1, "deploy/haproxy.cfg changed: no server lines in the backend"
     # Loopback only: every address left in the file must be 127.0.0.1.
     addresses = set(re.findall(r"\b\d{1,3}(?:\.\d{1,3}){3}\b", text))
     assert addresses <= {"127.0.0.1"}, f"non-loopback address in the test config: {addresses}"
@@ -301,9 +316,10 @@ def messages_at(fake: FakeN8n, path: str) -> set[str]:
     return {r.json["chatInput"] for r in fake.requests_for(path) if isinstance(r.json, dict)}
 
 
-async def run_scenario(fake: FakeN8n, tmp_path: Path, signum: int) -> Run:
+async def run_scenario(fake: FakeN8n, tmp_path: Path, signum: int, redis: RedisServer) -> Run:
     """
-    Two instances behind HAProxy, five clients for 6 s; C{signum} to app1 2.5 s in.
+    Two instances sharing C{redis} behind HAProxy, five clients for 6 s;
+    C{signum} to app1 2.5 s in.
     """
     fake.requests.clear()
     instances: dict[str, ServerProcess] = {}
@@ -318,6 +334,8 @@ async def run_scenario(fake: FakeN8n, tmp_path: Path, signum: int) -> Run:
             "10",
             "--trusted-proxy",
             "127.0.0.1",
+            "--redis",
+            redis.url,
             "--upload-dir",
             str(upload),
         )
@@ -394,13 +412,13 @@ def assert_common(run: Run) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_on_one_instance_loses_no_request(fake: FakeN8n, tmp_path: Path) -> None:
+async def test_sigterm_on_one_instance_loses_no_request(fake: FakeN8n, tmp_path: Path, redis: RedisServer) -> None:
     """
     SIGTERM to one of two instances under load: every chat through HAProxy is
     answered 200 (the in-flight ones by the draining instance, the rest by the
     other one), and the stopped instance drains and exits cleanly.
     """
-    run = await run_scenario(fake, tmp_path, signal.SIGTERM)
+    run = await run_scenario(fake, tmp_path, signal.SIGTERM, redis)
     print(run.summary("SIGTERM"))
     print(run.details())
     assert_common(run)
@@ -414,13 +432,15 @@ async def test_sigterm_on_one_instance_loses_no_request(fake: FakeN8n, tmp_path:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigkill_on_one_instance_fails_only_its_in_flight_requests(fake: FakeN8n, tmp_path: Path) -> None:
+async def test_sigkill_on_one_instance_fails_only_its_in_flight_requests(
+    fake: FakeN8n, tmp_path: Path, redis: RedisServer
+) -> None:
     """
     SIGKILL to one of two instances under load: only requests in flight on it
     at that moment may fail (and none is resent to n8n); every other chat,
     before and after, is answered 200.
     """
-    run = await run_scenario(fake, tmp_path, signal.SIGKILL)
+    run = await run_scenario(fake, tmp_path, signal.SIGKILL, redis)
     print(run.summary("SIGKILL"))
     print(run.details())
     assert_common(run)
@@ -474,17 +494,28 @@ async def test_no_instance_up_gets_json_503_from_haproxy(tmp_path: Path) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_idempotency_key_stays_on_one_instance(fake: FakeN8n, tmp_path: Path) -> None:
+async def test_one_idempotency_key_runs_once_across_instances(
+    fake: FakeN8n, tmp_path: Path, redis: RedisServer
+) -> None:
     """
-    Chats carrying an Idempotency-Key go to the instance the key hashes to
-    (C{balance hdr(Idempotency-Key)}): for each key, three requests (two at
-    once, then one) reach n8n once and get three equal answers, although the
-    default backend (leastconn) would have spread the two concurrent ones.
+    Two instances sharing Redis, no keyed backend: HAProxy spreads the
+    requests of one key over both (leastconn); for each key, four requests
+    (three at once, then one) reach n8n once and get four equal answers, and
+    both instances answered some of them.
     """
     fake.requests.clear()
     instances = {
         name: ServerProcess(
-            "--webhook", fake.url(f"/webhook/{name}"), "--rate-limit", "0", "--trusted-proxy", "127.0.0.1"
+            "--webhook",
+            fake.url(f"/webhook/{name}"),
+            "--rate-limit",
+            "0",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--redis",
+            redis.url,
+            "--redis-prefix",
+            f"{tmp_path.name}:",
         )
         for name in ("app1", "app2")
     }
@@ -504,12 +535,20 @@ async def test_one_idempotency_key_stays_on_one_instance(fake: FakeN8n, tmp_path
 
         keys = [f"key-{n}" for n in range(6)]
         for key in keys:
-            together = await defer.gatherResults([defer.Deferred.fromCoroutine(chat(key)) for _ in range(2)])
+            together = await defer.gatherResults([defer.Deferred.fromCoroutine(chat(key)) for _ in range(3)])
             answers = [*together, await chat(key)]
-            assert [code for code, _ in answers] == [200, 200, 200]
+            assert [code for code, _ in answers] == [200] * 4
             assert len({body for _, body in answers}) == 1, answers
         sent = Counter(r.json["chatInput"] for r in fake.requests if isinstance(r.json, dict))
         assert sent == Counter({f"m-{key}": 1 for key in keys})
+
+        def chats_answered(s: ServerProcess) -> float:
+            text = s.request("GET", "/metrics")[2].decode()
+            found = re.findall(r'^inkflow_http_requests_total\{route="/api/chat",status="200"\} (\S+)$', text, re.M)
+            return sum(float(v) for v in found)
+
+        answered = [await threads.deferToThread(chats_answered, s) for s in instances.values()]
+        assert sum(answered) == 4 * len(keys) and min(answered) > 0, answered
     finally:
         if haproxy is not None:
             await threads.deferToThread(haproxy.stop, signal.SIGTERM, 10)

@@ -1,5 +1,5 @@
 """
-End to end, issue 12: hostile clients against the real C{twistd -n inkflow}
+End to end: hostile clients against the real C{twistd -n inkflow}
 on loopback.  Each test is bounded in sockets and seconds.
 """
 
@@ -162,3 +162,28 @@ def test_admin_listener_has_the_full_health(tmp_path: Path) -> None:
         status, health = admin.get_json("/api/health")
         assert status == 200 and health["mode"] == "demo" and "connections" in health
         assert admin.request("GET", "/metrics")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/api/chat\x7f", b"/api/health?x=\x7f", b"/chat?token=\x7f", b"/\x7f", b"/api/health?\xb0"],
+    ids=["chat", "health-query", "websocket-query", "page", "high-byte"],
+)
+def test_del_or_high_byte_in_any_target_is_a_json_400(server: ServerProcess, target: bytes) -> None:
+    """A DEL (or a byte over 0x7e) in any request target, an upgrade's included: JSON 400, no traceback."""
+    upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    head = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Version: 13\r\n" + upgrade + b"\r\n"
+    out, _ = raw(server.port, head, wait=3)
+    assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "bad_request"
+    assert "Traceback" not in server.output()
+
+
+def test_absolute_form_target_is_served_for_the_own_host_only(server: ServerProcess) -> None:
+    """GET http://<Host>/api/health is health (RFC 9112 3.2.2); another host in the target is a JSON 400."""
+    host = f"127.0.0.1:{server.port}"
+    for authority, expected in ((host, b"HTTP/1.1 200 "), ("evil.example", b"HTTP/1.1 400 ")):
+        head = f"GET http://{authority}/api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        out, _ = raw(server.port, head.encode(), wait=5)
+        assert out.startswith(expected), out[:200]
+        assert out.split(b"\r\n\r\n", 1)[1].startswith(b"{")

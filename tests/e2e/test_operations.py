@@ -5,6 +5,7 @@ log file, log rotation on SIGUSR1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,18 +22,47 @@ from tests.support.server import ServerProcess, run_command, twistd
 def test_json_log_lines_carry_request_ids(tmp_path: Path) -> None:
     """
     --log-format json: every line is a JSON object; chat lines carry the request id the client got
-    (the per-chat line is debug since issue 15: the access line is the record at info).
+    (the per-chat line, from the chat handler, is debug: the access line is the record at info).
     """
     with ServerProcess("--log-format", "json", "--log-level", "debug", "--upload-dir", str(tmp_path)) as s:
         status, headers, _ = s.post_json("/api/chat", {"message": "log me"})
         assert status == 200
         request_id = headers["x-request-id"]
-        s.wait_for(re.compile(r'"log_namespace": "inkflow.access"'))
+        s.wait_for(re.compile(r'"log.logger": "inkflow.access"'))
     records = [json.loads(line) for line in s.output().splitlines() if line.startswith("{")]
     assert records
     assert all(line.startswith("{") for line in s.output().splitlines() if line.strip())
     chat_lines = [r for r in records if r.get("request_id") == request_id]
-    assert {r["log_namespace"] for r in chat_lines} >= {"inkflow.web.routes", "inkflow.access"}
+    assert {r["log.logger"] for r in chat_lines} >= {"inkflow.web.handler", "inkflow.access"}
+
+
+ECS_KEYS = ("@timestamp", "log.level", "log.logger", "message", "ecs.version")
+
+
+def test_every_json_line_of_a_run_has_the_documented_shape(tmp_path: Path) -> None:
+    """
+    A whole run with --log-format json (start, a chat, a 404, SIGHUP, stop): every line parses, in the
+    ECS shape docs/operations.md documents, with no Twisted internals; the start-up line is short.
+    """
+    s = ServerProcess("--log-format", "json", "--log-level", "debug", "--max-files", "3", "--upload-dir", str(tmp_path))
+    s.start()
+    assert s.post_json("/api/chat", {"message": "log me"})[0] == 200
+    assert s.request("GET", "/nowhere")[0] == 404
+    s.send_signal(signal.SIGHUP)
+    s.wait_for("nothing to rotate")
+    assert s.stop() in (0, 1, -signal.SIGTERM, 128 + signal.SIGTERM)
+    lines = [line for line in s.output().splitlines() if line.strip()]
+    assert len(lines) > 10
+    for line in lines:
+        record = json.loads(line)
+        assert list(record)[: len(ECS_KEYS)] == list(ECS_KEYS), line
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["@timestamp"]), line
+        assert record["log.level"] in ("debug", "info", "warn", "error", "critical"), line
+        assert not [key for key in record if key.startswith("log_") or key == "format"], line
+        assert "__class_uuid__" not in line
+    [start] = [json.loads(line) for line in lines if "starting in demo mode" in line]
+    assert start["settings"]["max-files"] == 3
+    assert len(json.dumps(start)) < 800, start
 
 
 def test_access_log_can_be_turned_off(tmp_path: Path) -> None:
@@ -119,3 +149,29 @@ def test_monitor_once_unreachable_is_one_line_and_status_1() -> None:
     result = _monitor("--url", f"http://127.0.0.1:{port}", "--once", "--json")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == f"inkflow monitor: cannot read http://127.0.0.1:{port}/api/health: connection refused\n"
+
+
+def test_systemd_notify_ready_once_listening_and_watchdog(tmp_path: Path) -> None:
+    """
+    Under Type=notify (a $NOTIFY_SOCKET, here a local datagram socket): READY=1 arrives once the port
+    answers, then WATCHDOG=1 every half of WatchdogSec, and STOPPING=1 on SIGTERM.
+    """
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(20)
+        s = ServerProcess(
+            "--upload-dir", str(tmp_path / "uploads"), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
+        )
+        with s:
+            assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
+            assert s.get_json("/api/health")[0] == 200
+            assert [sock.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3
+            s.stop()
+        messages = []
+        sock.setblocking(False)  # the process has exited: what it sent is all in the buffer
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(sock.recv(4096))
+        assert messages[-1] == b"STOPPING=1"
+        assert set(messages[:-1]) <= {b"WATCHDOG=1"}

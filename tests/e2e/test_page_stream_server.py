@@ -299,7 +299,7 @@ async def test_an_error_line_from_n8n_mid_stream_is_shown_at_once(
         expect(chat.bot_bubbles()).to_have_count(1)
         expect(page.locator("#chat-log .msg-error")).to_have_count(1)
         # The error comes after the part it interrupted.
-        order = page.evaluate("[...document.querySelectorAll('#chat-log > li')].slice(-2).map((li) => li.className)")
+        order = page.evaluate("[...document.querySelectorAll('#chat-log > .msg')].slice(-2).map((li) => li.className)")
         assert order == ["msg msg-bot", "msg msg-error"], order
         expect(page.locator("#chat-live p")).to_have_count(2)
         assert chat.problems() == []
@@ -572,7 +572,7 @@ async def test_a_question_sent_while_an_answer_streams_waits_its_turn(
 
     def in_order() -> None:
         expect(page.locator("#chat-log .msg-typing")).to_have_count(0)
-        texts = page.locator("#chat-log > li:not(:first-child) .bubble").all_inner_texts()
+        texts = page.locator("#chat-log > .msg:not(:first-child) .bubble").all_inner_texts()
         assert texts == ["שאלה ראשונה", "תשובה ראשונה, עוד קצת", "שאלה שנייה", "תשובה שנייה"], texts
         expect(page.locator("#chat-log .msg-user .msg-meta")).to_have_text(["נשלחה", "נשלחה"])
         assert chat.problems() == []

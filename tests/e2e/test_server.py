@@ -110,7 +110,7 @@ def test_assets_are_served_with_cache_control(server: ServerProcess) -> None:
         "/.git/config",
         "/.gitignore",
         "/%00index.html",
-        "/inkflow/settings.py",
+        "/inkflow/settings/table.py",
     ],
 )
 def test_nothing_outside_the_static_folder(server: ServerProcess, path: str) -> None:
@@ -366,6 +366,9 @@ def test_metrics_in_prometheus_format(server: ServerProcess) -> None:
     assert "inkflow_connections_active " in text
     assert "inkflow_process_rss_bytes " in text
     assert "inkflow_cleanup_runs_total " in text
+    assert 'inkflow_build_info{python="' in text and 'version="' in text
+    assert "process_resident_memory_bytes " in text
+    assert "process_cpu_seconds_total " in text
 
 
 def test_shutdown_delay_serves_not_ready_then_exits(tmp_path: Path) -> None:

@@ -17,9 +17,10 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from wsproto.frame_protocol import CloseReason
 
-from inkflow.web.websocket import connect_upstream
+from inkflow.web.websocket import Wire, connect_upstream
 from tests.support.fake_n8n import FakeN8n, json_reply, listen_fake_n8n, status_reply
 from tests.support.fake_n8n_ws import ChatSockets, install_chat_sockets
 from tests.support.server import ServerProcess
@@ -31,7 +32,8 @@ TIMEOUT = 10.0
 
 class Client:
     """
-    A WebSocket client to InkFlow's C{/chat}; messages and the close code kept.
+    A WebSocket client to InkFlow's C{/chat}: whole messages kept, and the
+    close code (C{lost}).
     """
 
     def __init__(self) -> None:
@@ -39,28 +41,17 @@ class Client:
         self.wire: Any = None
         self.lost: Deferred[int | None] = Deferred()
         self._waiting: list[Deferred[str]] = []
+        self._parts: list[str] = []
 
-    def negotiationStarted(self, transport: Any) -> None:
-        self.wire = transport
-
-    def negotiationFinished(self) -> None:
-        pass
-
-    def pongReceived(self, payload: bytes) -> None:
-        pass
-
-    def textMessageReceived(self, message: str) -> None:
+    def chunk(self, wire: Wire, data: str | bytes | bytearray, fin: bool) -> None:
+        self._parts.append(data if isinstance(data, str) else bytes(data).decode())
+        if not fin:
+            return
+        message, self._parts = "".join(self._parts), []
         if self._waiting:
             self._waiting.pop(0).callback(message)
         else:
             self.messages.append(message)
-
-    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
-        self.textMessageReceived(bytes(data).decode())
-
-    def connectionLost(self, reason: Failure) -> None:
-        if not self.lost.called:
-            self.lost.callback(getattr(self.wire, "close_code", None))
 
     def next_message(self) -> Deferred[str]:
         if self.messages:
@@ -72,12 +63,28 @@ class Client:
         return d.addTimeout(TIMEOUT, reactor)
 
     def send(self, text: str) -> None:
-        self.wire.sendTextMessage(text)
+        self.wire.send_chunk(text, True)
+
+
+class _Handler:
+    """
+    Hands a L{Client}'s wire events on (its C{lost} attribute is the Deferred).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def chunk(self, wire: Wire, data: str | bytes | bytearray, fin: bool) -> None:
+        self.client.chunk(wire, data, fin)
+
+    def lost(self, wire: Wire) -> None:
+        if not self.client.lost.called:
+            self.client.lost.callback(wire.close_code)
 
 
 async def open_socket(server: ServerProcess, query: str) -> Client:
     client = Client()
-    await connect_upstream(reactor, f"ws://127.0.0.1:{server.port}/chat?{query}", client, 10 * 1024 * 1024)
+    client.wire = await connect_upstream(reactor, f"ws://127.0.0.1:{server.port}/chat?{query}", _Handler(client))
     return client
 
 
@@ -201,7 +208,7 @@ async def test_execution_started_at_a_goes_to_a(server, upstreams) -> None:
     assert conn.query["executionId"] == "7"
     client.send("hi")
     assert await conn.next_message() == "hi"
-    client.wire.loseConnection(1000)
+    client.wire.close(1000)
     await conn.lost.addTimeout(TIMEOUT, reactor)
 
 
@@ -287,3 +294,82 @@ async def test_idle_timeout_and_drain(upstreams) -> None:
         assert code in (0, -signal.SIGTERM)  # twistd re-raises SIGTERM after an orderly stop
     finally:
         s.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_passed_and_a_close_without_status_is_1000(server, upstreams) -> None:
+    """
+    n8n 2.41's token reaches n8n unchanged; n8n closing without a status
+    (its response nodes' normal end) closes the browser's side with 1000.
+    """
+    a, sa, _, _ = upstreams
+    await start_execution(server, a, "34")
+    client = await open_socket(server, "sessionId=s&executionId=34&token=970493fc%2Bab")
+    conn = await sa.next_connection()
+    assert conn.query["token"] == "970493fc+ab"
+    conn.transport.loseConnection(CloseReason.NO_STATUS_RCVD)
+    assert await client.lost.addTimeout(TIMEOUT, reactor) == 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_handshakes_are_json_400s(server) -> None:
+    """A DEL byte in the target, HTTP/1.0, two keys: 400 bad_request, never a 500."""
+    status, body = await _raw_in_thread(server, "/chat?executionId=42&x=\x7f", UPGRADE)
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    status, body = await _raw_in_thread(server, "/chat?executionId=42", {**UPGRADE, "Sec-WebSocket-Key": "short"})
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert "Traceback" not in server.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_execution_map(upstreams) -> None:
+    """
+    --workers 2 with two n8n origins: an execution started at B through a chat
+    one worker answered opens its socket at B from the other worker too (the
+    execution map is the parent's), never 404 unknown_execution.
+    """
+    from twisted.internet.threads import deferToThread
+
+    from tests.e2e.test_workers import pids_answering
+
+    a, _, b, sb = upstreams
+    s = ServerProcess(
+        "--workers", "2", "--webhook", a.url("/webhook/chat"), "--webhook", b.url("/webhook/chat"), "--rate-limit", "0"
+    ).start()
+
+    def per_worker() -> dict[str, tuple[int, int]]:
+        workers = s.get_json("/api/health")[1]["server"]["workers"]
+        return {slot: (w["queue"]["processed_total"], w["websockets"]["opened_total"]) for slot, w in workers.items()}
+
+    try:
+        assert len(await deferToThread(pids_answering, s, 2)) == 2
+        fresh = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        crossed = 0
+        for n in range(3):
+            execution = f"shared-{n}"
+            before = await deferToThread(per_worker)
+            a.script("/webhook/chat", status_reply(503))
+            b.script("/webhook/chat", json_reply({"executionStarted": True, "executionId": execution}))
+            response = await fresh.post(
+                s.url("/api/chat"), json={"action": "sendMessage", "sessionId": "ws-w", "chatInput": execution}
+            )
+            assert (await response.json())["executionId"] == execution
+            after = await deferToThread(per_worker)
+            (chat_worker,) = [w for w in after if after[w][0] > before.get(w, (0, 0))[0]]
+            # Sockets on fresh connections until one is taken by the other worker (bounded).
+            for _ in range(30):
+                before = after
+                client = await open_socket(s, f"sessionId=ws-w&executionId={execution}")
+                conn = await sb.next_connection()
+                assert conn.query["executionId"] == execution
+                client.wire.close(1000)
+                await conn.lost.addTimeout(TIMEOUT, reactor)
+                after = await deferToThread(per_worker)
+                (socket_worker,) = [w for w in after if after[w][1] > before[w][1]]
+                if socket_worker != chat_worker:
+                    crossed += 1
+                    break
+        assert crossed == 3
+    finally:
+        await deferToThread(s.stop)
+    assert "Traceback" not in s.output()

@@ -26,7 +26,7 @@ const ALLOWED = {
   target: /^_blank$/,
   rel: /^noopener noreferrer$/,
   type: /^button$/,
-  "aria-label": /^העתקת הקוד$/,
+  tabindex: /^0$/,
   start: /^\d+$/,
 };
 const TAGS = new Set(
@@ -280,7 +280,9 @@ describe("DOM", () => {
     assert.equal(code.querySelectorAll("pre")[0].getAttribute("dir"), "ltr");
     const [button] = code.querySelectorAll("button");
     assert.equal(button.getAttribute("type"), "button");
-    assert.equal(button.textContent, "העתקה");
+    assert.equal(button.textContent, "העתקת הקוד", "its text is its name: no aria-label that says otherwise");
+    assert.equal(button.getAttribute("aria-label"), null);
+    assert.equal(code.querySelectorAll("pre")[0].getAttribute("tabindex"), "0", "a code block scrolls from the keyboard");
   });
 
   test("blocks in a quote or a list item take its direction; the quote and the table decide by their text", () => {
@@ -296,12 +298,14 @@ describe("DOM", () => {
     assert.equal(serialise(box.children[0]), '<p class="md-p" dir="auto"><a class="md-link" href="https://example.com/" target="_blank" rel="noopener noreferrer">a</a></p>');
   });
 
-  test("answer headings are h3..h6 under the chat's own h2", () => {
-    const box = rendered("# one\n\n### three\n\n###### six");
+  test("answer headings are h3..h6 under the chat's own h2, never skipping a level", () => {
+    const box = rendered("# one\n\n## two\n\n###### six");
     assert.deepEqual(
       box.children.map((e) => e.tagName),
-      ["H3", "H5", "H6"],
+      ["H3", "H4", "H5"],
     );
+    assert.deepEqual(rendered("## starts at two\n\n### then three").children.map((e) => e.tagName), ["H3", "H4"]);
+    assert.deepEqual(rendered("# a\n\n### skips\n\n# back").children.map((e) => e.tagName), ["H3", "H4", "H3"]);
   });
 
   test("re-rendering a growing answer keeps the finished blocks' nodes", () => {

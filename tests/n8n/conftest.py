@@ -15,6 +15,7 @@ Without either, every test here is skipped.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -138,16 +139,20 @@ class N8n:
 def _free_port_pair() -> int:
     """
     A loopback port P with P+1 free too (n8n's task broker listens there).
+
+    Taken below Linux's ephemeral range (32768-60999 by default), where
+    nothing but listeners binds: a port from C{bind(0)} is an ephemeral one,
+    and on a busy machine its neighbour P+1 can be the local port of some
+    other process's outgoing connection by the time n8n binds it (seen: n8n
+    2.41.3's broker failing with EADDRINUSE while nothing listened on P+1).
     """
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65535:
-            continue
-        with socket.socket() as s:
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as first, socket.socket() as second:
             try:
-                s.bind(("127.0.0.1", port + 1))
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
             except OSError:
                 continue
         return port

@@ -1,6 +1,6 @@
 """
 InkFlow's own page (C{static/index.html}) in headless Chromium, streaming real
-answers from a real n8n 2.8.4 through InkFlow: the Chat Trigger workflows in
+answers from a real n8n (2.41.3 or 2.8.4) through InkFlow: the Chat Trigger workflows in
 Response Mode "Streaming" whose two Respond to Webhook nodes are 3 s apart
 (scripts/n8n/workflows/stream.json, plain text, and stream-markdown.json, the
 same with Markdown: a Hebrew part with bold and a list, then an English part

@@ -1,5 +1,5 @@
 """
-InkFlow against a real n8n (2.8.4) and the workflows in scripts/n8n/workflows/.
+InkFlow against a real n8n (2.41.3 by default, or 2.8.4) and the workflows in scripts/n8n/workflows/.
 
 Opt-in: skipped unless C{INKFLOW_N8N_URL} or C{INKFLOW_N8N_DIR} is set (see
 conftest.py and docs/n8n.md).  Every test starts its own InkFlow

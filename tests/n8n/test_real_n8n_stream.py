@@ -1,5 +1,5 @@
 """
-Streamed answers through InkFlow from a real n8n 2.8.4: a Chat Trigger in
+Streamed answers through InkFlow from a real n8n (2.41.3 or 2.8.4): a Chat Trigger in
 Response Mode "Streaming" and two Respond to Webhook nodes (typeVersion 1.5,
 streaming on) with a 3 s Wait between them (scripts/n8n/workflows/stream.json).
 
@@ -121,3 +121,25 @@ def test_json_client_gets_both_parts_joined(n8n: N8n) -> None:
         )
     assert status == 200, data
     assert json.loads(data)["output"] == "part one: hi\n\npart two"
+
+
+def test_json_client_of_a_stream_longer_than_the_attempt_timeout(n8n: N8n) -> None:
+    """
+    With --attempt-timeout 1 and --request-timeout 2, the 3 s Wait between
+    the two parts does not cut a JSON client's answer: the attempt's time
+    bounds only n8n's first line, then the stream deadlines apply.
+    """
+    args = ("--webhook", n8n.stream, "--rate-limit", "0", "--attempt-timeout", "1", "--request-timeout", "2")
+    with inkflow(*args) as server:
+        started = time.monotonic()
+        status, _, data = server.request(
+            "POST",
+            "/api/chat",
+            json.dumps({"message": "ארוך", "sessionId": "stream-json-long"}).encode(),
+            {"Content-Type": "application/json"},
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    assert status == 200, data
+    assert json.loads(data)["output"] == "part one: ארוך\n\npart two"
+    assert took >= WAIT_SECONDS - 0.5, took

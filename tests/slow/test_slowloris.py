@@ -74,6 +74,9 @@ def limited_server(tmp_path: Path, *args: str) -> ServerProcess:
         str(tmp_path / "uploads"),
         "--max-connections",
         str(MAX_CONNECTIONS),
+        # The attack and the probe share 127.0.0.1: the global limit is under test.
+        "--max-connections-per-ip",
+        "0",
         *args,
     ]
     server = ServerProcess(command=command).start()

@@ -2,6 +2,12 @@
 A fake n8n for tests and benchmarks: a small twisted.web L{Site} with
 scripted answers per path, recording every request it receives.
 
+Where n8n 2.8.4 and 2.41.3 answer differently (docs/n8n.md, "n8n 2.41"), the
+helpers take a C{version} (L{N8N_2_8}, the default, or L{N8N_2_41}): stream
+framing and headers (L{FakeN8n.stream}), a workflow failing before its
+Respond node (L{workflow_failed}), and the C{/chat} socket's token
+(L{tests.support.fake_n8n_ws}).
+
 In tests::
 
     fake = listen_fake_n8n(reactor)
@@ -31,6 +37,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 __all__ = [
+    "N8N_2_8",
+    "N8N_2_41",
     "FakeN8n",
     "FakeStream",
     "RecordedFile",
@@ -47,7 +55,16 @@ __all__ = [
     "slow",
     "status_reply",
     "text",
+    "workflow_failed",
 ]
+
+#: The n8n releases the fake can play.
+N8N_2_8 = "2.8.4"
+N8N_2_41 = "2.41.3"
+N8N_VERSIONS = (N8N_2_8, N8N_2_41)
+
+#: n8n's own keepalive line (2.41 writes one after 30 s without output; 2.8.4 none).
+N8N_KEEPALIVE = b'{"type":"keepalive"}\n'
 
 _CHUNK = 64 * 1024
 
@@ -77,14 +94,18 @@ class Reply:
 
 class FakeStream:
     """
-    A streamed answer as n8n 2.8.4 sends it (Response Mode "Streaming"),
-    driven by the test line by line, with no timers.
+    A streamed answer as n8n sends it (Response Mode "Streaming"), driven by
+    the test line by line, with no timers.
 
     On the request: status 200 and the headers at once (C{Content-Type:
-    application/json; charset=utf-8}, chunked, C{Cache-Control: no-cache}, no
-    C{Content-Length}); then each L{send_line} is one JSON line in one flush
-    (one chunk).  What the test asks before the request has arrived is done
-    when it arrives.
+    application/json; charset=utf-8}, chunked, no C{Content-Length};
+    C{Cache-Control: no-cache} as 2.8.4 sends it, C{no-cache, no-transform}
+    as 2.41.3 does); then each L{send_line} is one JSON line in one flush
+    (one chunk).  L{send_run} writes a whole node run as the C{version}
+    does: one chunk per line (2.8.4), or one chunk holding the run's begin,
+    items and end (2.41.3); L{send_keepalive} writes n8n's own keepalive
+    line.  What the test asks before the request has arrived is done when it
+    arrives.
 
     @ivar arrived: fires with the L{RecordedRequest} when the request is in.
     @ivar closed: fires with C{"finished"} after L{finish}, C{"lost"} when the
@@ -93,7 +114,12 @@ class FakeStream:
         writing (the reader is not keeping up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = N8N_2_8) -> None:
+        if version not in N8N_VERSIONS:
+            raise ValueError(f"the fake plays n8n {' or '.join(N8N_VERSIONS)}, not {version}")
+        self.version = version
+        #: The chunks written, in order (each one flush to InkFlow).
+        self.chunks: list[bytes] = []
         self.arrived: Deferred[RecordedRequest] = Deferred()
         self.closed: Deferred[str] = Deferred()
         self.request: Request | None = None
@@ -135,6 +161,27 @@ class FakeStream:
         Write one stream line, flushed on its own.
         """
         self._do("raw", self.line(kind, content, **meta))
+
+    def send_run(self, items: list[Any], node: str = "node-1", run: int = 0, name: str | None = None) -> None:
+        """
+        One node run whole: C{begin}, an C{item} per entry of C{items},
+        C{end}; framed as C{version} frames it (see the class).
+        """
+        meta: dict[str, Any] = {"node": node, "run": run, "name": name}
+        lines = [self.line("begin", **meta)]
+        lines += [self.line("item", content, **meta) for content in items]
+        lines.append(self.line("end", **meta))
+        if self.version == N8N_2_41:
+            self._do("raw", b"".join(lines))
+        else:
+            for one in lines:
+                self._do("raw", one)
+
+    def send_keepalive(self) -> None:
+        """
+        n8n's own C{{"type":"keepalive"}} line, in a chunk of its own.
+        """
+        self._do("raw", N8N_KEEPALIVE)
 
     def send_raw(self, data: bytes) -> None:
         """
@@ -179,6 +226,7 @@ class FakeStream:
             return
         if op == "raw":
             self.sent += len(data)
+            self.chunks.append(data)
             request.write(data)
         elif op == "finish":
             request.unregisterProducer()
@@ -192,7 +240,8 @@ class FakeStream:
         self.request = request
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache")
+        cache = b"no-cache, no-transform" if self.version == N8N_2_41 else b"no-cache"
+        request.setHeader(b"Cache-Control", cache)
         request.registerProducer(self, True)
         request.write(b"")  # the head, at once (chunked: no Content-Length)
 
@@ -266,6 +315,19 @@ def empty(status: int = 200) -> Reply:
     n8n's answer when a workflow fails before its Respond node: 200, no body.
     """
     return Reply(status=status, body=b"", headers={"Content-Type": "application/json; charset=utf-8"})
+
+
+def workflow_failed(version: str = N8N_2_8) -> Reply:
+    """
+    n8n's answer when a workflow fails before its Respond to Webhook node:
+    200 with an empty body (2.8.4), or 500 C{{"message":"Error in workflow"}}
+    (2.41.3).
+    """
+    if version == N8N_2_41:
+        return json_reply({"message": "Error in workflow"}, status=500)
+    if version == N8N_2_8:
+        return empty()
+    raise ValueError(f"the fake plays n8n {' or '.join(N8N_VERSIONS)}, not {version}")
 
 
 def text(value: str, status: int = 200) -> Reply:
@@ -558,12 +620,12 @@ class FakeN8n:
         """
         self._scripts.setdefault(path, deque()).extend(replies)
 
-    def stream(self, path: str = "/webhook/chat") -> FakeStream:
+    def stream(self, path: str = "/webhook/chat", version: str = N8N_2_8) -> FakeStream:
         """
-        Queue a streamed answer for C{path} (see L{FakeStream}) and return its
-        handle, to drive it.
+        Queue a streamed answer for C{path} (see L{FakeStream}), framed as n8n
+        C{version} frames it, and return its handle, to drive it.
         """
-        handle = FakeStream()
+        handle = FakeStream(version)
         self.script(path, Reply(stream=handle))
         return handle
 

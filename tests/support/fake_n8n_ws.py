@@ -11,11 +11,18 @@ L{twisted.web.websocket} like InkFlow's relay.
 
 Every text message that is not n8n's own protocol (C{n8n|...}) is answered
 with C{"n8n: <message>"} when C{echo} is on.
+
+As n8n 2.41.3 (C{version=N8N_2_41}), executions carry a C{resumeToken}
+(L{ChatSockets.start_execution} makes one) and a socket without
+C{&token=<resumeToken>} for a known execution -- or for an unknown
+execution -- is opened, sent the text C{Connection rejected} and closed with
+1008; 2.8.4 takes any socket.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
@@ -24,9 +31,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 
-from tests.support.fake_n8n import FakeN8n
+from tests.support.fake_n8n import N8N_2_8, N8N_2_41, FakeN8n
 
-__all__ = ["ChatConnection", "ChatSockets", "install_chat_sockets"]
+#: What n8n 2.41.3 writes on a socket it refuses, before closing it with 1008.
+REJECTED_TEXT = "Connection rejected"
+POLICY_VIOLATION = 1008
+
+__all__ = ["REJECTED_TEXT", "ChatConnection", "ChatSockets", "install_chat_sockets"]
 
 
 class _Queue:
@@ -73,6 +84,11 @@ class ChatConnection:
         self.transport = transport
 
     def negotiationFinished(self) -> None:
+        if not self.sockets.admits(self.query):
+            self.sockets.rejected.append(self)
+            self.send(REJECTED_TEXT)
+            self.close(POLICY_VIOLATION)
+            return
         self.sockets._connections.put(self)
 
     def pongReceived(self, payload: bytes) -> None:
@@ -109,11 +125,17 @@ class ChatSockets:
     """
     The fake's C{/chat} WebSocket server.
 
-    @ivar connections: every connection, in order; C{open}: those still open.
+    @ivar connections: every connection, in order; C{open}: those still open;
+        C{rejected}: those refused for their token (2.41.3), never handed to
+        L{next_connection}.
+    @ivar tokens: executionId -> resumeToken (2.41.3).
     """
 
-    def __init__(self, echo: bool = True) -> None:
+    def __init__(self, echo: bool = True, version: str = N8N_2_8) -> None:
         self.echo = echo
+        self.version = version
+        self.tokens: dict[str, str] = {}
+        self.rejected: list[ChatConnection] = []
         self.connections: list[ChatConnection] = []
         self.open: set[ChatConnection] = set()
         self._connections = _Queue()
@@ -123,6 +145,27 @@ class ChatSockets:
         self.connections.append(conn)
         self.open.add(conn)
         return conn
+
+    def start_execution(self, execution_id: str) -> dict[str, Any]:
+        """
+        The Chat Trigger's C{executionStarted} answer for C{execution_id} as
+        this version writes it (2.41.3: with a fresh C{resumeToken}, which
+        the socket then requires).
+        """
+        answer: dict[str, Any] = {"executionStarted": True, "executionId": execution_id}
+        if self.version == N8N_2_41:
+            token = self.tokens.setdefault(execution_id, secrets.token_hex(16))
+            answer["resumeToken"] = token
+        return answer
+
+    def admits(self, query: dict[str, str]) -> bool:
+        """
+        Whether n8n would take a socket with this query.
+        """
+        if self.version != N8N_2_41:
+            return True
+        expected = self.tokens.get(query.get("executionId", ""))
+        return expected is not None and secrets.compare_digest(query.get("token", ""), expected)
 
     def next_connection(self) -> Deferred[ChatConnection]:
         return self._connections.get()
@@ -147,11 +190,12 @@ class _Dispatch(Resource):
         return self.webhooks.render(request)
 
 
-def install_chat_sockets(fake: FakeN8n, echo: bool = True) -> ChatSockets:
+def install_chat_sockets(fake: FakeN8n, echo: bool = True, version: str = N8N_2_8) -> ChatSockets:
     """
-    Serve a fake C{/chat} WebSocket on C{fake}'s port, beside its webhooks.
+    Serve a fake C{/chat} WebSocket on C{fake}'s port, beside its webhooks,
+    as n8n C{version} does.
     """
-    sockets = ChatSockets(echo)
+    sockets = ChatSockets(echo, version)
     fake.site.resource = _Dispatch(WebSocketResource(sockets), fake.site.resource)
     return sockets
 
@@ -164,11 +208,11 @@ class ResponseNodes:
     message, then, once the visitor answers, the reply to it.
     """
 
-    def __init__(self, fake: FakeN8n, path: str = "/webhook/chat") -> None:
+    def __init__(self, fake: FakeN8n, path: str = "/webhook/chat", version: str = N8N_2_8) -> None:
         from tests.support.fake_n8n import json_reply
 
-        self.sockets = install_chat_sockets(fake, echo=False)
-        fake.set_default(path, json_reply({"executionStarted": True, "executionId": "1001"}))
+        self.sockets = install_chat_sockets(fake, echo=False, version=version)
+        fake.set_default(path, json_reply(self.sockets.start_execution("1001")))
         self._watch()
 
     def _watch(self) -> None:
@@ -204,9 +248,10 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a test he
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--n8n-version", choices=(N8N_2_8, N8N_2_41), default=N8N_2_8)
     args = parser.parse_args(argv)
     fake = listen_fake_n8n(reactor, args.port)
-    ResponseNodes(fake)
+    ResponseNodes(fake, version=args.n8n_version)
     print(f"fake n8n listening on {fake.port}", flush=True)
     cast(Any, reactor).run()
 

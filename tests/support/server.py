@@ -25,7 +25,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STARTED = re.compile(r"(?:InkFlowSite starting on|InkFlow listening on) (\d+)")
+STARTED = re.compile(r"(?:InkFlowSite starting on|InkFlowSite \(TLS\) starting on|InkFlow listening on) (\d+)")
 
 
 def twistd() -> str:
@@ -87,7 +87,14 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.spawn()
-        self.port = int(self.wait_for(STARTED, timeout).group(1))
+        try:
+            self.port = int(self.wait_for(STARTED, timeout).group(1))
+        except BaseException:
+            # Never started as far as the test knows: no `with` block will stop it.
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+            raise
         return self
 
     def spawn(self) -> None:

@@ -20,7 +20,26 @@ from wsproto.events import (
     TextMessage,
 )
 
-__all__ = ["BlockingWebSocket"]
+__all__ = ["BlockingWebSocket", "chat_socket_url"]
+
+
+def chat_socket_url(
+    base: str, session_id: str, execution_id: str, token: str | None = None, public: bool = True
+) -> str:
+    """
+    The C{/chat} socket URL the official widget (@n8n/chat 1.36.4 and 1.37.0)
+    opens after an C{executionStarted} answer: C{base} with C{http} made
+    C{ws}, C{?sessionId=..&executionId=..}, C{&isPublic=true}, and
+    C{&token=<resumeToken>} when the answer carried one (n8n 2.41 rejects a
+    socket without it: "Connection rejected", close 1008).  Like the widget,
+    the values are not escaped.
+    """
+    url = f"{base.replace('http', 'ws', 1)}/chat?sessionId={session_id}&executionId={execution_id}"
+    if public:
+        url += "&isPublic=true"
+    if token:
+        url += f"&token={token}"
+    return url
 
 
 class BlockingWebSocket:

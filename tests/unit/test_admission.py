@@ -624,9 +624,9 @@ class ClientIpTests(TestCase):
         self.assertEqual(client_ip("", ["198.51.100.7"], self.trusted), "")
 
 
-class HostileAddressTests(TestCase):
+class RateLimitKeyTests(TestCase):
     """
-    Issue 12, finding 5: rate-limit keys.
+    Rate-limit keys: which addresses count as one client.
     """
 
     def test_ipv6_is_keyed_by_its_64(self) -> None:

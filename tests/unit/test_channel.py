@@ -21,6 +21,7 @@ from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.request import InkFlowRequest
 from inkflow.web.site import InkFlowSite
+from inkflow.web.state import request_state
 
 
 class Echo(Resource):
@@ -32,9 +33,10 @@ class Echo(Resource):
 
     def render(self, request: Any) -> bytes:
         self.seen.append(request)
-        if request.body_error is not None:
-            request.setResponseCode(request.body_error.status)
-            return request.body_error.code.encode()
+        error = request_state(request).body_error
+        if error is not None:
+            request.setResponseCode(error.status)
+            return error.code.encode()
         return b"ok"
 
 
@@ -159,7 +161,8 @@ class ChannelTests(_Connections, TestCase):
         channel, transport = self.connect()
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{nope")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
-        self.assertEqual(self.resource.seen[0].body_error.code, "bad_request")  # type: ignore[union-attr]
+        error = request_state(self.resource.seen[0]).body_error
+        self.assertEqual(error.code if error is not None else None, "bad_request")
 
     def test_connection_over_limit_gets_503_busy(self) -> None:
         """The connection past --max-connections is answered 503 busy with Retry-After and closed."""
@@ -173,7 +176,7 @@ class ChannelTests(_Connections, TestCase):
         self.assertIn(b"Connection: close", out)
         self.assertIn(b'"busy"', out)
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.site.connections_rejected, 1)
+        self.assertEqual(self.site.connections.connections_rejected, 1)
 
     def test_health_answered_over_limit(self) -> None:
         """Over the limit, /api/health is still answered, then the connection closes."""
@@ -202,7 +205,7 @@ class ChannelTests(_Connections, TestCase):
         newcomer, _ = self.connect()
         self.assertFalse(newcomer.over_limit)
         refused.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(self.site.admitted, 2)
+        self.assertEqual(self.site.connections.admitted, 2)
 
     def test_drain_closes_idle_and_waits_for_busy(self) -> None:
         """Drain closes idle connections at once and fires when the last one is gone."""
@@ -210,7 +213,7 @@ class ChannelTests(_Connections, TestCase):
         idle.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         busy, busy_transport = self.connect()
         busy.dataReceived(b"GET / HTTP/1.1\r\n")  # head in progress
-        done = self.site.drain()
+        done = self.site.connections.drain()
         self.assertTrue(idle_transport.disconnecting)
         self.assertNoResult(done)
         idle.connectionLost(Exception("closed"))  # type: ignore[arg-type]
@@ -239,9 +242,9 @@ class ActiveUploadsTests(TestCase):
         assert channel is not None
         channel.makeConnection(StringTransport())
         channel.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
-        self.assertEqual(site.active_upload_paths(), {"/uploads/inkflow-x.part"})
+        self.assertEqual(site.connections.active_upload_paths(), {"/uploads/inkflow-x.part"})
         channel.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(site.active_upload_paths(), set())
+        self.assertEqual(site.connections.active_upload_paths(), set())
 
 
 class _Pausing(Echo):
@@ -257,7 +260,7 @@ class _Pausing(Echo):
 
 class HostileClientTests(_Connections, TestCase):
     """
-    Issue 12: progress-based deadlines in both directions, strict framing.
+    Progress-based deadlines in both directions, and strict framing, for slow and malformed clients.
     """
 
     def setUp(self) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for the @n8n/chat widget's options (issue 14): C{--chat-input-key},
+Tests for the @n8n/chat widget's options: C{--chat-input-key},
 C{--chat-session-key}, C{--cors-allow-header}, C{--forward-header}, the
 breaker settings and a client's C{Idempotency-Key} on the way to n8n.
 Reactor-free.

@@ -1,10 +1,9 @@
 """
 Tests for L{inkflow.n8n.client}: the n8n Forwarder, reactor-free.
 
-The HTTP client is a real treq L{HTTPClient} over L{FakeAgent}, an in-memory
-L{IAgent} scripted per call (answer, refuse, hang...), and time is a
-L{Clock}.  Uploaded files are real temp files, read through a L{Cooperator}
-driven by the same clock.
+The agent is L{FakeAgent}, an in-memory L{IAgent} scripted per call
+(answer, refuse, hang...), and time is a L{Clock}.  Uploaded files are
+real temp files, read through a L{Cooperator} driven by the same clock.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -53,11 +51,12 @@ from inkflow.n8n.client import (
     POOL_IDLE_TIMEOUT,
     Forwarder,
     ForwardResult,
-    make_http_client,
+    make_agent,
 )
 from inkflow.n8n.names import RESOLUTION_TTL, CachingResolver
 from inkflow.n8n.pool import Endpoints
 from inkflow.settings import Settings
+from tests.support.pools import connection_factory
 
 URL_A = "http://n8n-a.test:5678/webhook/chat"
 URL_B = "http://n8n-b.test:5678/webhook/chat"
@@ -296,7 +295,7 @@ class ForwarderTestsMixin:
         cooperator = Cooperator(scheduler=lambda f: self.clock.callLater(0, f), started=True)
         forwarder = Forwarder(
             settings(**overrides),
-            HTTPClient(self.agent),
+            self.agent,
             self.clock,
             random or fixed(0.5),
             observer=lambda *a: self.observed.append(a),
@@ -1028,19 +1027,19 @@ class ForwardBreakerTests(ForwarderTestsMixin, TestCase):
         self.assertTrue(forwarder.all_open())
 
 
-class MakeHttpClientTests(TestCase):
+class MakeAgentTests(TestCase):
     """
-    Tests for L{make_http_client}.
+    Tests for L{make_agent}.
     """
 
     def test_pool(self) -> None:
         """
-        The client has its own persistent pool sized for C{max_concurrent},
+        The agent has its own persistent pool sized for C{max_concurrent},
         dropping idle connections before n8n's 5 s keep-alive and never
         replaying a request.
         """
-        client, pool = make_http_client(MemoryReactorClock(), settings(max_concurrent=25))
-        self.assertIsInstance(client, HTTPClient)
+        agent, pool = make_agent(MemoryReactorClock(), settings(max_concurrent=25))
+        self.assertTrue(IAgent.providedBy(agent))
         self.assertTrue(pool.persistent)
         self.assertGreaterEqual(pool.maxPersistentPerHost, 25)
         self.assertLess(pool.cachedConnectionTimeout, 5)
@@ -1164,8 +1163,7 @@ class MakeHttpClientTests(TestCase):
         URL of another scheme is still refused.
         """
         reactor = MemoryReactorClock()
-        client, _ = make_http_client(reactor, settings())
-        agent = client._agent
+        agent, _ = make_agent(reactor, settings())
         parsed: list[bytes] = []
         original = URI.fromBytes
 
@@ -1187,14 +1185,14 @@ class MakeHttpClientTests(TestCase):
         The pool's connection factory does not log a line per n8n connection
         (many concurrent streams open many).
         """
-        _, pool = make_http_client(MemoryReactorClock(), settings())
-        self.assertFalse(pool._factory.noisy)
+        _, pool = make_agent(MemoryReactorClock(), settings())
+        self.assertFalse(connection_factory(pool).noisy)
 
     def test_needs_a_webhook(self) -> None:
         """
         A Forwarder without webhook URLs is a programming error.
         """
-        self.assertRaises(ValueError, Forwarder, settings(webhook=()), HTTPClient(FakeAgent()), Clock())
+        self.assertRaises(ValueError, Forwarder, settings(webhook=()), FakeAgent(), Clock())
 
 
 # --- multipart parsing for the assertions

@@ -1,6 +1,7 @@
 """
-Tests for L{inkflow.server.health}: the health body, readiness, and the schema
-(L{inkflow.snapshot}) they follow.  Pure: no reactor, no network.
+Tests for L{inkflow.health}: the health body, readiness, the reporter that
+reads their sources, and the schema (L{inkflow.snapshot}) they follow; and
+L{inkflow.server.health.ProcessMetrics}.  Pure: no reactor, no network.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, get_type_hints, is_typeddict
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from inkflow.server.health import HealthInputs, ProcessMetrics, SiteStats, build_health, readiness
+from inkflow.health import HealthInputs, HealthReporter, SiteStats, build_health, readiness
+from inkflow.server.health import ProcessMetrics
 from inkflow.settings import Settings
 from inkflow.snapshot import Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot, read_health
 
@@ -127,6 +130,74 @@ class ReadinessTests(TestCase):
             (False, "upstreams_unavailable"),
         )
         self.assertEqual(readiness(draining=False, queue_full=False, upstreams=[]), (True, None))
+
+
+class FakeQueue:
+    def __init__(self, full: bool = False) -> None:
+        self.full = full
+
+    def snapshot(self) -> QueueSnapshot:
+        return health_inputs().queue
+
+
+class HealthReporterTests(TestCase):
+    """
+    L{HealthReporter} reads its sources at each call and nothing else.
+    """
+
+    def reporter(self, site: SiteStats, queue: FakeQueue | None = None, **sources: Any) -> HealthReporter:
+        clock = Clock()
+        clock.advance(100)
+        reporter = HealthReporter(
+            Settings.defaults(max_connections=10),
+            clock,
+            site=lambda: site,
+            queue=queue or FakeQueue(),
+            process=lambda: health_inputs().process,
+            **sources,
+        )
+        clock.advance(5)
+        return reporter
+
+    def test_reads_its_sources(self) -> None:
+        """Uptime from the clock, figures from the sources, upstreams redacted and numbered."""
+        reporter = self.reporter(
+            SiteStats(2, 3, 4, False),
+            upstreams=lambda: [upstream(url="http://n8n.internal:5678/webhook/secret")],
+            streams=lambda: {"in_flight": 1, "total": 7, "endings": {}},
+        )
+        health = reporter.health()
+        self.assertEqual((health["status"], health["uptime_s"]), ("ok", 5.0))
+        self.assertEqual(health["connections"]["rejected_total"], 3)
+        self.assertEqual(
+            (health["upstreams"][0]["url"], health["upstreams"][0]["index"]), ("http://n8n.internal:5678", 0)
+        )
+        self.assertEqual(health["streams"]["total"], 7)
+        self.assertEqual(reporter.readiness(), (True, None))
+
+    def test_every_connection_place_taken_is_degraded_and_not_ready(self) -> None:
+        """At --max-connections: health degraded, readiness connections_full."""
+        reporter = self.reporter(SiteStats(10, 0, 0, False))
+        self.assertEqual(reporter.health()["status"], "degraded")
+        self.assertEqual(reporter.readiness(), (False, "connections_full"))
+
+    def test_shared_state_away_is_degraded_and_still_ready(self) -> None:
+        """The shared state unreachable: health degraded with its state section, readiness still 200."""
+        section = {"backend": "redis", "shared": False, "fallbacks_total": 4, "error": "timeout"}
+        reporter = self.reporter(SiteStats(0, 0, 0, False), state=lambda: section)
+        health: Any = reporter.health()
+        self.assertEqual((health["status"], health["state"]), ("degraded", section))
+        self.assertEqual(reporter.readiness(), (True, None))
+        section = {"backend": "redis", "shared": True, "fallbacks_total": 4}
+        self.assertEqual(reporter.health()["status"], "ok")
+
+    def test_draining_and_a_full_queue_say_why(self) -> None:
+        """Draining wins over everything; a full queue is its own reason."""
+        self.assertEqual(self.reporter(SiteStats(10, 0, 0, True)).readiness(), (False, "draining"))
+        self.assertEqual(self.reporter(SiteStats(0, 0, 0, True)).health()["status"], "draining")
+        self.assertEqual(
+            self.reporter(SiteStats(0, 0, 0, False), FakeQueue(full=True)).readiness(), (False, "queue_full")
+        )
 
 
 class ProcessMetricsTests(TestCase):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from typing import Any
 
 from twisted.application.service import Application
 from twisted.logger import ILogObserver, Logger, LogLevel
@@ -97,3 +98,57 @@ class SetUpTests(TestCase):
             application = Application("t")
             logs.set_up(self.settings(**overrides), application=application)
             self.assertTrue(ILogObserver.providedBy(application.getComponent(ILogObserver, None)))
+
+
+class EcsLineTests(TestCase):
+    """
+    --log-format json: one documented shape (ECS logging), no Twisted internals.
+    """
+
+    def lines(self, emit: Any) -> list[dict[str, Any]]:
+        out = io.StringIO()
+        emit(Logger(namespace="inkflow.test", observer=logs.make_observer("json", level="debug", stream=out)))
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    def test_fixed_keys_then_the_fields_flat(self) -> None:
+        """@timestamp (ISO 8601 UTC), log.level, log.logger, the rendered message, ecs.version; fields flat."""
+        [line] = self.lines(lambda log: log.warn("{who} said {n}", who="n8n", n=3, nested={"a": (1, 2)}))
+        self.assertRegex(line["@timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertEqual(
+            {k: line[k] for k in ("log.level", "log.logger", "message", "ecs.version")},
+            {"log.level": "warn", "log.logger": "inkflow.test", "message": "n8n said 3", "ecs.version": "8.11.0"},
+        )
+        self.assertEqual((line["who"], line["n"], line["nested"]), ("n8n", 3, {"a": [1, 2]}))
+
+    def test_no_twisted_internals(self) -> None:
+        """No log_* keys, no class uuid, no unrendered format; odd values become text."""
+        [line] = self.lines(lambda log: log.info("{x}", x=object(), raw=b"bytes"))
+        self.assertFalse([k for k in line if k.startswith("log_") or k == "format"])
+        self.assertNotIn("__class_uuid__", json.dumps(line))
+        self.assertTrue(line["message"].startswith("<object object"))
+        self.assertEqual(line["raw"], "bytes")
+
+    def test_a_failure_carries_error_fields(self) -> None:
+        """log.failure: error.type, error.message and error.stack_trace."""
+
+        def emit(log: Logger) -> None:
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                log.failure("it failed")
+
+        [line] = self.lines(emit)
+        self.assertEqual((line["log.level"], line["message"]), ("critical", "it failed"))
+        self.assertEqual((line["error.type"], line["error.message"]), ("ValueError", "boom"))
+        self.assertIn("Traceback", line["error.stack_trace"])
+
+    def test_a_field_named_like_a_fixed_key_does_not_replace_it(self) -> None:
+        [line] = self.lines(lambda log: log.info("text", **{"log.level": "fake"}))
+        self.assertEqual((line["log.level"], line["log.level_"]), ("info", "fake"))
+
+    def test_settings_summary_has_only_what_differs_from_the_defaults(self) -> None:
+        """The start-up line's settings: the changed options, secrets hidden."""
+        settings = Settings.defaults(max_files=3, webhook_header=(("X-Key", "secret"),))
+        summary = logs.settings_summary(settings)
+        self.assertEqual(summary, {"max-files": 3, "webhook-header": ["X-Key"]})
+        self.assertNotIn("secret", json.dumps(summary))

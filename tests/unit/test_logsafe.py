@@ -1,5 +1,5 @@
 """
-Control characters from clients never reach a log line raw (issue 12, finding 9).
+Control characters from clients never reach a log line raw.
 """
 
 from __future__ import annotations

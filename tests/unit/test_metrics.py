@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from inkflow import paths
-from inkflow.server.health import SiteStats, build_health
+from inkflow.health import SiteStats, build_health
 from inkflow.server.metrics import Metrics, route_label
 from inkflow.snapshot import Health
 from tests.unit.test_health import health_inputs, upstream
@@ -37,6 +37,31 @@ class RouteLabelTests(TestCase):
             self.assertEqual(route_label(route.encode() + b"?x=1"), route)
         self.assertEqual(route_label(b"/api/nope"), "/api/other")
         self.assertEqual(route_label(b"/style.css"), "static")
+
+
+class ProcessAndBuildTests(TestCase):
+    """
+    prometheus_client's process_* and python_info, and inkflow_build_info, on InkFlow's registry.
+    """
+
+    def test_build_info_names_the_version(self) -> None:
+        import platform
+
+        import twisted
+        from inkflow import __version__
+
+        labels = (("python", platform.python_version()), ("twisted", twisted.__version__), ("version", __version__))
+        self.assertEqual(samples(Metrics())[("inkflow_build_info", labels)], 1.0)
+
+    def test_process_metrics_where_proc_is(self) -> None:
+        import os
+
+        if not os.path.isdir("/proc/self"):
+            self.skipTest("process_* are read from /proc (Linux)")
+        names = {name for name, _ in samples(Metrics())}
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+            self.assertIn(name, names)
+        self.assertIn("python_info", names)
 
 
 class SnapshotMetricsTests(TestCase):

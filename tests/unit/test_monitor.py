@@ -378,6 +378,55 @@ class RenderTests(TestCase):
         ):
             self.assertIn(expected, text)
 
+    def test_workers_section_and_server_rates(self) -> None:
+        """
+        --workers 2: each poll answered by another worker; the chat counts and
+        their rate are the server's totals, a row per worker, and the state.
+        """
+
+        def of_worker(pid: int, processed: int, total: int) -> dict[str, Any]:
+            answer = health(processed=processed, pid=pid)
+            answer["state"] = {"backend": "workers", "shared": True, "fallbacks_total": 0}
+            answer["server"] = {
+                "totals": {"queue": {"processed_total": total}},
+                "workers": {
+                    "0": {**health(pid=501, processed=total - 40), "status": "ok"},
+                    "1": {**health(pid=502, processed=40), "status": "degraded"},
+                },
+            }
+            return answer
+
+        tracker = Tracker(URL)
+        tracker.update(good(0.0, of_worker(501, 30, 200)))
+        view = tracker.update(good(2.0, of_worker(502, 40, 210)))
+        self.assertEqual(view.rates.processed, 5.0)
+        text = text_of(render(view, interval=2.0))
+        for expected in (
+            "Workers (2",
+            "501",
+            "502",
+            "degraded",
+            "170",
+            "210",
+            "Chat requests (all workers)",
+            "workers",
+        ):
+            self.assertIn(expected, text)
+
+    def test_streams_and_websockets_panels(self) -> None:
+        """
+        Streams (in flight, total, each ending by cause) and /chat WebSockets (open, opened) as health reports them.
+        """
+        data = health()
+        data["streams"] = {"in_flight": 2, "total": 7, "endings": {"complete": 5, "client_left": 1}}
+        data["websockets"] = {"open": 3, "opened_total": 11}
+        text = text_of(render(Tracker(URL).update(good(0.0, data))))
+        for expected in ("Streams", "ended: complete", "ended: client_left", "WebSockets (/chat)", "opened"):
+            self.assertIn(expected, text)
+        lines = text.splitlines()
+        self.assertTrue(any("in flight" in line and " 2 " in line + " " for line in lines))
+        self.assertTrue(any("opened" in line and "11" in line for line in lines))
+
     def test_down_with_last_known_numbers(self) -> None:
         """
         A server that went away: DOWN, the error, when it was last seen, and the

@@ -1,5 +1,7 @@
 """
-L{inkflow.web.origin.check_origin}: which browsers may post.
+L{inkflow.web.origin}: the one Origin rule, one table of cases, checked for
+each of its three users: the chat (L{check_origin}), the C{/chat}
+WebSocket and the CORS headers (both through L{judge_origin}).
 """
 
 from __future__ import annotations
@@ -7,38 +9,81 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from inkflow.errors import ApiError
-from inkflow.web.origin import check_origin
+from inkflow.web.origin import Verdict, check_origin, judge_origin, normalize_origin
+
+LISTED = ("https://shop.example",)
+
+NONE, OWN, LIST, CROSS, FOREIGN = Verdict.NONE, Verdict.OWN, Verdict.LISTED, Verdict.CROSS_SITE, Verdict.FOREIGN
+
+#: Origin, Sec-Fetch-Site, Host, over TLS, verdict.
+CASES: list[tuple[bytes | None, bytes | None, bytes | None, bool, Verdict]] = [
+    # no Origin
+    (None, None, b"site.example", False, NONE),
+    (None, b"same-origin", b"site.example", False, NONE),
+    (None, b"cross-site", b"site.example", False, CROSS),
+    # the request's own origin, either scheme (a TLS-ending proxy), default ports either way
+    (b"http://site.example", None, b"site.example", False, OWN),
+    (b"https://site.example", None, b"site.example", False, OWN),
+    (b"https://site.example", None, b"site.example:443", True, OWN),
+    (b"http://site.example", None, b"site.example:80", False, OWN),
+    (b"https://site.example:443", None, b"site.example", False, OWN),
+    (b"HTTPS://Site.Example/", None, b"SITE.example", False, OWN),
+    (b"http://site.example:8000", None, b"site.example:8000", False, OWN),
+    (b"http://[::1]:8000", None, b"[::1]:8000", False, OWN),
+    (b"https://site.example", b"same-origin", b"site.example", True, OWN),
+    (b"https://site.example", b"same-site", b"site.example", True, OWN),
+    # listed in --cors-origin: any case, trailing slash, default port, and cross-site (what the list is for)
+    (b"https://shop.example", None, b"site.example", False, LIST),
+    (b"HTTPS://SHOP.example/", None, b"site.example", False, LIST),
+    (b"https://shop.example:443", None, b"site.example", False, LIST),
+    (b"https://shop.example", b"cross-site", b"site.example", False, LIST),
+    # refused
+    (b"https://site.example", b"cross-site", b"site.example", False, CROSS),
+    (b"https://evil.example", None, b"site.example", False, FOREIGN),
+    (b"http://site.example:8001", None, b"site.example", False, FOREIGN),
+    (b"https://site.example.evil", None, b"site.example", False, FOREIGN),
+    (b"http://shop.example", None, b"site.example", False, FOREIGN),
+    (b"null", None, b"site.example", False, FOREIGN),
+    (b"ftp://site.example", None, b"site.example", False, FOREIGN),
+    (b"chrome-extension://site.example", None, b"site.example", False, FOREIGN),
+    (b"file://", None, b"site.example", False, FOREIGN),
+    (b"https://user@site.example", None, b"site.example", False, FOREIGN),
+    (b"https://site.example", None, None, False, FOREIGN),
+]
 
 
-class CheckOriginTests(TestCase):
-    def allowed(self, origin: bytes | None, host: bytes = b"shop.example", fetch: bytes | None = None) -> bool:
-        try:
-            check_origin([origin] if origin else None, [fetch] if fetch else None, host, False, {"https://ok.example"})
-        except ApiError as e:
-            self.assertEqual((e.status, e.code), (403, "forbidden_origin"))
-            return False
-        return True
+class OriginRuleTests(TestCase):
+    """
+    Every case of the table, for each user of the rule.  (A trial case that
+    walks the table, naming each failing case: plain pytest functions here
+    would run in pytest-twisted's reactor greenlet and unsettle the trial
+    cases that run the real reactor.)
+    """
 
-    def test_own_origin_with_either_scheme_and_default_ports(self) -> None:
-        """The request's own host is allowed, http or https (a TLS-ending proxy), default ports made explicit."""
-        self.assertTrue(self.allowed(b"http://shop.example"))
-        self.assertTrue(self.allowed(b"https://shop.example"))
-        self.assertTrue(self.allowed(b"https://shop.example:443"))
-        self.assertTrue(self.allowed(b"http://shop.example:8000", host=b"shop.example:8000"))
-        self.assertTrue(self.allowed(b"http://[::1]:8000", host=b"[::1]:8000"))
+    def test_the_rule(self) -> None:
+        """judge_origin gives each case its verdict (what the WebSocket and CORS read)."""
+        wrong = [
+            (case, got)
+            for case in CASES
+            if (got := judge_origin(case[0], case[1], case[2], case[3], LISTED)) is not case[4]
+        ]
+        self.assertEqual(wrong, [])
 
-    def test_foreign_null_and_lookalike_origins_are_refused(self) -> None:
-        """Another host, another port, null, and a host that merely contains ours are refused."""
-        for origin in (b"https://evil.example", b"http://shop.example:8001", b"null", b"https://shop.example.evil"):
-            self.assertFalse(self.allowed(origin), origin)
+    def test_chat_agrees(self) -> None:
+        """check_origin (the chat's) refuses exactly the cases the rule refuses, with 403 forbidden_origin."""
+        wrong = []
+        for origin, fetch, host, secure, verdict in CASES:
+            try:
+                check_origin([origin] if origin else None, [fetch] if fetch else None, host, secure, LISTED)
+                refused = None
+            except ApiError as e:
+                refused = (e.status, e.code)
+            if refused != (None if verdict.allowed else (403, "forbidden_origin")):
+                wrong.append((origin, fetch, host, secure, verdict, refused))
+        self.assertEqual(wrong, [])
 
-    def test_allow_list_and_no_origin(self) -> None:
-        """A --cors-origin is allowed (any case, trailing slash); no Origin at all is allowed."""
-        self.assertTrue(self.allowed(b"HTTPS://OK.example/"))
-        self.assertTrue(self.allowed(None))
-
-    def test_sec_fetch_site(self) -> None:
-        """cross-site is refused even without Origin; same-site and same-origin are not judged by it."""
-        self.assertFalse(self.allowed(None, fetch=b"cross-site"))
-        self.assertTrue(self.allowed(None, fetch=b"same-site"))
-        self.assertTrue(self.allowed(b"http://shop.example", fetch=b"same-origin"))
+    def test_normalize_origin(self) -> None:
+        """Scheme, host and port; the default port made explicit; anything not http(s) is None."""
+        self.assertEqual(normalize_origin("HTTPS://Shop.Example/"), "https://shop.example:443")
+        self.assertEqual(normalize_origin("http://[::1]"), "http://[::1]:80")
+        self.assertEqual([normalize_origin(t) for t in ("null", "ws://x", "https://", "https://x/path")], [None] * 4)

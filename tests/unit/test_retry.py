@@ -18,6 +18,7 @@ from inkflow.n8n.retry import (
     INVALID,
     LOST,
     OK,
+    RETRY_ON_CHOICES,
     STATUS,
     TIMEOUT,
     TOO_LARGE,
@@ -153,7 +154,7 @@ class RetryPolicyTests(TestCase):
         lost responses and 500 are not.
         """
         policy = RetryPolicy()
-        self.assertEqual(policy.retry_on, DEFAULT_RETRY_ON)
+        self.assertEqual(policy.retry_on, frozenset(DEFAULT_RETRY_ON))
         for outcome in (
             Outcome(CONNECT),
             Outcome(STATUS, status=404),
@@ -172,11 +173,25 @@ class RetryPolicyTests(TestCase):
         ):
             self.assertFalse(policy.should_retry(outcome), outcome)
 
+    def test_the_retry_on_vocabulary_is_what_outcomes_name(self) -> None:
+        """
+        Every failure that can move an attempt on names a C{--retry-on} word,
+        and the default words are among them, in the words' order.
+        """
+        tokens = {
+            Outcome(CONNECT).retry_token,
+            Outcome(TIMEOUT).retry_token,
+            Outcome(LOST).retry_token,
+            *(Outcome(STATUS, status=int(w)).retry_token for w in RETRY_ON_CHOICES if w.isdigit()),
+        }
+        self.assertEqual(tokens, set(RETRY_ON_CHOICES))
+        self.assertEqual(DEFAULT_RETRY_ON, tuple(w for w in RETRY_ON_CHOICES if w in DEFAULT_RETRY_ON))
+
     def test_opt_in_timeout_and_500(self) -> None:
         """
         Adding C{timeout} and C{500} to C{retry_on} makes those retryable.
         """
-        policy = RetryPolicy(retry_on=DEFAULT_RETRY_ON | {"timeout", "500"})
+        policy = RetryPolicy(retry_on=frozenset(DEFAULT_RETRY_ON) | {"timeout", "500"})
         self.assertTrue(policy.should_retry(Outcome(TIMEOUT)))
         self.assertTrue(policy.should_retry(Outcome(LOST)))
         self.assertTrue(policy.should_retry(Outcome(STATUS, status=500)))

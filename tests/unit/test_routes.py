@@ -1,28 +1,43 @@
 """
-The Klein routes of L{inkflow.web.routes}, unit-tested through
-C{treq.testing.StubTreq(app.resource())}: plain twisted.web requests, no
-InkFlow request or channel, no network.
+The Klein routes of L{inkflow.web.routes}, unit-tested through the real
+L{inkflow.web.site.InkFlowSite} over an in-memory transport
+(L{tests.support.site_treq.SiteTreq}): the same head check, body path and
+request state as in production, no network.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
 from inkflow.chat import ChatMessage
 from inkflow.errors import ApiError
+from inkflow.health import HealthReporter, SiteStats
 from inkflow.n8n.client import ForwardResult
-from inkflow.server.health import SiteStats
+from inkflow.n8n.demo import DemoResponder
 from inkflow.settings import Settings
 from inkflow.snapshot import UpstreamSnapshot
-from inkflow.web.admission import ChatQueue, RateLimiter
+from inkflow.state.base import StateConfig
+from inkflow.state.chat import SharedExecutions, SharedIdempotentChat
+from inkflow.state.memory import MemoryState
+from inkflow.web.admission import ChatQueue
+from inkflow.web.connections import Connections
+from inkflow.web.handler import ChatHandler
+from inkflow.web.page import PageFiles
 from inkflow.web.routes import InkFlowApp
+from inkflow.web.site import InkFlowSite
+from inkflow.web.staticfiles import StaticFiles
+from inkflow.web.stream import StreamAnswers
+from inkflow.web.websocket import ChatSocketResource, ChatSockets
+from tests.support.site_treq import SiteTreq
 from tests.unit.helpers import temp_path
 
 
@@ -66,27 +81,63 @@ class FakeForwarder:
         ]
 
 
-QUIET_SITE = SiteStats(0, 0, 0, False)
-
-
 def make_app(
     test: TestCase,
     forwarder: FakeForwarder | None = None,
-    site_stats: SiteStats = QUIET_SITE,
+    site_stats: SiteStats | None = None,
     **overrides: Any,
 ) -> tuple[InkFlowApp, Any]:
+    """
+    The routes with their collaborators, as the composition root builds
+    them, behind a real site; and a treq client for that site.
+
+    @param site_stats: the connection figures health reads (the site's own
+        when C{None}).
+    """
     clock = Clock()
     settings = Settings.defaults(upload_dir=temp_path(test), **overrides)
-    app = InkFlowApp(
+    connections = Connections()
+    queue = ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock)
+    streams = StreamAnswers(clock, idle_timeout=settings.stream_idle_timeout, stream_timeout=settings.stream_timeout)
+    state = MemoryState(clock, StateConfig(idempotency_ttl=settings.idempotency_ttl, rate_limit=settings.rate_limit))
+    idempotency = SharedIdempotentChat(
+        state, settings.chat_input_key, settings.chat_session_key, client=lambda r: r.getClientAddress().host
+    )
+    reporter = HealthReporter(
+        settings,
+        clock,
+        site=(lambda: site_stats) if site_stats is not None else connections.stats,
+        queue=queue,
+        process=FakeProcess().read,  # type: ignore[arg-type]
+        upstreams=forwarder.upstreams if forwarder is not None else None,
+        streams=streams.registry.snapshot,
+    )
+    chat = ChatHandler(
         settings,
         clock,
         forwarder=forwarder,
-        queue=ChatQueue(settings.max_concurrent, settings.queue_size, settings.queue_timeout, clock),
-        rate_limiter=RateLimiter(settings.rate_limit, clock),
-        process_metrics=FakeProcess(),  # type: ignore[arg-type]
-        site_stats=lambda: site_stats,
+        demo=DemoResponder(),
+        queue=queue,
+        streams=streams,
+        executions=SharedExecutions(state),
+        idempotency=idempotency,
     )
-    return app, StubTreq(app.resource())
+    app = InkFlowApp(
+        settings,
+        clock,
+        chat=chat,
+        idempotency=idempotency,
+        rate_take=state.rate_take,
+        reporter=reporter,
+        static=PageFiles.from_settings(StaticFiles(settings.static_dir), settings),
+        chat_socket=ChatSocketResource(
+            settings, clock, SharedExecutions(state), ChatSockets(), draining=lambda: connections.draining
+        ),
+    )
+    site = InkFlowSite(
+        app.resource(), settings, clock, app.sink_for, admit_head=app.admit_head, connections=connections
+    )
+    return app, SiteTreq(site)
 
 
 class RouteTests(TestCase):
@@ -198,7 +249,7 @@ class RouteTests(TestCase):
 
 class HostileInputTests(TestCase):
     """
-    Issue 12: no 500 from input, no cross-site chat, health without secrets.
+    No 500 from input, no cross-site chat, health without secrets.
     """
 
     def request(self, stub: Any, method: str, path: str, body: bytes = b"", **headers: str) -> tuple[int, Any, Any]:
@@ -319,7 +370,7 @@ class HostileInputTests(TestCase):
 
 class RateLimitFromTheHeadTests(TestCase):
     """
-    Issue 12, finding 5: a client over its limit gets 429 before any body byte.
+    A client over its limit gets 429 before any body byte.
     """
 
     def test_429_is_answered_from_the_head(self) -> None:
@@ -348,6 +399,133 @@ class RateLimitFromTheHeadTests(TestCase):
         self.assertIn(b"Retry-After: ", heads[1])
 
 
+class SharedRateLimitTests(TestCase):
+    """
+    With a shared state (the workers' parent, Redis) the rate limit's answer
+    comes after the head: the body is read meanwhile, a refusal cuts a body
+    still coming, and once the body is in the route answers it before anything
+    goes to n8n.
+    """
+
+    def connect(self, answers: list[Deferred[float]]) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from inkflow.web.site import InkFlowSite
+
+        app, _ = make_app(self)
+
+        def later(bucket: str) -> Deferred[float]:
+            d: Deferred[float] = Deferred()
+            answers.append(d)
+            return d
+
+        app.rate_take = later
+        site = InkFlowSite(app.resource(), app.settings, app.clock, app.sink_for, admit_head=app.admit_head)
+        channel = site.buildProtocol(IPv4Address("TCP", "198.51.100.7", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.7", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def post(self, channel: Any, length: int, body: bytes) -> None:
+        channel.dataReceived(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % length + body
+        )
+
+    def test_allowed_later_is_answered(self) -> None:
+        """The body arrives before the shared answer: nothing is answered until it allows; then 200."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        self.assertEqual((len(answers), transport.value()), (1, b""))
+        answers[0].callback(0.0)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+
+    def test_refused_after_the_body_is_a_429(self) -> None:
+        """The body is in, then the shared state refuses: 429 rate_limited with Retry-After, n8n never asked."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        answers[0].callback(12.5)
+        head = transport.value()
+        self.assertTrue(head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), head)
+        self.assertIn(b"Retry-After: 13\r\n", head)
+        self.assertIn(b'"rate_limited"', head)
+
+    def test_client_gone_before_the_answer_ends_quietly(self) -> None:
+        """The client leaves while the shared state has not answered: nothing runs, nothing is logged as an error."""
+        from twisted.python.failure import Failure
+
+        answers: list[Deferred[float]] = []
+        channel, _ = self.connect(answers)
+        self.post(channel, 15, b'{"message":"a"}')
+        with capturedLogs() as events:
+            channel.connectionLost(Failure(ConnectionError("client gone")))
+            answers[0].callback(0.0)
+        errors = [e for e in events if e["log_level"] in (LogLevel.error, LogLevel.critical)]
+        self.assertEqual(errors, [])
+
+    def test_refused_while_the_body_streams_cuts_it(self) -> None:
+        """A refusal that arrives while the body is still coming answers 429 at once; the rest is not read."""
+        answers: list[Deferred[float]] = []
+        channel, transport = self.connect(answers)
+        self.post(channel, 50_000, b"x" * 1000)
+        self.assertEqual(transport.value(), b"")
+        answers[0].callback(3.0)
+        head = transport.value()
+        self.assertTrue(head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"), head)
+        channel.dataReceived(b"x" * 1000)  # read and dropped: nothing more is answered
+        self.assertEqual(transport.value(), head)
+
+
+class WholeServerTests(TestCase):
+    """
+    Under C{--workers N} a worker answers C{/metrics} and C{/api/health} for
+    the whole server (the parent merges them); its own figures when the parent
+    does not answer.
+    """
+
+    class Page:
+        content_type = b"text/plain; version=0.0.4"
+
+        def render(self) -> bytes:
+            return b"own 1\n"
+
+    class View:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+        def scrape(self) -> Deferred[bytes]:
+            return defer.succeed(b"merged 2\n") if self.ok else defer.fail(RuntimeError("gone"))
+
+        def server_health(self) -> Deferred[dict[str, Any]]:
+            if not self.ok:
+                return defer.fail(RuntimeError("gone"))
+            return defer.succeed({"totals": {"queue": {"processed_total": 9}}, "workers": {"0": {}, "1": {}}})
+
+    def get(self, stub: Any, path: str) -> bytes:
+        response = self.successResultOf(stub.get("http://inkflow.test" + path))
+        body: bytes = self.successResultOf(response.content())
+        return body
+
+    def test_metrics_and_health_are_the_servers(self) -> None:
+        """The parent answers: /metrics is the merged text, health has the server's totals and workers."""
+        app, stub = make_app(self)
+        app.metrics, app.server_view = self.Page(), self.View(True)
+        self.assertEqual(self.get(stub, "/metrics"), b"merged 2\n")
+        server = json.loads(self.get(stub, "/api/health"))["server"]
+        self.assertEqual((server["totals"]["queue"]["processed_total"], sorted(server["workers"])), (9, ["0", "1"]))
+
+    def test_parent_away_answers_for_this_worker(self) -> None:
+        """The parent does not answer: /metrics is this worker's own text, health says why the server part is missing."""
+        app, stub = make_app(self)
+        app.metrics, app.server_view = self.Page(), self.View(False)
+        self.assertEqual(self.get(stub, "/metrics"), b"own 1\n")
+        health = json.loads(self.get(stub, "/api/health"))
+        self.assertEqual((health["status"], health["server"]), ("ok", {"error": "gone"}))
+
+
 class UnexpectedErrorTests(TestCase):
     """
     Anything unexpected is a generic JSON 500, logged once.
@@ -373,3 +551,130 @@ class UnexpectedErrorTests(TestCase):
         self.assertEqual(json.loads(body)["error"]["code"], "internal_error")
         self.assertNotIn(b"secret detail", body)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+def multipart_chat(message: str = "hi", fill: int = 0) -> tuple[bytes, str]:
+    """
+    A multipart chat body with one small PNG (its last 64 bytes C{fill}), and
+    its Content-Type.
+    """
+    boundary = "inkflowRouteTestBoundary"
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes([fill]) * 64
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="message"\r\n\r\n{message}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class BodyOwnerTests(TestCase):
+    """
+    A request's body has one owner, the request: its spooled files are gone
+    when it ends, whatever answered it.
+    """
+
+    def app_with_uploads(self) -> tuple[InkFlowApp, Any]:
+        app, stub = make_app(self, FakeForwarder())
+        os.makedirs(app.settings.upload_dir, mode=0o700)
+        return app, stub
+
+    def send(self, stub: Any, headers: dict[bytes, list[bytes]]) -> int:
+        body, content_type = multipart_chat()
+        response = self.successResultOf(
+            stub.request(
+                "POST",
+                "http://inkflow.test/api/chat",
+                data=body,
+                headers={b"Content-Type": [content_type.encode()], **headers},
+            )
+        )
+        self.successResultOf(response.content())
+        return int(response.code)
+
+    def test_answered_chat_leaves_no_upload(self) -> None:
+        """A multipart chat answered by the route: no spooled file is left."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {}), 200)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+    def test_websocket_upgrade_on_a_multipart_chat_leaves_no_upload(self) -> None:
+        """A multipart chat with Upgrade: websocket (not a route: answered by an early exit) leaves no file."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {b"Upgrade": [b"websocket"], b"Connection": [b"Upgrade"]}) // 100, 4)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+    def test_non_utf8_host_on_a_multipart_chat_leaves_no_upload(self) -> None:
+        """A multipart chat answered 400 for a Host that is not UTF-8 leaves no file."""
+        app, stub = self.app_with_uploads()
+        self.assertEqual(self.send(stub, {b"Host": [b"inkflow\xff.test"]}), 400)
+        self.assertEqual(os.listdir(app.settings.upload_dir), [])
+
+
+class IdempotencyAtTheRouteTests(TestCase):
+    """
+    The Idempotency-Key at the chat route, with the body the site parsed:
+    the fingerprint is computed from the real body.
+    """
+
+    def post(self, stub: Any, message: str, key: str = "key-1") -> tuple[int, Any, Any]:
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=json.dumps({"message": message, "sessionId": "s-1"}).encode(),
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            )
+        )
+        return response.code, response.headers, json.loads(self.successResultOf(response.content()))
+
+    def test_same_key_same_message_is_replayed(self) -> None:
+        """The same key with the same message: n8n asked once, the second answer replayed."""
+        forwarder = FakeForwarder({"output": "once"})
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post(stub, "hi")[0], 200)
+        code, headers, body = self.post(stub, "hi")
+        self.assertEqual((code, body), (200, {"output": "once"}))
+        self.assertEqual(headers.getRawHeaders("Idempotent-Replayed"), ["true"])
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def test_same_key_other_message_is_a_mismatch(self) -> None:
+        """The same key with another message is 422 idempotency_mismatch: the fingerprint saw the body."""
+        forwarder = FakeForwarder()
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post(stub, "hi")[0], 200)
+        code, _, body = self.post(stub, "something else")
+        self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def post_file(self, stub: Any, fill: int, key: str = "key-f") -> tuple[int, Any]:
+        data, content_type = multipart_chat("same text", fill)
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=data,
+                headers={"Content-Type": content_type, "Idempotency-Key": key},
+            )
+        )
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_same_key_same_file_bytes_is_replayed(self) -> None:
+        """The same key, text and file bytes: n8n asked once."""
+        forwarder = FakeForwarder({"output": "once"})
+        _, stub = make_app(self, forwarder)
+        first = self.post_file(stub, 1)
+        self.assertEqual((first[0], first[1]["output"]), (200, "once"))
+        self.assertEqual(self.post_file(stub, 1), first)
+        self.assertEqual(len(forwarder.messages), 1)
+
+    def test_same_key_same_file_name_and_size_other_bytes_is_a_mismatch(self) -> None:
+        """The same key, text, file name and size but other bytes: 422 idempotency_mismatch, never the first answer."""
+        forwarder = FakeForwarder({"output": "first"})
+        _, stub = make_app(self, forwarder)
+        self.assertEqual(self.post_file(stub, 1)[0], 200)
+        code, body = self.post_file(stub, 2)
+        self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
+        self.assertEqual(len(forwarder.messages), 1)

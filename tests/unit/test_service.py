@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
@@ -16,8 +17,24 @@ from twisted.trial.unittest import TestCase
 from inkflow.server.service import InkFlowService, makeService
 from inkflow.server.workers import WorkerSupervisor
 from inkflow.settings import Settings
+from inkflow.state.workers import ParentStateService
+from inkflow.web.admission import ChatQueue
+from inkflow.web.connections import Connections
+from inkflow.web.staticfiles import StaticFiles
 from tests.support.processes import ProcessClock
+from tests.support.site_treq import SiteTreq
 from tests.unit.helpers import temp_path
+
+
+def health(http: Any) -> Any:
+    """
+    GET /api/health from the HTTP service's own site, in memory.
+    """
+    client = SiteTreq(http.factory)
+    response = client.get("http://inkflow.test/api/health")
+    result: list[Any] = []
+    response.addCallback(client.json_content).addCallback(result.append)
+    return result[0]
 
 
 class MakeServiceTests(TestCase):
@@ -45,8 +62,8 @@ class MakeServiceTests(TestCase):
         core = IServiceCollection(top).getServiceNamed("inkflow")
         http = IServiceCollection(core).getServiceNamed("http")
         stopped = top.stopService()
-        self.assertTrue(core.site.draining)
-        self.assertEqual(core.app.health_snapshot()["status"], "draining")
+        self.assertTrue(core.connections.draining)
+        self.assertEqual(health(http)["status"], "draining")
         reactor.advance(2.9)
         self.assertTrue(http.running)
         self.assertNoResult(stopped)
@@ -63,21 +80,62 @@ class MakeServiceTests(TestCase):
         self.assertEqual([s.name for s in IServiceCollection(core)], ["http"])
 
     def test_workers_make_a_supervisor(self) -> None:
-        """With --workers 2 the service is the worker supervisor alone."""
+        """With --workers 2 the service is the shared state's server, then the worker supervisor."""
         top = makeService(self.settings(workers=2), ProcessClock(), install_signals=False)
-        (child,) = list(top)
-        self.assertIsInstance(child, WorkerSupervisor)
+        state, supervisor = list(top)
+        self.assertIsInstance(state, ParentStateService)
+        self.assertIsInstance(supervisor, WorkerSupervisor)
+        assert isinstance(supervisor, WorkerSupervisor)
+        self.assertIsNotNone(supervisor.state_socket)
+
+    def test_the_workers_parent_stops_the_state_after_the_workers(self) -> None:
+        """The parent's state is served until every worker has drained: its stop waits for the supervisor's."""
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred
+
+        from inkflow.server.service import _StopLastFirst
+
+        calls: list[str] = []
+        drained: Deferred[None] = Deferred()
+
+        class State(Service):
+            def stopService(self) -> None:
+                calls.append("state")
+
+        class Workers(Service):
+            def stopService(self) -> Deferred[None]:
+                calls.append("workers")
+                return drained
+
+        parent = _StopLastFirst()
+        State().setServiceParent(parent)
+        Workers().setServiceParent(parent)
+        parent.startService()
+        stopped = parent.stopService()
+        self.assertEqual(calls, ["workers"])
+        drained.callback(None)
+        self.assertEqual(calls, ["workers", "state"])
+        self.successResultOf(stopped)
+
+    def test_one_process_keeps_its_state_in_memory(self) -> None:
+        """One process: health's state section says memory, shared, and the status stays ok."""
+        reactor = MemoryReactorClock()
+        top = makeService(self.settings(), reactor, install_signals=False)
+        core = IServiceCollection(top).getServiceNamed("inkflow")
+        snapshot = health(IServiceCollection(core).getServiceNamed("http"))
+        self.assertEqual(snapshot["state"], {"backend": "memory", "shared": True, "fallbacks_total": 0})
+        self.assertEqual(snapshot["status"], "ok")
 
     def test_proxy_mode_reports_upstreams(self) -> None:
         """With webhooks, health lists each upstream (redacted) and mode is proxy."""
         reactor = MemoryReactorClock()
         top = makeService(self.settings(webhook=("http://127.0.0.1:9/webhook/a?t=1",)), reactor, install_signals=False)
         core = IServiceCollection(top).getServiceNamed("inkflow")
-        health = core.app.health_snapshot()
-        self.assertEqual(health["mode"], "proxy")
-        self.assertEqual(health["upstreams"][0]["url"], "http://127.0.0.1:9")
-        self.assertEqual(health["upstreams"][0]["index"], 0)
-        self.assertEqual(health["upstreams"][0]["state"], "closed")
+        snapshot = health(IServiceCollection(core).getServiceNamed("http"))
+        self.assertEqual(snapshot["mode"], "proxy")
+        self.assertEqual(snapshot["upstreams"][0]["url"], "http://127.0.0.1:9")
+        self.assertEqual(snapshot["upstreams"][0]["index"], 0)
+        self.assertEqual(snapshot["upstreams"][0]["state"], "closed")
 
     def test_admin_listener_is_its_own_port(self) -> None:
         """With --admin-listen, a second port serves the admin resource."""
@@ -90,6 +148,77 @@ class MakeServiceTests(TestCase):
         top.startService()
         self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8123, 9123])
         self.successResultOf(top.stopService())
+
+
+class _Busy:
+    """
+    A connection that stays open until told, as a streaming one does.
+    """
+
+    over_limit = False
+
+    def __init__(self, connections: Connections) -> None:
+        self.requests: list[Any] = []
+        self.connections = connections
+        self.aborted = False
+
+    def close_when_idle(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.connections.gone(self)
+
+
+class _Sockets:
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+
+    def close_all(self, code: int) -> None:
+        self.closed.append(code)
+
+
+class _Streams:
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop_all(self, cause: str = "drain") -> int:
+        self.stopped.append(cause)
+        return 1
+
+
+class DrainTests(TestCase):
+    """
+    Drain is handed what it stops: the connection registry, the chat
+    sockets and the stream registry.
+    """
+
+    def test_drain_closes_sockets_ends_streams_then_cuts(self) -> None:
+        """Sockets get 1001 at once; after --drain-timeout streams end with their error line; then the rest is cut."""
+        reactor = MemoryReactorClock()
+        settings = Settings.defaults(upload_dir=temp_path(self), drain_timeout=3.0)
+        connections = Connections()
+        busy = _Busy(connections)
+        connections.opened(busy, settings.max_connections)
+        sockets, streams = _Sockets(), _Streams()
+        core = InkFlowService(
+            settings,
+            reactor,
+            connections,
+            ChatQueue(1, 1, 1.0, reactor),
+            static=StaticFiles(settings.static_dir),
+            chat_sockets=sockets,  # type: ignore[arg-type]
+            streams=streams,  # type: ignore[arg-type]
+        )
+        core.startService()
+        stopped = core.stopService()
+        self.assertEqual((sockets.closed, streams.stopped, connections.draining), ([1001], [], True))
+        reactor.advance(3.0)
+        self.assertEqual(streams.stopped, ["drain"])
+        self.assertNoResult(stopped)
+        reactor.advance(2.0)  # the streams' grace
+        self.assertTrue(busy.aborted)
+        self.successResultOf(stopped)
 
 
 class UploadFolderCheckTests(TestCase):

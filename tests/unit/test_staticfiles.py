@@ -157,7 +157,7 @@ class LookupTests(TestCase):
 
 class LargeStaticFileTests(TestCase):
     """
-    Issue 12, finding 3: files over the cache limit are streamed from disk.
+    Files over the cache limit are streamed from disk, not held in memory.
     """
 
     def setUp(self) -> None:

@@ -21,8 +21,8 @@ from inkflow.n8n.stream import (
     is_keepalive,
     is_stream_line,
     synthesize,
-    wants_stream,
 )
+from inkflow.web.stream import wants_stream
 
 
 def line(kind: str, content: str | None = None, node: str = "n1", run: int = 0) -> bytes:

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -21,8 +22,9 @@ from zope.interface import implementer
 
 from inkflow.errors import ApiError
 from inkflow.n8n.client import ForwardResult, StreamStart
-from inkflow.n8n.relay import KEEPALIVE_AFTER, StreamBody, StreamRegistry, StreamRelay
+from inkflow.n8n.relay import StreamBody
 from inkflow.n8n.stream import ERROR_TEXT, KEEPALIVE_LINE
+from inkflow.web.stream import KEEPALIVE_AFTER, StreamRegistry, StreamRelay
 from tests.unit.test_forward import URL_A, URL_B, Call, ForwarderTestsMixin, respond
 
 N8N_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-cache"}
@@ -106,9 +108,10 @@ def streaming(response: StreamResponse) -> Any:
     return handle
 
 
+@implementer(IConsumer)
 class FakeRequest:
     """
-    What the relay writes to.
+    What the relay writes to: a consumer.
     """
 
     def __init__(self) -> None:

@@ -6,9 +6,6 @@ hand (L{tests.support.processes.ProcessClock}).
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -245,53 +242,3 @@ class SupervisorTests(TestCase):
         reactor.last.pid = None  # gone, its processEnded not yet delivered
         child.signal("TERM")
         self.assertEqual(reactor.last.signals, [])
-
-
-def inkflow_imports(module: str) -> set[str]:
-    """
-    Every inkflow module C{module} imports, directly or through others (read
-    from the source, nothing is imported).
-    """
-    root = Path(__file__).resolve().parents[2]
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = root / (name.replace(".", "/") + ".py")
-        if not path.exists():
-            path = root / name.replace(".", "/") / "__init__.py"
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            for found in names:
-                if found.startswith("inkflow") and (
-                    (root / (found.replace(".", "/") + ".py")).exists() or (root / found.replace(".", "/")).is_dir()
-                ):
-                    todo.append(found)
-    return seen - {module}
-
-
-class LayoutTests(TestCase):
-    """
-    Who may import what around supervision.
-    """
-
-    def test_the_supervisor_and_the_tools_never_import_the_server(self) -> None:
-        """inkflow.supervisor and every tool reach neither inkflow.server nor inkflow.web."""
-        for module in ("inkflow.supervisor", "inkflow.tools.cli"):
-            reached = {m for m in inkflow_imports(module) if m.startswith(("inkflow.server", "inkflow.web"))}
-            self.assertEqual(reached, set(), module)
-
-    def test_no_import_cycle_between_the_service_and_the_workers(self) -> None:
-        """The service reaches the workers' parent side, never the worker entry point; neither reaches back."""
-        self.assertIn("inkflow.server.workers", inkflow_imports("inkflow.server.service"))
-        self.assertNotIn("inkflow.server.worker", inkflow_imports("inkflow.server.service"))
-        self.assertNotIn("inkflow.server.service", inkflow_imports("inkflow.server.workers"))
-        self.assertIn("inkflow.server.service", inkflow_imports("inkflow.server.worker"))

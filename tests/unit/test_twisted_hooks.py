@@ -1,19 +1,27 @@
 """
-One test per twisted.web private hook InkFlow uses (L{inkflow.web.twisted_hooks}):
-a Twisted upgrade that moves one of them fails here, by name.
+One test per private Twisted part InkFlow uses (L{inkflow.web.twisted_hooks},
+its web and its client section): a Twisted upgrade that moves one of them
+fails here, by name.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import cast
+
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web import http, server
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.static import Data
 
 from inkflow.web import twisted_hooks
 from inkflow.web.channel import InkFlowChannel
+from tests.support.pools import connection_factory
 
 
 class _Spy(http.HTTPChannel):
@@ -92,6 +100,23 @@ class TwistedHooksTests(TestCase):
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
         self.assertEqual(calls, [True])
 
+    def test_respond_bad_request_answers_with_twisteds_bare_400_path(self) -> None:
+        """C{respond_bad_request} reaches twisted.web's own bad-request answer: a plain channel sends its bare 400 and closes."""
+        channel = http.HTTPChannel()
+        transport = _connect(channel)
+        twisted_hooks.respond_bad_request(channel)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_inkflow_channel_calls_the_bad_request_answer_only_through_the_hook(self) -> None:
+        """InkFlowChannel's framing checks call the private method through the hook, never by name."""
+        import inspect
+
+        from inkflow.web import channel as channel_module
+
+        source = inspect.getsource(channel_module)
+        self.assertNotIn("." + twisted_hooks.BAD_REQUEST_METHOD + "(", source)
+
     def test_finish_body_method_calls_all_content_received(self) -> None:
         """The end of a body goes through C{_finishRequestBody} to the public C{allContentReceived}."""
         self.assertTrue(callable(getattr(http.HTTPChannel, twisted_hooks.FINISH_BODY_METHOD, None)))
@@ -129,3 +154,99 @@ class TwistedHooksTests(TestCase):
         twisted_hooks.hold_input(channel, False)
         channel.dataReceived(b"")
         self.assertEqual(seen, [b"/1", b"/2"])
+
+    def test_take_over_connection_hands_bytes_and_end_to_the_protocol(self) -> None:
+        """
+        C{_protocolUpgradeForWebsockets}: the protocol gets the channel's
+        transport and every later byte; at the end its connectionLost runs,
+        then the channel's own (its bookkeeping).
+        """
+        self.assertTrue(callable(getattr(http.HTTPChannel, twisted_hooks.UPGRADE_METHOD, None)))
+        ended: list[str] = []
+
+        class Channel(http.HTTPChannel):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("channel")
+                super().connectionLost(reason)
+
+        class Taker(Protocol):
+            def __init__(self) -> None:
+                self.data: list[bytes] = []
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data.append(data)
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                ended.append("protocol")
+
+        channel = Channel()
+        transport = _connect(channel)
+        taker = Taker()
+        twisted_hooks.take_over_connection(channel, taker)
+        self.assertIs(taker.transport, transport)
+        channel.dataReceived(b"\x81\x00")
+        self.assertEqual(taker.data, [b"\x81\x00"])
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(ended, ["protocol", "channel"])
+
+
+def _start_and_stop(factory: Factory) -> list[LogEvent]:
+    """
+    Start and stop C{factory} as a connection does; what it logged.
+    """
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        factory.doStart()
+        factory.doStop()
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    return events
+
+
+class ClientHooksTests(TestCase):
+    """
+    The client section: each private part of twisted.web.client behaves as
+    InkFlow's n8n pool assumes.
+    """
+
+    def test_the_pool_opens_connections_with_its_factory_class(self) -> None:
+        """
+        C{HTTPConnectionPool._factory} is the class a new connection's
+        factory is built from, a C{_HTTP11ClientFactory}; stock, it logs.
+        """
+        self.assertIs(HTTPConnectionPool._factory, _HTTP11ClientFactory)
+        stock = connection_factory(HTTPConnectionPool(MemoryReactorClock()))
+        self.assertIsInstance(stock, _HTTP11ClientFactory)
+        self.assertTrue(stock.noisy)
+
+    def test_quiet_pool_connections_do_not_log(self) -> None:
+        """
+        After L{quiet_pool}, the pool's connections are opened by a quiet
+        C{_HTTP11ClientFactory}: starting and stopping it logs nothing.
+        """
+        factory = connection_factory(twisted_hooks.quiet_pool(HTTPConnectionPool(MemoryReactorClock())))
+        self.assertIsInstance(factory, _HTTP11ClientFactory)
+        events = _start_and_stop(factory)
+        self.assertEqual(events, [])
+
+    def test_a_stock_factory_logs_what_quiet_pool_silences(self) -> None:
+        """
+        The lines L{quiet_pool} silences exist: a stock factory logs
+        "Starting factory" and "Stopping factory".
+        """
+        factory = connection_factory(HTTPConnectionPool(MemoryReactorClock()))
+        events = _start_and_stop(factory)
+        texts = [formatEvent(event) for event in events]
+        self.assertTrue(any(t.startswith("Starting factory") for t in texts), texts)
+        self.assertTrue(any(t.startswith("Stopping factory") for t in texts), texts)
+
+    def test_treq_client_is_not_unwrapped(self) -> None:
+        """
+        The n8n client takes the pool's agent itself: nothing in InkFlow
+        reads treq's private C{HTTPClient._agent}.
+        """
+        root = Path(__file__).resolve().parents[2] / "inkflow"
+        readers = [p.name for p in root.rglob("*.py") if "._agent" in p.read_text().replace("self._agent", "")]
+        self.assertEqual(readers, [])

@@ -418,6 +418,16 @@ class RoundTripTests(SinkTestCase):
             result.cleanup()
             self.assertEqual(self.leftovers(), [], label)
 
+    def test_each_file_carries_the_sha256_of_its_bytes(self) -> None:
+        """Every chunking gives each file the sha256 of its bytes, computed while it was spooled."""
+        settings = self.make_settings(max_file_size=200_000)
+        contents = [payload(PNG_MAGIC, 70_000, 4), ("שורה\r\n" * 50).encode()]
+        data = body(field("message", "x"), *(file_part(c, f"f{i}") for i, c in enumerate(contents)))
+        for label, chunks in chunkings(data):
+            result = self.feed(MultipartSink(settings, CONTENT_TYPE), chunks)
+            self.assertEqual([f.sha256 for f in result.files], [sha(c) for c in contents], label)
+            result.cleanup()
+
     def test_widget_fields(self) -> None:
         """
         The @n8n/chat widget's fields (chatInput, action) come through, and
@@ -1118,9 +1128,10 @@ class PropertyTests(SinkTestCase):
         self.assertEqual(self.leftovers(), [])
 
 
-class HostileUploadTests(SinkTestCase):
+class UploadTypeAndFolderTests(SinkTestCase):
     """
-    Issue 12, finding 9: the type check and the folder check.
+    The type check on an upload's bytes (a file dressed as text), and the
+    check of the upload folder.
     """
 
     def test_text_then_binary_is_refused(self) -> None:

@@ -13,6 +13,8 @@ from twisted.trial.unittest import TestCase
 
 from inkflow.server.workers import (
     SETTINGS_ENV,
+    SLOT_ENV,
+    STATE_SOCKET_ENV,
     WORKER_FD,
     WorkerSupervisor,
     _WorkerProtocol,
@@ -70,7 +72,9 @@ class WorkerSupervisorTests(TestCase):
             upload_dir=temp_path(self), workers=workers, listen="tcp:8123:interface=127.0.0.1", drain_timeout=10.0
         )
         reactor = ProcessClock()
-        supervisor = WorkerSupervisor(settings, reactor, python="/usr/bin/python3")
+        supervisor = WorkerSupervisor(
+            settings, reactor, python="/usr/bin/python3", state_socket=lambda: "/run/inkflow-state/state.sock"
+        )
         supervisor.privilegedStartService()
         supervisor.startService()
         return reactor, supervisor, settings
@@ -83,7 +87,7 @@ class WorkerSupervisorTests(TestCase):
         self.assertNotIn(reactor.listening[0], reactor.readers)
 
     def test_starts_each_worker_with_the_socket_and_the_settings(self) -> None:
-        """N workers: python -m inkflow.server.worker, the socket as fd 3, the settings in the environment."""
+        """N workers: python -m inkflow.server.worker, the socket as fd 3; settings, slot and state socket in the environment."""
         reactor, _, settings = self.make(workers=2)
         self.assertEqual(len(reactor.spawned), 2)
         for process in reactor.spawned:
@@ -91,6 +95,8 @@ class WorkerSupervisorTests(TestCase):
             self.assertEqual(process.child_fds, {0: "w", 1: "r", 2: "r", WORKER_FD: 77})
             assert process.env is not None
             self.assertEqual(settings_from_env(process.env[SETTINGS_ENV]), settings)
+            self.assertEqual(process.env[STATE_SOCKET_ENV], "/run/inkflow-state/state.sock")
+        self.assertEqual([p.env[SLOT_ENV] for p in reactor.spawned if p.env is not None], ["0", "1"])
 
     def test_a_dead_worker_is_replaced(self) -> None:
         """A worker killed by a signal is started again after 0.5 s."""

@@ -1,30 +1,11 @@
 """
-InkFlow's settings: one frozen, validated object whose fields are the one
-table of options.
+The options table: the fields of L{Settings}, their validation across
+options (L{_validated}), the loading by precedence (L{load_settings}) and
+what is derived from the table (L{describe}, L{options_table_markdown}).
 
-Every field of L{Settings} is an option.  Its C{opt(...)} carries everything
-about it; the rest is derived from the field:
-
-  - the flag is the field name with dashes (C{max_file_size} ->
-    C{--max-file-size}), the environment variable C{INKFLOW_<FIELD IN UPPER
-    CASE>}, the TOML key the flag name (or the field name);
-  - twistd's C{--help} (L{inkflow.server.tap}), L{describe} (what is logged;
-    secrets hidden) and the README's options table (C{python -m
-    inkflow.settings}) are generated from the fields, in their order.
-
-Precedence: flag > environment > file > default.  A bad value stops start-up
-with one line naming the option (L{ConfigError}).
-
-Adding an option is adding one field: C{opt(parse, default, help, ...)}
-(L{inkflow.options}) with a parser from L{inkflow.settings_parsers}.  A
-repeatable option's field is a tuple and its default a tuple; a default that
-must be computed is a zero-argument callable.  The field's place is its
-place in C{--help} and the README; paste the new table (C{python -m
-inkflow.settings}) into the README, which a test checks.  Checks across
-options belong in L{_validated}.
-
-This module is pure: it reads no environment and no files by itself; the
-callers at the edge (the twistd plugin, the .tac) pass them in.
+See L{inkflow.settings} for how an option is defined and added.  Pure: it
+reads no environment and no files by itself; the callers at the edge (the
+twistd plugin, the .tac) pass them in.
 """
 
 from __future__ import annotations
@@ -33,14 +14,15 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from inkflow.n8n.retry import DEFAULT_RETRY_ON as _RETRY_POLICY_DEFAULT
-from inkflow.options import ENV_PREFIX, ConfigError, Option, opt, options_of
-from inkflow.settings_parsers import (
-    RETRY_ON_CHOICES,
+from inkflow.n8n.retry import DEFAULT_RETRY_ON, RETRY_ON_CHOICES
+from inkflow.page import PageConfig, page_config, page_table
+from inkflow.settings.options import ENV_PREFIX, ConfigError, Option, opt, options_of
+from inkflow.settings.parsers import (
+    auto_or_int_in,
     choice,
     directory,
     field_name,
@@ -55,27 +37,22 @@ from inkflow.settings_parsers import (
     network,
     optional_listen,
     origin,
-    origin_url,
-    redact_url,
     retry_on,
     seconds,
     webhook,
 )
+from inkflow.settings.urls import redact_url
+from inkflow.state.address import redacted_redis_url, redis_prefix_option, redis_url_option
 
 __all__ = [
     "OPTIONS",
-    "ConfigError",
-    "Option",
+    "OPTIONS_BY_NAME",
     "Settings",
     "default_static_dir",
     "default_upload_dir",
     "describe",
     "load_settings",
-    "opt",
-    "options_of",
     "options_table_markdown",
-    "origin_url",
-    "redact_url",
 ]
 
 
@@ -84,7 +61,7 @@ def default_static_dir() -> str:
     The page shipped with InkFlow: C{inkflow/static} in an installed copy,
     C{static/} beside the package in a source checkout.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for candidate in (here / "static", here.parent / "static"):
         if (candidate / "index.html").is_file():
             return str(candidate)
@@ -93,9 +70,11 @@ def default_static_dir() -> str:
 
 def default_upload_dir() -> str:
     """
-    A private folder under the system temp folder, one per user.
+    A private folder under the system temp folder, one per user (Windows has
+    no uid; its temp folder is per user already).
     """
-    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{os.getuid()}")
+    getuid = getattr(os, "getuid", None)
+    return os.path.join(tempfile.gettempdir(), f"inkflow-uploads-{getuid()}" if getuid else "inkflow-uploads")
 
 
 DEFAULT_ALLOWED_TYPES = (
@@ -106,9 +85,6 @@ DEFAULT_ALLOWED_TYPES = (
     "application/pdf",
     "text/plain",
 )
-
-#: The retry policy's default, in the order C{--help} lists the words.
-DEFAULT_RETRY_ON = tuple(word for word in RETRY_ON_CHOICES if word in _RETRY_POLICY_DEFAULT)
 
 
 def _header_name(value: tuple[str, str]) -> str:
@@ -160,6 +136,14 @@ class Settings:
         metavar="TYPES",
     )
     max_connections: int = opt(int_in(1, 100_000), 50, "open client connections", metavar="N")
+    max_connections_per_ip: int | None = opt(
+        auto_or_int_in(0, 100_000),
+        None,
+        "open connections from one client address (WebSockets and streams included; keyed like --rate-limit);"
+        " auto = a quarter of --max-connections, at least 8; 0 = off",
+        metavar="N",
+        doc_default="auto (`12` at the default `--max-connections`)",
+    )
     max_concurrent: int = opt(int_in(1, 10_000), 10, "chat requests in flight to n8n", metavar="N")
     queue_size: int = opt(int_in(0, 100_000), 20, "chat requests waiting beyond --max-concurrent", metavar="N")
     queue_timeout: float = opt(seconds(0.001, 3600), 30.0, "seconds a request may wait in the queue", metavar="SECONDS")
@@ -209,7 +193,7 @@ class Settings:
         repeatable=True,
         metavar="ORIGIN",
     )
-    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket (issue 14)
+    # --- the @n8n/chat widget's options, idempotency, breaker, WebSocket
     chat_input_key: str = opt(
         field_name,
         "chatInput",
@@ -254,7 +238,7 @@ class Settings:
     websocket_idle_timeout: float = opt(
         seconds(0.001, 86400),
         90.0,
-        "seconds a /chat WebSocket may stay without a frame either way (n8n's heartbeat: 30)",
+        "seconds a /chat WebSocket may stay without a data frame from the browser (the widget answers n8n's 30 s heartbeat)",
         metavar="SECONDS",
     )
     websocket_max_message: int = opt(
@@ -301,6 +285,20 @@ class Settings:
     )
     access_log: bool = opt(flag, True, "log one line per request (false to turn off)", metavar="BOOL")
     workers: int = opt(int_in(1, 64), 1, "processes sharing the listening socket", metavar="N")
+    # --- shared state across processes and instances (issue 20)
+    redis: str = opt(
+        redis_url_option,
+        "",
+        "Redis (or Valkey) shared by every process of every instance: Idempotency-Keys, rate limit, executions"
+        " (redis://host:port/db, rediss://..., unix:///path); none = per server",
+        metavar="URL",
+        show=redacted_redis_url,
+    )
+    redis_prefix: str = opt(
+        redis_prefix_option, "inkflow:", "prefix of every key InkFlow writes in --redis", metavar="PREFIX"
+    )
+    #: Not an option: the config file's [page] table and INKFLOW_PAGE_* (L{inkflow.page}).
+    page: PageConfig = field(default_factory=PageConfig)
 
     @property
     def mode(self) -> str:
@@ -318,6 +316,21 @@ class Settings:
         limit plus room for the text fields and multipart framing.
         """
         return self.max_files * self.max_file_size + self.max_message_chars * 4 + 64 * 1024
+
+    @property
+    def connections_per_ip(self) -> int:
+        """
+        The open connections one client address may hold (0 = no limit):
+        C{--max-connections-per-ip}, or when auto, a quarter of
+        C{--max-connections} but at least 8 (a browser opens up to 6
+        connections to a host, plus the /chat WebSocket and a stream), never
+        above C{--max-connections}.  A quarter: at least four addresses are
+        needed to fill every place, while an office or a carrier NAT behind
+        one address still gets a fair share.
+        """
+        if self.max_connections_per_ip is not None:
+            return self.max_connections_per_ip
+        return min(self.max_connections, max(8, self.max_connections // 4))
 
     @property
     def websocket_message_limit(self) -> int:
@@ -414,8 +427,9 @@ def load_settings(
     environ = environ or {}
     file_values: dict[str, Any] = {}
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    page_values = None
     if path:
-        file_values = _read_toml(path)
+        file_values, page_values = _read_toml(path)
 
     values: dict[str, Any] = {}
     for option in OPTIONS:
@@ -427,6 +441,7 @@ def load_settings(
             values[option.attr] = _parse_raw(option, file_values[option.name], "file")
         else:
             values[option.attr] = option.default_value()
+    values["page"] = load_page(page_values, environ)
     for key, value in (overrides or {}).items():
         if key not in values:
             raise ConfigError(f"unknown setting {key!r}")
@@ -434,7 +449,20 @@ def load_settings(
     return _validated(values)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def load_page(table: Mapping[str, Any] | None, environ: Mapping[str, str]) -> PageConfig:
+    """
+    The C{[page]} table (L{inkflow.page}) from the config file's table and
+    C{INKFLOW_PAGE_*}.
+
+    @raise ConfigError: one line naming the key.
+    """
+    try:
+        return page_config(table, environ)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _read_toml(path: str) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -447,11 +475,16 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid value for --config: [inkflow] in {path!r} is not a table")
     result: dict[str, Any] = {}
     for key, value in section.items():
+        if key == "page" and section is data:
+            continue  # the [page] table (inkflow.page)
         name = key.replace("_", "-")
         if name not in OPTIONS_BY_NAME:
             raise ConfigError(f"invalid value for --config: unknown key {key!r} in {path!r}")
         result[name] = value
-    return result
+    try:
+        return result, page_table(data, path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _doc_default(option: Option) -> str:
@@ -494,7 +527,3 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = option.show(value)
         shown[option.name] = value
     return shown
-
-
-if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(options_table_markdown())

@@ -1,6 +1,5 @@
 """
-The value parsers of the settings table (L{inkflow.settings}), and
-L{redact_url}.
+The value parsers of the settings table (L{inkflow.settings.table}).
 
 Each parser takes one raw value (a string from a flag or the environment, or a
 TOML value) and returns the typed value, or raises C{ValueError} with a short
@@ -20,8 +19,11 @@ from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 
+from inkflow.n8n.retry import RETRY_ON_CHOICES
+from inkflow.settings.urls import redact_url
+
 __all__ = [
-    "RETRY_ON_CHOICES",
+    "auto_or_int_in",
     "choice",
     "directory",
     "field_name",
@@ -36,8 +38,6 @@ __all__ = [
     "network",
     "optional_listen",
     "origin",
-    "origin_url",
-    "redact_url",
     "retry_on",
     "seconds",
     "webhook",
@@ -64,6 +64,24 @@ def int_in(low: int, high: int | None = None) -> Callable[[Any], int]:
             bound = f"between {low} and {high}" if high is not None else f">= {low}"
             raise ValueError(f"must be {bound}, got {number}")
         return number
+
+    return parse
+
+
+def auto_or_int_in(low: int, high: int | None = None) -> Callable[[Any], int | None]:
+    """
+    C{auto} (L{None}: the value is derived from other options) or an integer
+    between C{low} and C{high}.
+    """
+    number = int_in(low, high)
+
+    def parse(value: Any) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        try:
+            return number(value)
+        except ValueError as e:
+            raise ValueError(f"auto or {e}") from None
 
     return parse
 
@@ -132,23 +150,6 @@ def is_tcp_endpoint(description: str) -> bool:
     needs: one socket the workers share).
     """
     return isinstance(serverFromString(None, description), TCP4ServerEndpoint | TCP6ServerEndpoint)
-
-
-def redact_url(url: str) -> str:
-    """
-    A webhook URL fit to show: no credentials, no query string, no fragment.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is None:
-        port = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
 
 
 def webhook(value: Any) -> str:
@@ -282,9 +283,7 @@ def choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
-#: The C{--retry-on} words (see L{inkflow.n8n.retry.Outcome.retry_token}).
-RETRY_ON_CHOICES = ("connect", "timeout", "404", "429", "500", "502", "503", "504")
-
+#: A C{--retry-on} word (the vocabulary is L{inkflow.n8n.retry.RETRY_ON_CHOICES}).
 retry_on = choice(*RETRY_ON_CHOICES)
 
 
@@ -299,15 +298,6 @@ def network(value: Any) -> str:
         return str(ipaddress.ip_network(address, strict=False))
     except ValueError:
         raise ValueError(f"not an address or CIDR: {address!r}") from None
-
-
-def origin_url(url: str) -> str:
-    """
-    A webhook URL fit to show anyone: C{scheme://host:port} only.  In n8n the
-    webhook path is the secret: whoever has it can post to n8n directly.
-    """
-    scheme, sep, rest = redact_url(url).partition("://")
-    return scheme + sep + rest.split("/", 1)[0]
 
 
 def origin(value: Any) -> str:

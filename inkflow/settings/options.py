@@ -2,7 +2,7 @@
 The machinery of InkFlow's options table: an option is a dataclass field
 made by L{opt}, whose metadata (an L{Option}) carries its parsing, help,
 repeatability, separator and secrecy.  L{options_of} reads them back in
-field order.  The table itself is L{inkflow.settings.Settings}.
+field order.  The table itself is L{inkflow.settings.table.Settings}.
 """
 
 from __future__ import annotations
