@@ -352,3 +352,15 @@ describe("DOM", () => {
     assert.equal(box.textContent, "x");
   });
 });
+
+describe("left-to-right runs inside a Hebrew answer", () => {
+  test("a file name in a sentence is isolated in its own <bdi> (it never breaks as -red / square.png)", { todo: "answers do not isolate file names yet" }, () => {
+    const html = serialise(rendered("קיבלתי את red-square.png, תודה"));
+    assert.match(html, /<bdi class="md-ltr">red-square\.png<\/bdi>/);
+  });
+
+  test("plain Latin words, numbers and URLs inside links are left as they are", { todo: "answers do not isolate file names yet" }, () => {
+    assert.doesNotMatch(serialise(rendered("שלום world 42")), /<bdi/);
+    assert.match(serialise(rendered("כתובת: user@example.com ו-v1.2.3")), /<bdi class="md-ltr">user@example\.com<\/bdi>.*<bdi class="md-ltr">v1\.2\.3<\/bdi>/);
+  });
+});
