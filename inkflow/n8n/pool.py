@@ -10,16 +10,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperlink import EncodedURL
-from twisted.internet.abstract import isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _ensureValidURI
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from inkflow import __version__
+from inkflow.n8n.names import with_resolver
 from inkflow.settings import Settings
 from inkflow.web.twisted_hooks import quiet_pool
 
@@ -54,6 +56,14 @@ class Endpoints:
     built once per scheme, host and port: the agent asks for one on every
     request, and building a C{HostnameEndpoint} (IDNA-encoding its host)
     cost 4 % of a proxied chat.
+
+    A webhook at an IP address gets a plain TCP endpoint: a
+    C{HostnameEndpoint} resolves even an IP literal in the reactor's thread
+    pool and races its addresses on a timer for every new connection, the
+    largest cost of a new stream while a thousand a second arrive (issue 24).
+    A host name keeps C{HostnameEndpoint} (every address it resolves to is
+    tried), over a resolver that reuses each answer for a few seconds
+    (L{inkflow.n8n.names}).
     """
 
     def __init__(self, reactor: Any, connect_timeout: float) -> None:
@@ -61,6 +71,7 @@ class Endpoints:
         self._connect_timeout = connect_timeout
         self._tls = BrowserLikePolicyForHTTPS()
         self._built: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+        self._resolving: Any = None
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -72,12 +83,57 @@ class Endpoints:
     def _build(self, uri: URI) -> IStreamClientEndpoint:
         if uri.scheme not in (b"http", b"https"):
             raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connect_timeout
-        )
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._connect_timeout)
+        else:
+            # A host name: resolved once per few seconds, not per connection.
+            if self._resolving is None:
+                self._resolving = with_resolver(self._reactor)
+            endpoint = HostnameEndpoint(self._resolving, host, uri.port, timeout=self._connect_timeout)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint
+
+
+class _Agent(Agent):
+    """
+    twisted.web's agent, parsing each webhook URL once: it parsed the URL,
+    looked its endpoint up and rebuilt its request path on every request
+    (3 % of a new stream's CPU).  The same few URLs are sent to again and
+    again.
+    """
+
+    _MAX_URLS = 64
+
+    def __init__(self, reactor: Any, endpoints: IAgentEndpointFactory, pool: HTTPConnectionPool) -> None:
+        super().__init__(reactor, pool=pool)
+        self._endpointFactory = endpoints
+        self._parsed: dict[bytes, tuple[URI, IStreamClientEndpoint, bytes]] = {}
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        parsed = self._parsed.get(uri)
+        if parsed is None:
+            if len(self._parsed) >= self._MAX_URLS:
+                return super().request(method, uri, headers, bodyProducer)
+            try:
+                parsed_uri = URI.fromBytes(_ensureValidURI(uri.strip()))
+                parsed = (parsed_uri, self._getEndpoint(parsed_uri), parsed_uri.originForm)
+            except SchemeNotSupported:
+                return super().request(method, uri, headers, bodyProducer)
+            self._parsed[uri] = parsed
+        parsed_uri, endpoint, path = parsed
+        key = (parsed_uri.scheme, parsed_uri.host, parsed_uri.port)
+        return self._requestWithEndpoint(key, endpoint, method, parsed_uri, headers, bodyProducer, path)
 
 
 def make_agent(reactor: Any, settings: Settings) -> tuple[IAgent, HTTPConnectionPool]:
@@ -101,7 +157,7 @@ def make_agent(reactor: Any, settings: Settings) -> tuple[IAgent, HTTPConnection
     # (safe to fail over: nothing was sent) before the attempt timer calls it a
     # timeout (not retried by default: n8n may have run the workflow).
     connect_timeout = min(MAX_CONNECT_TIMEOUT, settings.attempt_timeout / 2)
-    agent: IAgent = Agent.usingEndpointFactory(reactor, Endpoints(reactor, connect_timeout), pool=pool)
+    agent: IAgent = _Agent(reactor, Endpoints(reactor, connect_timeout), pool)
     return agent, pool
 
 

@@ -16,6 +16,7 @@ so the tests drive everything with L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections import deque
@@ -352,12 +353,14 @@ class ChatQueue:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def rate_key(client: str) -> str:
     """
     The rate-limit bucket of a client address: an IPv4 address is its own
     bucket, an IPv6 address shares one with its /64 (one subscriber's
     network: a /64 holds 2^64 addresses, each would otherwise get a fresh
-    bucket and could evict everyone else's).
+    bucket and could evict everyone else's).  Cached: the same clients
+    come again and again.
     """
     try:
         address = ipaddress.ip_address(client)

@@ -27,6 +27,7 @@ from werkzeug.routing import RequestRedirect
 from inkflow.chat import ChatBody
 from inkflow.errors import ApiError
 from inkflow.health import HealthReporter
+from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import UNIX, client_ip
@@ -168,7 +169,7 @@ def _later(request: IRequest, answer: defer.Deferred[bytes]) -> bytes | int:
             return result[0]
 
     def write(body: bytes) -> None:
-        if not cast(Any, request)._disconnected:
+        if not twisted_hooks.is_disconnected(request):
             request.write(body)
             request.finish()
 

@@ -594,11 +594,42 @@ function el(doc, tag, className, dir) {
   return node;
 }
 
+// A left-to-right run that holds a joiner (a file name, an address, a version:
+// red-square.png, user@example.com, v1.2.3): in a Hebrew sentence it must be
+// isolated (<bdi>), or the bidi algorithm and the line breaker split it at the
+// joiner ("-red" at one line's end, "square.png" at the next).
+const LTR_RUN = /[A-Za-z0-9][A-Za-z0-9_+]*(?:[-./@:][A-Za-z0-9_+]+)+/g;
+
+// Text as parts: strings, and {ltr: text} for each such run (as chat-ui's problemParts).
+export function ltrParts(text) {
+  const parts = [];
+  let last = 0;
+  for (const match of text.matchAll(LTR_RUN)) {
+    if (match.index > last) parts.push(text.slice(last, match.index));
+    parts.push({ ltr: match[0] });
+    last = match.index + match[0].length;
+  }
+  if (last < text.length) parts.push(text.slice(last));
+  return parts;
+}
+
+function textNodes(doc, parent, value) {
+  for (const part of ltrParts(value)) {
+    if (typeof part === "string") {
+      parent.append(doc.createTextNode(part));
+    } else {
+      const run = el(doc, "bdi", "md-ltr");
+      run.textContent = part.ltr;
+      parent.append(run);
+    }
+  }
+}
+
 function inlineNodes(doc, parent, nodes) {
   for (const node of nodes) {
     switch (node.type) {
       case "text":
-        parent.append(doc.createTextNode(node.value));
+        textNodes(doc, parent, node.value);
         break;
       case "br":
         parent.append(el(doc, "br"));

@@ -30,7 +30,7 @@ const ALLOWED = {
   start: /^\d+$/,
 };
 const TAGS = new Set(
-  "div p h3 h4 h5 h6 strong em del code pre a br ul ol li blockquote hr span button table thead tbody tr th td".split(" "),
+  "div p h3 h4 h5 h6 strong em del code pre a br ul ol li blockquote hr span bdi button table thead tbody tr th td".split(" "),
 );
 
 function assertSafe(box) {
@@ -350,5 +350,17 @@ describe("DOM", () => {
     const box = new Element(new Document(), "div");
     render(box, "x");
     assert.equal(box.textContent, "x");
+  });
+});
+
+describe("left-to-right runs inside a Hebrew answer", () => {
+  test("a file name in a sentence is isolated in its own <bdi> (it never breaks as -red / square.png)", () => {
+    const html = serialise(rendered("קיבלתי את red-square.png, תודה"));
+    assert.match(html, /<bdi class="md-ltr">red-square\.png<\/bdi>/);
+  });
+
+  test("plain Latin words, numbers and URLs inside links are left as they are", () => {
+    assert.doesNotMatch(serialise(rendered("שלום world 42")), /<bdi/);
+    assert.match(serialise(rendered("כתובת: user@example.com ו-v1.2.3")), /<bdi class="md-ltr">user@example\.com<\/bdi>.*<bdi class="md-ltr">v1\.2\.3<\/bdi>/);
   });
 });

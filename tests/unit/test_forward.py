@@ -22,9 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.interfaces import IAddress, IHostnameResolver, IResolutionReceiver
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
@@ -50,6 +53,7 @@ from inkflow.n8n.client import (
     ForwardResult,
     make_agent,
 )
+from inkflow.n8n.names import RESOLUTION_TTL, CachingResolver
 from inkflow.n8n.pool import Endpoints
 from inkflow.settings import Settings
 from tests.support.pools import connection_factory
@@ -1055,6 +1059,126 @@ class MakeAgentTests(TestCase):
         secure = endpoints.endpointForURI(URI.fromBytes(b"https://n8n.test/webhook/chat"))
         self.assertNotIsInstance(secure, HostnameEndpoint)
         self.assertRaises(SchemeNotSupported, endpoints.endpointForURI, URI.fromBytes(b"ftp://n8n.test/x"))
+
+    def test_ip_literal_webhooks_connect_without_name_resolution(self) -> None:
+        """
+        A webhook at an IP address (n8n on the same host or network) is
+        connected to directly: no name resolution in the thread pool and no
+        address racing for each of the many connections a burst of streams
+        opens.  A host name keeps the resolving endpoint.
+        """
+        reactor = MemoryReactorClock()
+        endpoints = Endpoints(reactor, 2.5)
+        four = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:5678/webhook/chat"))
+        six = endpoints.endpointForURI(URI.fromBytes(b"http://[::1]:5678/webhook/chat"))
+        self.assertIsInstance(four, TCP4ClientEndpoint)
+        self.assertIsInstance(six, TCP6ClientEndpoint)
+        four.connect(Factory.forProtocol(Protocol))
+        host, port, _, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 5678, 2.5))
+        self.assertIsInstance(endpoints.endpointForURI(URI.fromBytes(URL_A.encode())), HostnameEndpoint)
+
+    def test_host_name_webhook_is_resolved_once_per_few_seconds(self) -> None:
+        """
+        A webhook at a host name (C{localhost}, a container's name) is
+        resolved once and its addresses reused for a few seconds: a burst of
+        streams opens a new n8n connection each, and each resolution was a
+        hand-off to the thread pool.  After the few seconds it is resolved
+        again (a container may come back at a new address).
+        """
+        reactor = MemoryReactorClock()
+        asked: list[str] = []
+        real = reactor.nameResolver
+
+        class Counting:
+            def resolveHostName(self, receiver: Any, hostName: str, *args: Any, **kwargs: Any) -> Any:
+                asked.append(hostName)
+                return real.resolveHostName(receiver, hostName, *args, **kwargs)
+
+        reactor.nameResolver = Counting()  # type: ignore[assignment]
+        endpoint = Endpoints(reactor, 2.5).endpointForURI(URI.fromBytes(URL_A.encode()))
+        for _ in range(3):
+            endpoint.connect(Factory.forProtocol(Protocol))
+        reactor.advance(1)  # HostnameEndpoint's first attempt
+        self.assertEqual(asked, ["n8n-a.test"])
+        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 5678)] * 3)
+        reactor.advance(RESOLUTION_TTL)
+        endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(asked, ["n8n-a.test"] * 2)
+
+    def test_resolver_reuses_an_answer_only_while_fresh_and_never_a_failure(self) -> None:
+        """
+        The caching resolver hands every receiver the addresses, began and
+        complete, from its own lookup or the remembered one; an empty answer
+        (a failed lookup) is asked again next time; another port is another
+        lookup.
+        """
+        clock = Clock()
+        answers: dict[str, list[IPv4Address]] = {"n8n": [IPv4Address("TCP", "10.0.0.7", 5678)], "gone": []}
+        asked: list[tuple[str, int]] = []
+
+        @implementer(IHostnameResolver)
+        class Fake:
+            def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, *rest: Any) -> Any:
+                asked.append((hostName, portNumber))
+                receiver.resolutionBegan(None)
+                for address in answers[hostName]:
+                    receiver.addressResolved(address)
+                receiver.resolutionComplete()
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def __init__(self) -> None:
+                self.events: list[str] = []
+
+            def resolutionBegan(self, resolution: Any) -> None:
+                self.events.append("began")
+
+            def addressResolved(self, address: IAddress) -> None:
+                assert isinstance(address, IPv4Address)
+                self.events.append(address.host)
+
+            def resolutionComplete(self) -> None:
+                self.events.append("complete")
+
+        resolver = CachingResolver(Fake(), clock, ttl=5.0)
+        receivers = [Receiver() for _ in range(6)]
+        resolver.resolveHostName(receivers[0], "n8n", 5678)
+        clock.advance(4.9)
+        resolver.resolveHostName(receivers[1], "n8n", 5678)
+        resolver.resolveHostName(receivers[2], "n8n", 80)
+        clock.advance(0.2)
+        resolver.resolveHostName(receivers[3], "n8n", 5678)
+        resolver.resolveHostName(receivers[4], "gone", 5678)
+        resolver.resolveHostName(receivers[5], "gone", 5678)
+        self.assertEqual(asked, [("n8n", 5678), ("n8n", 80), ("n8n", 5678), ("gone", 5678), ("gone", 5678)])
+        for receiver in receivers[:4]:
+            self.assertEqual(receiver.events, ["began", "10.0.0.7", "complete"])
+        self.assertEqual(receivers[5].events, ["began", "complete"])
+
+    def test_agent_parses_each_webhook_url_once(self) -> None:
+        """
+        The n8n agent parses a webhook URL on its first request only; every
+        request still goes to that URL's host and port with its path, and a
+        URL of another scheme is still refused.
+        """
+        reactor = MemoryReactorClock()
+        agent, _ = make_agent(reactor, settings())
+        parsed: list[bytes] = []
+        original = URI.fromBytes
+
+        def counting(uri: bytes, defaultPort: int | None = None) -> URI:
+            parsed.append(uri)
+            return original(uri, defaultPort)
+
+        self.patch(URI, "fromBytes", staticmethod(counting))
+        url = b"http://127.0.0.1:5678/webhook/chat?x=1"
+        for _ in range(3):
+            agent.request(b"POST", url, Headers({b"Host": [b"127.0.0.1:5678"]}))
+        self.assertEqual(parsed, [url])
+        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 5678)] * 3)
+        refused = agent.request(b"POST", b"ftp://127.0.0.1/x")
+        self.failureResultOf(refused, SchemeNotSupported)
 
     def test_connections_are_not_logged(self) -> None:
         """

@@ -1,0 +1,34 @@
+"""
+Loaded at start-up by a server that C{bench.stream --gc-trace} runs with
+this folder on C{PYTHONPATH}: appends a line for every garbage collection
+(wall-clock start, generation, its CPU time in ms: on a shared machine a
+collection's wall-clock time counts the other processes' turns too) to
+C{$BENCH_GC_TRACE-<pid>.txt}
+as it happens (twistd ends by re-raising SIGTERM: no exit hooks run).  Not
+part of InkFlow.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import IO, Any
+
+_prefix = os.environ.get("BENCH_GC_TRACE")
+_started = [0.0, 0.0]
+_file: list[IO[str]] = []
+
+
+def _callback(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0], _started[1] = time.time(), time.thread_time()
+        return
+    pause = (time.thread_time() - _started[1]) * 1000.0
+    if not _file:
+        _file.append(open(f"{_prefix}-{os.getpid()}.txt", "a", encoding="ascii", buffering=1))  # noqa: SIM115
+    _file[0].write(f"{_started[0]:.6f} {info['generation']} {pause:.3f}\n")
+
+
+if _prefix:
+    gc.callbacks.append(_callback)
