@@ -190,6 +190,28 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
+#: The chat message the benchmarks post (the fast backend answers it C{{"output":"ok"}}).
+CHAT_BODY = {"message": "x", "sessionId": "bench"}
+
+
+def check_chat(port: int, name: str) -> None:
+    """
+    One C{POST /api/chat} to the server C{name} on C{port} before it is
+    measured: it must answer 200 with the fast backend's C{"ok"}.
+
+    @raise RuntimeError: any other answer.
+    """
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("POST", "/api/chat", json.dumps(CHAT_BODY), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    if response.status != 200 or json.loads(data).get("output") != "ok":
+        raise RuntimeError(f"{name}: POST /api/chat gave {response.status} {data[:200]!r}")
+
+
 # -- statistics ----------------------------------------------------------------
 
 

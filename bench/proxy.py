@@ -18,13 +18,12 @@ pool) on the same backend:
 
 from __future__ import annotations
 
-import json
-
 from bench._common import (
     BENCH,
     Row,
     WrkResult,
     arguments,
+    check_chat,
     fmt,
     have_wrk,
     inkflow,
@@ -42,21 +41,6 @@ SCRIPT = BENCH / "post_json.lua"
 GOAL_RATIO = 0.9  # issue 15 (was 0.8)
 #: At most this much more added p50 latency than the bare proxy's, at one client (issue 15).
 GOAL_OVER_REFERENCE_MS = 0.1
-BODY = {"message": "x", "sessionId": "bench"}
-
-
-def _check(port: int, name: str) -> None:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("POST", "/api/chat", json.dumps(BODY), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-    finally:
-        conn.close()
-    if response.status != 200 or json.loads(data).get("output") != "ok":
-        raise RuntimeError(f"{name}: POST /api/chat gave {response.status} {data[:200]!r}")
 
 
 def run(rounds: int = 2, duration: float = 10, latency_duration: float = 4) -> list[Row]:
@@ -86,7 +70,7 @@ def run(rounds: int = 2, duration: float = 10, latency_duration: float = 4) -> l
         ):
             servers = {"InkFlow": ink, "reference": reference}
             for name, server in servers.items():
-                _check(server.port, name)
+                check_chat(server.port, name)
                 wrk(server.url("/api/chat"), duration=1, script=SCRIPT)  # warm-up
             for r in range(rounds):
                 for name, server in servers.items():

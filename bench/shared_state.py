@@ -35,6 +35,7 @@ from bench._common import (
     Row,
     WrkResult,
     arguments,
+    check_chat,
     have_wrk,
     http_get,
     inkflow,
@@ -47,7 +48,6 @@ from bench._common import (
     say,
     wrk,
 )
-from bench.proxy import _check
 
 PLAIN = BENCH / "post_json.lua"
 KEYED = BENCH / "post_json_keyed.lua"
@@ -159,7 +159,7 @@ def _compare(
     cores: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     errors = 0
     for name, server in servers.items():
-        _check(server.port, name)
+        check_chat(server.port, name)
         wrk(server.url("/api/chat"), connections=connections, duration=1, script=script)  # warm-up
     for r in range(rounds):
         for name, server in servers.items():

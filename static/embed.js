@@ -75,7 +75,8 @@
     panel.append(chat);
 
     frame.append(launcher, panel);
-    root.append(stylesheet("assets/chat.css"), stylesheet("assets/embed.css"), stylesheet("theme.css"), frame);
+    root.append(stylesheet("assets/chat.css"), stylesheet("assets/base.css"), stylesheet("assets/embed.css"));
+    root.append(stylesheet("theme.css"), frame);
     document.body.append(host);
 
     var mounted = null;

@@ -23,7 +23,7 @@ The rooms:
     L{options_of}, L{ConfigError});
   - L{inkflow.settings.parsers}: one parser per kind of value;
   - L{inkflow.settings.urls}: webhook URLs fit to show (L{redact_url},
-    L{origin_url}).
+    L{origin_url}) and the C{--redis} URL, parsed and redacted.
 
 Adding an option is adding one field to the table: C{opt(parse, default,
 help, ...)} with a parser from L{inkflow.settings.parsers}.  A repeatable

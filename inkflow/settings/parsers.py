@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 
 from inkflow.n8n.retry import RETRY_ON_CHOICES
-from inkflow.settings.urls import redact_url
+from inkflow.settings.urls import parse_redis_url, redact_url
 
 __all__ = [
     "auto_or_int_in",
@@ -38,6 +38,8 @@ __all__ = [
     "network",
     "optional_listen",
     "origin",
+    "redis_prefix_option",
+    "redis_url_option",
     "retry_on",
     "seconds",
     "webhook",
@@ -321,3 +323,32 @@ def directory(value: Any) -> str:
     if not path:
         raise ValueError("must not be empty")
     return os.path.abspath(os.path.expanduser(path))
+
+
+def redis_url_option(value: object) -> str:
+    """
+    The C{--redis} option's parser: empty (off) or a Redis URL.
+
+    @raise ValueError: not a Redis URL.
+    """
+    text = str(value).strip()
+    if text:
+        parse_redis_url(text)
+    return text
+
+
+#: What a key prefix may hold.
+_PREFIX_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:{}/")
+
+
+def redis_prefix_option(value: object) -> str:
+    """
+    The C{--redis-prefix} option's parser: 1-64 of letters, digits and
+    C{_-.:{}/}.
+
+    @raise ValueError: anything else.
+    """
+    text = str(value).strip()
+    if not 1 <= len(text) <= 64 or not set(text) <= _PREFIX_CHARS:
+        raise ValueError("1-64 of letters, digits and _ - . : { } /")
+    return text

@@ -37,12 +37,13 @@ from inkflow.settings.parsers import (
     network,
     optional_listen,
     origin,
+    redis_prefix_option,
+    redis_url_option,
     retry_on,
     seconds,
     webhook,
 )
-from inkflow.settings.urls import redact_url
-from inkflow.state.address import redacted_redis_url, redis_prefix_option, redis_url_option
+from inkflow.settings.urls import redact_url, redacted_redis_url
 
 __all__ = [
     "OPTIONS",

@@ -36,7 +36,6 @@ from twisted.internet.defer import Deferred
 from inkflow.errors import ApiError
 
 __all__ = [
-    "CLAIM_KINDS",
     "LEAD",
     "Answer",
     "Claim",
@@ -53,9 +52,6 @@ __all__ = [
 #: What a waiter is woken with when the leader ended without an answer: it
 #: leads now.
 LEAD = "lead"
-
-#: The kinds of L{Claim}.
-CLAIM_KINDS = ("lead", "wait", "replay", "in_progress", "mismatch")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """
 The chat route's use of the shared state, ready for the call sites:
 
- - L{SharedIdempotentChat}: L{inkflow.web.idempotency.IdempotentChat} on a
-   L{SharedState} (same C{run(request, key, body, handler)}, same answers: replay with
-   C{Idempotent-Replayed: true}, 409 C{in_progress}, 422
-   C{idempotency_mismatch}, the leader's error to its waiters), the key
-   scoped to its owner (L{owner_of});
+ - L{SharedIdempotentChat}: the chat route under a client's
+   C{Idempotency-Key} (L{inkflow.web.idempotency} tells the rules) on a
+   L{SharedState}: replay with C{Idempotent-Replayed: true}, 409
+   C{in_progress}, 422 C{idempotency_mismatch}, the leader's error to its
+   waiters, the key scoped to its owner (L{owner_of});
  - L{check_rate}: the token bucket as the route's 429;
  - L{note_execution}, L{SharedExecutions}: the execution map fed from an n8n
    answer and read by the WebSocket relay.
@@ -76,9 +76,8 @@ def note_execution(state: SharedState, body: Any, url_index: int) -> str | None:
 
 class SharedIdempotentChat:
     """
-    The chat route under a client's C{Idempotency-Key}, on shared state: the
-    same C{run(request, key, body, handler)} as
-    L{inkflow.web.idempotency.IdempotentChat}, the key scoped to its owner.
+    The chat route under a client's C{Idempotency-Key}, on shared state
+    (C{run(request, key, body, handler)}), the key scoped to its owner.
 
     @param client: the client's address for a request (the route's
         C{client_ip} with the trusted proxies, as the rate limit keys it).

@@ -4,10 +4,10 @@ injected clock (the reactor, or a L{twisted.internet.task.Clock} in tests).
 
 It is the default store (one process), the store the C{--workers} parent
 serves to its workers (L{inkflow.state.workers}), and the local half of
-L{inkflow.state.fallback.FallbackState}.  The semantics are those of the
-in-process pieces it replaces (L{inkflow.web.idempotency.IdempotencyStore},
-L{inkflow.web.admission.RateLimiter}, L{inkflow.n8n.executions.ExecutionMap}),
-with the keys scoped to their owner.
+L{inkflow.state.fallback.FallbackState}: the keys in flight and the answers
+kept (bounded by count and bytes), a token bucket per rate-limit key (bounded,
+full buckets forgotten) and the L{inkflow.n8n.executions.ExecutionMap}, the
+keys scoped to their owner.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from inkflow.state.address import RedisAddress, parse_redis_url
+from inkflow.settings.urls import RedisAddress, parse_redis_url
 from inkflow.state.base import (
     LEAD,
     Claim,

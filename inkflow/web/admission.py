@@ -5,7 +5,8 @@ told to come back later.
   - L{ChatQueue}: at most C{max_concurrent} chat requests in flight, a bounded
     FIFO of C{queue_size} waiting behind them for at most C{queue_timeout}
     seconds; everything beyond that is a 503 C{busy} with C{Retry-After}.
-  - L{RateLimiter}: a token bucket per client address (429 C{rate_limited}).
+  - L{rate_key}: a client address's rate-limit bucket (the bucket itself is
+    in the shared state: L{inkflow.state.chat.check_rate}).
   - L{client_ip}: the client's address, believing C{X-Forwarded-For} only from
     trusted proxies.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections import OrderedDict, deque
+from collections import deque
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -33,7 +34,6 @@ __all__ = [
     "DRAINING_RETRY_AFTER",
     "WAIT_WINDOW",
     "ChatQueue",
-    "RateLimiter",
     "Slot",
     "client_ip",
     "rate_key",
@@ -351,84 +351,6 @@ class ChatQueue:
             wait_ms_p50=round(_percentile(ordered, 50), 3),
             wait_ms_p95=round(_percentile(ordered, 95), 3),
         )
-
-
-class RateLimiter:
-    """
-    A token bucket per key (the client address).
-
-    Each bucket holds C{per_minute} tokens (so that is also the burst) and
-    refills at C{per_minute / 60} tokens per second; a request takes one.
-    C{per_minute == 0} turns limiting off.
-
-    Memory stays bounded: a bucket that has refilled completely is the same as
-    no bucket, so it is forgotten (the buckets are kept in order of last use
-    and swept from the oldest end on every check); and there are never more
-    than C{max_buckets}: beyond that the least recently used is evicted (its
-    owner gets a fresh, full bucket, erring on the side of letting through).
-    """
-
-    def __init__(self, per_minute: int, clock: IReactorTime, max_buckets: int = 10_000) -> None:
-        if per_minute < 0:
-            raise ValueError(f"per_minute must be >= 0, got {per_minute}")
-        if max_buckets < 1:
-            raise ValueError(f"max_buckets must be >= 1, got {max_buckets}")
-        self.per_minute = per_minute
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.max_buckets = max_buckets
-        self._clock: IReactorTime = clock
-        # key -> (tokens, time of last update); oldest update first.
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self.per_minute > 0
-
-    def __len__(self) -> int:
-        """
-        How many buckets are remembered.
-        """
-        return len(self._buckets)
-
-    def _tokens(self, entry: tuple[float, float], now: float) -> float:
-        tokens, stamp = entry
-        return min(self.capacity, tokens + max(0.0, now - stamp) * self.rate)
-
-    def _sweep(self, now: float) -> None:
-        """
-        Forget the buckets, oldest first, that are full again.
-        """
-        buckets = self._buckets
-        while buckets:
-            key = next(iter(buckets))
-            if self._tokens(buckets[key], now) < self.capacity:
-                # Not full yet; every bucket after it was used more recently
-                # and is swept on a later check (all within a minute).
-                break
-            del buckets[key]
-
-    def check(self, key: str) -> None:
-        """
-        Take one token from C{key}'s bucket.
-
-        @raise ApiError: 429 C{rate_limited} with C{Retry-After} (the seconds
-            until the next token) when the bucket is empty.
-        """
-        if not self.per_minute:
-            return
-        now = self._clock.seconds()
-        self._sweep(now)
-        entry = self._buckets.pop(key, None)
-        tokens = self.capacity if entry is None else self._tokens(entry, now)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self.max_buckets:
-            self._buckets.popitem(last=False)
-        if not allowed:
-            raise ApiError.retry_later("rate_limited", (1.0 - tokens) / self.rate)
 
 
 @functools.lru_cache(maxsize=4096)

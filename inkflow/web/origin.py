@@ -31,7 +31,7 @@ from collections.abc import Collection, Sequence
 
 from inkflow.errors import ApiError
 
-__all__ = ["Verdict", "check_origin", "judge_origin", "normalize_origin", "origin_allowed"]
+__all__ = ["Verdict", "check_origin", "judge_origin", "normalize_origin"]
 
 _SCHEMES = ("http", "https")
 
@@ -109,19 +109,6 @@ def judge_origin(
         if netloc in (_host_port(scheme, own), _host_port("https" if secure else "http", own)):
             return Verdict.OWN
     return Verdict.FOREIGN
-
-
-def origin_allowed(
-    origin: bytes | None,
-    fetch_site: bytes | None,
-    host: bytes | None,
-    secure: bool,
-    allowed: Collection[str],
-) -> bool:
-    """
-    Whether the rule lets the request through.
-    """
-    return judge_origin(origin, fetch_site, host, secure, allowed).allowed
 
 
 def _first(values: Sequence[bytes] | None) -> bytes | None:

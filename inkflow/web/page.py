@@ -35,13 +35,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.iweb import IRequest
 
 from inkflow.page import PageConfig
-from inkflow.web.staticfiles import StaticEntry, StaticFiles, _accepts_gzip
+from inkflow.web.staticfiles import StaticEntry, StaticFiles, not_modified, send_body
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -241,30 +241,7 @@ class PageFiles:
             request.setHeader(b"Access-Control-Allow-Origin", b"*")
         if rendered.gzipped is not None:
             request.setHeader(b"Vary", b"Accept-Encoding")
-        if _not_modified(request, rendered):
+        if not_modified(request, rendered.etag, rendered.modified):
             request.setResponseCode(304)
             return b""
-        body = rendered.body
-        if rendered.gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
-            body = rendered.gzipped
-            request.setHeader(b"Content-Encoding", b"gzip")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        if request.method == b"HEAD":
-            return b""
-        return body
-
-
-def _not_modified(request: IRequest, rendered: Rendered) -> bool:
-    inm = request.getHeader(b"If-None-Match")
-    if inm is not None:
-        text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
-        tags = {t.strip().removeprefix("W/") for t in text.split(",")}
-        return rendered.etag in tags or "*" in tags
-    ims = request.getHeader(b"If-Modified-Since")
-    if ims is None:
-        return False
-    try:
-        since = parsedate_to_datetime(ims.decode("latin-1") if isinstance(ims, bytes) else ims).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return False
-    return rendered.modified <= since
+        return send_body(request, rendered.body, rendered.gzipped)

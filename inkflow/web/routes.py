@@ -49,6 +49,8 @@ log = Logger()
 
 #: Bytes allowed for a request body on routes that take none.
 NO_BODY_LIMIT = 64 * 1024
+#: The answer headers a listed origin's script may read.
+EXPOSED_HEADERS = "X-Request-ID, X-Session-ID, Retry-After"
 
 
 class MetricsPage(Protocol):
@@ -345,26 +347,31 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
+    def _listed(self, request: IRequest, origin: bytes) -> bool:
+        """
+        Whether C{origin} is a listed origin for C{request}, by the one Origin rule.
+        """
+        return (
+            judge_origin(
+                origin,
+                request.requestHeaders.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
+                request.getHeader(b"Host"),
+                request.isSecure(),
+                self._cors,
+            )
+            is Verdict.LISTED
+        )
+
     def _cors_for(self, request: IRequest) -> dict[str, str]:
         """
         The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
         """
         origin = request.getHeader(b"Origin")
-        if not origin:
-            return {}
-        headers = request.requestHeaders
-        verdict = judge_origin(
-            origin,
-            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
-            request.getHeader(b"Host"),
-            request.isSecure(),
-            self._cors,
-        )
-        if verdict is not Verdict.LISTED:
+        if not origin or not self._listed(request, origin):
             return {}
         return {
             "Access-Control-Allow-Origin": origin.decode("latin-1"),
-            "Access-Control-Expose-Headers": "X-Request-ID, X-Session-ID, Retry-After",
+            "Access-Control-Expose-Headers": EXPOSED_HEADERS,
             "Vary": "Origin",
         }
 
@@ -376,18 +383,10 @@ class InkFlowApp:
         if not origin or not self._cors:
             return False
         request.setHeader(b"Vary", b"Origin")
-        headers = request.requestHeaders
-        verdict = judge_origin(
-            origin,
-            headers.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
-            request.getHeader(b"Host"),
-            request.isSecure(),
-            self._cors,
-        )
-        if verdict is not Verdict.LISTED:
+        if not self._listed(request, origin):
             return False
         request.setHeader(b"Access-Control-Allow-Origin", origin)
-        request.setHeader(b"Access-Control-Expose-Headers", b"X-Request-ID, X-Session-ID, Retry-After")
+        request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS.encode())
         return True
 
     @app.handle_errors(ApiError)

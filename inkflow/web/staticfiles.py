@@ -32,7 +32,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.web import server, static
 from twisted.web.iweb import IRequest
 
-__all__ = ["StaticEntry", "StaticFiles"]
+__all__ = ["StaticEntry", "StaticFiles", "not_modified", "send_body"]
 
 #: Files larger than this are not cached (they are streamed from disk).
 MAX_CACHED_SIZE = 4 * 1024 * 1024
@@ -255,20 +255,13 @@ class StaticFiles:
         if entry.gzipped is not None:
             request.setHeader(b"Vary", b"Accept-Encoding")
 
-        if self._not_modified(request, entry):
+        if not_modified(request, entry.etag, int(entry.mtime_ns // 1_000_000_000)):
             request.setResponseCode(304)
             return b""
 
         if entry.body is None:
             return self._stream(request, entry)
-        body = entry.body
-        if entry.gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
-            body = entry.gzipped
-            request.setHeader(b"Content-Encoding", b"gzip")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        if request.method == b"HEAD":
-            return b""
-        return body
+        return send_body(request, entry.body, entry.gzipped)
 
     @staticmethod
     def _stream(request: IRequest, entry: StaticEntry) -> bytes | int:
@@ -293,22 +286,41 @@ class StaticFiles:
         producer.start()
         return server.NOT_DONE_YET
 
-    @staticmethod
-    def _not_modified(request: IRequest, entry: StaticEntry) -> bool:
-        inm = request.getHeader(b"If-None-Match")
-        if inm is not None:
-            text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
-            tags = {t.strip().removeprefix("W/") for t in text.split(",")}
-            return entry.etag in tags or "*" in tags
-        ims = request.getHeader(b"If-Modified-Since")
-        if ims is not None:
-            text = ims.decode("latin-1") if isinstance(ims, bytes) else ims
-            try:
-                since = parsedate_to_datetime(text).timestamp()
-            except (TypeError, ValueError, IndexError):
-                return False
-            return int(entry.mtime_ns // 1_000_000_000) <= since
-        return False
+
+def not_modified(request: IRequest, etag: str, modified: int) -> bool:
+    """
+    Whether C{request}'s C{If-None-Match} (else C{If-Modified-Since}) says
+    it holds the version with C{etag}, last modified at C{modified} (whole
+    seconds since the epoch): a 304.
+    """
+    inm = request.getHeader(b"If-None-Match")
+    if inm is not None:
+        text = inm.decode("latin-1") if isinstance(inm, bytes) else inm
+        tags = {t.strip().removeprefix("W/") for t in text.split(",")}
+        return etag in tags or "*" in tags
+    ims = request.getHeader(b"If-Modified-Since")
+    if ims is not None:
+        text = ims.decode("latin-1") if isinstance(ims, bytes) else ims
+        try:
+            since = parsedate_to_datetime(text).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return False
+        return modified <= since
+    return False
+
+
+def send_body(request: IRequest, body: bytes, gzipped: bytes | None) -> bytes:
+    """
+    The body of a 200 from memory: gzipped when there is a gzipped copy and
+    the client accepts it, with its C{Content-Length}; nothing for C{HEAD}.
+    """
+    if gzipped is not None and _accepts_gzip(request.getHeader(b"Accept-Encoding")):
+        body = gzipped
+        request.setHeader(b"Content-Encoding", b"gzip")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    if request.method == b"HEAD":
+        return b""
+    return body
 
 
 def _accepts_gzip(header: str | bytes | None) -> bool:

@@ -44,7 +44,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.support.fake_n8n import FakeN8n, listen_fake_n8n, slow
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import REPO, ServerProcess
 
 reactor: Any = _reactor
@@ -82,12 +82,7 @@ def fake() -> Iterator[FakeN8n]:
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
     """A redis-server on a free loopback port, shared by the instances of this module's tests."""
-    binary = redis_server_path()
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh redis)")
-    server = RedisServer(binary).start()
-    yield server
-    server.close()
+    yield from running_redis()
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import deferLater
 
 from tests.support.fake_n8n import FakeN8n, listen_fake_n8n, slow
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.server import ServerProcess
 
 reactor: Any = _reactor
@@ -277,12 +277,7 @@ async def test_workers_a_killed_worker_never_takes_the_counters_back(workers: Se
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
-    binary = redis_server_path()
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh redis)")
-    server = RedisServer(binary).start()
-    yield server
-    server.close()
+    yield from running_redis()
 
 
 @pytest.fixture(scope="module")

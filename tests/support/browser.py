@@ -164,6 +164,14 @@ class ReceivedRequest:
         return value if isinstance(value, str) else None
 
 
+def received_request(handler: BaseHTTPRequestHandler) -> ReceivedRequest:
+    """
+    The request C{handler} is serving, its body read and parsed.
+    """
+    fields, files = _parse(handler.headers.get("Content-Type", ""), _read_body(handler))
+    return ReceivedRequest(handler.path, {k.lower(): v for k, v in handler.headers.items()}, fields, files)
+
+
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         parts: list[bytes] = []
@@ -224,9 +232,8 @@ class FakeN8n(LoopbackHTTPServer):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = _read_body(self)
-                fields, files = _parse(self.headers.get("Content-Type", ""), body)
-                received = ReceivedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, fields, files)
+                received = received_request(self)
+                fields, files = received.fields, received.files
                 fake._record(received)
                 text = received.chat_input or ""
                 if text.startswith("hold"):
@@ -237,11 +244,7 @@ class FakeN8n(LoopbackHTTPServer):
                 else:
                     reply = {"output": f"n8n: {text} ({len(files)} files)", "sessionId": fields.get("sessionId")}
                 data = json.dumps(reply, ensure_ascii=False).encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_whole(data, "application/json; charset=utf-8")
 
         super().__init__(Handler)
 

@@ -11,7 +11,7 @@ import json
 import threading
 from typing import Any
 
-from tests.support.browser import ReceivedRequest, _parse, _read_body
+from tests.support.browser import ReceivedRequest, received_request
 from tests.support.loopback_http import LoopbackHTTPServer, QuietHandler
 
 __all__ = ["MARKDOWN_ANSWER", "HostSite", "StreamingN8n", "host_csp"]
@@ -45,13 +45,8 @@ class HostSite(LoopbackHTTPServer):
 
         class Handler(QuietHandler):
             def do_GET(self) -> None:
-                body = site.page().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Security-Policy", host_csp(site.inkflow))
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                csp = {"Content-Security-Policy": host_csp(site.inkflow)}
+                self.send_whole(site.page().encode(), "text/html; charset=utf-8", csp)
 
         super().__init__(Handler)
 
@@ -89,9 +84,7 @@ class StreamingN8n(LoopbackHTTPServer):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = _read_body(self)
-                fields, files = _parse(self.headers.get("Content-Type", ""), body)
-                received = ReceivedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, fields, files)
+                received = received_request(self)
                 with fake._lock:
                     fake.requests.append(received)
                 text = received.chat_input or ""
@@ -99,13 +92,10 @@ class StreamingN8n(LoopbackHTTPServer):
                     data = fake.stream_lines(MARKDOWN_ANSWER)
                     kind = "application/json; charset=utf-8"  # what n8n's streaming webhook says
                 else:
-                    data = json.dumps({"output": f"n8n: {text} ({len(files)} files)"}, ensure_ascii=False).encode()
+                    answer = {"output": f"n8n: {text} ({len(received.files)} files)"}
+                    data = json.dumps(answer, ensure_ascii=False).encode()
                     kind = "application/json; charset=utf-8"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_whole(data, kind)
 
         super().__init__(Handler)
 

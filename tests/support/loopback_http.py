@@ -21,6 +21,19 @@ class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def send_whole(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        """
+        Answer 200 with C{body}: its C{Content-Type}, any other C{headers},
+        its C{Content-Length}.
+        """
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
 
 class LoopbackHTTPServer:
     """

@@ -17,9 +17,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RedisServer", "redis_server_path"]
+import pytest
+
+__all__ = ["RedisServer", "redis_server_path", "running_redis"]
 
 REPO = Path(__file__).resolve().parents[2]
 _tried_install = False
@@ -137,3 +140,16 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def running_redis() -> Iterator[RedisServer]:
+    """
+    The body of a C{redis} fixture: a redis-server on a free loopback port
+    while the fixture lasts; the test skips when none can be had.
+    """
+    binary = redis_server_path()
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh redis)")
+    server = RedisServer(binary).start()
+    yield server
+    server.close()

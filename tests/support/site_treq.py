@@ -17,7 +17,7 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock
@@ -26,6 +26,8 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from twisted.web.server import Site
 from zope.interface import implementer
+
+from inkflow.n8n.multipart import BytesProducer
 
 __all__ = ["SiteAgent", "SiteTreq"]
 
@@ -84,28 +86,11 @@ class SiteAgent:
                 self._pumps.add(pump)
 
 
-@implementer(IBodyProducer)
-class _WholeBody:
+def _whole_body(data: bytes | str) -> BytesProducer:
     """
     A request body written at once (no cooperator, no reactor).
     """
-
-    def __init__(self, body: bytes | str) -> None:
-        self.body = body.encode("utf-8") if isinstance(body, str) else body
-        self.length = len(self.body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def stopProducing(self) -> None:
-        pass
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
+    return BytesProducer(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 class SiteTreq:
@@ -116,7 +101,7 @@ class SiteTreq:
 
     def __init__(self, site: Site, peer: IPv4Address | None = None) -> None:
         self.agent = SiteAgent(site, peer)
-        client = HTTPClient(agent=self.agent, data_to_body_producer=_WholeBody)
+        client = HTTPClient(agent=self.agent, data_to_body_producer=_whole_body)
         for name in treq.__all__:
             setattr(self, name, getattr(client, name, None) or getattr(treq, name))
         self.flush = self.agent.flush

@@ -91,11 +91,7 @@ class OwnerSite(LoopbackHTTPServer):
                     kind = "text/css" if path.suffix == ".css" else "text/javascript"
                 else:
                     body, kind = site.page, "text/html; charset=utf-8"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_whole(body, kind)
 
         super().__init__(Handler)
 

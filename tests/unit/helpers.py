@@ -11,6 +11,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
+
+from inkflow.chat import ChatBody
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,3 +45,28 @@ def pinned(reason: str) -> Callable[[F], F]:
         return test
 
     return mark
+
+
+class FakeRequest:
+    """
+    The part of a chat request the idempotency wrapper touches: the
+    C{Idempotency-Key} header, the parsed body, the response code and headers.
+    """
+
+    def __init__(self, key: bytes | None, fields: dict[str, Any] | None = None) -> None:
+        self.requestHeaders = Headers()
+        if key is not None:
+            self.requestHeaders.setRawHeaders(b"Idempotency-Key", [key])
+        self.responseHeaders = Headers()
+        self.chat_body: ChatBody | None = ChatBody(fields or {"chatInput": "hi", "sessionId": "s"})
+        self.code = 200
+
+    def getHeader(self, key: bytes) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(key)
+        return values[0] if values else None
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code

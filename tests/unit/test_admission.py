@@ -1,5 +1,5 @@
 """
-Tests for L{inkflow.web.admission}: the chat queue, the rate limiter and the
+Tests for L{inkflow.web.admission}: the chat queue, the rate-limit key and the
 client address.  Reactor-free: time is a L{Clock}.
 """
 
@@ -17,7 +17,6 @@ from inkflow.web.admission import (
     DRAINING_RETRY_AFTER,
     WAIT_WINDOW,
     ChatQueue,
-    RateLimiter,
     Slot,
     client_ip,
 )
@@ -390,139 +389,6 @@ class ChatQueueTests(TestCase):
         self.assertRaises(ValueError, ChatQueue, 0, 1, 1.0, self.clock)
         self.assertRaises(ValueError, ChatQueue, 1, -1, 1.0, self.clock)
         self.assertRaises(ValueError, ChatQueue, 1, 1, -1.0, self.clock)
-
-
-class RateLimiterTests(TestCase):
-    """
-    L{RateLimiter}: a token bucket per client address.
-    """
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-
-    def assertLimited(self, limiter: RateLimiter, key: str) -> ApiError:
-        error = self.assertRaises(ApiError, limiter.check, key)
-        self.assertEqual((error.status, error.code), (429, "rate_limited"))
-        return error
-
-    def test_burst_is_per_minute(self) -> None:
-        """
-        A fresh client may send per_minute requests at once; the next is 429.
-        """
-        limiter = RateLimiter(30, self.clock)
-        for _ in range(30):
-            limiter.check("198.51.100.1")
-        self.assertLimited(limiter, "198.51.100.1")
-
-    def test_retry_after_is_time_to_next_token(self) -> None:
-        """
-        Retry-After is the whole seconds until the next token: 2 s at 30 per
-        minute, rounded up.
-        """
-        limiter = RateLimiter(30, self.clock)
-        for _ in range(30):
-            limiter.check("a")
-        self.assertEqual(self.assertLimited(limiter, "a").headers["Retry-After"], "2")
-        self.clock.advance(0.5)
-        # 0.25 tokens now: 1.5 s to go, rounded up
-        self.assertEqual(self.assertLimited(limiter, "a").headers["Retry-After"], "2")
-        self.clock.advance(1.0)
-        self.assertEqual(self.assertLimited(limiter, "a").headers["Retry-After"], "1")
-        slow = RateLimiter(1, self.clock)
-        slow.check("b")
-        self.assertEqual(self.assertLimited(slow, "b").headers["Retry-After"], "60")
-
-    def test_refill(self) -> None:
-        """
-        Tokens come back at per_minute / 60 per second, up to per_minute.
-        """
-        limiter = RateLimiter(60, self.clock)
-        for _ in range(60):
-            limiter.check("a")
-        self.assertLimited(limiter, "a")
-        self.clock.advance(1.0)
-        limiter.check("a")
-        self.assertLimited(limiter, "a")
-        self.clock.advance(3600)
-        for _ in range(60):
-            limiter.check("a")
-        self.assertLimited(limiter, "a")
-
-    def test_keys_are_independent(self) -> None:
-        """
-        One client's empty bucket does not limit another.
-        """
-        limiter = RateLimiter(2, self.clock)
-        limiter.check("a")
-        limiter.check("a")
-        self.assertLimited(limiter, "a")
-        limiter.check("b")  # raises if "b" shared "a"'s bucket
-
-    def test_zero_is_off(self) -> None:
-        """
-        per_minute 0 turns limiting off and keeps no buckets.
-        """
-        limiter = RateLimiter(0, self.clock)
-        self.assertFalse(limiter.enabled)
-        for _ in range(1000):
-            limiter.check("a")
-        self.assertEqual(len(limiter), 0)
-
-    def test_full_buckets_are_forgotten(self) -> None:
-        """
-        Buckets that have refilled are dropped, so memory is bounded by the
-        clients of the last minute, not all clients ever seen.
-        """
-        limiter = RateLimiter(30, self.clock)
-        for i in range(500):
-            limiter.check(f"10.0.{i // 256}.{i % 256}")
-        self.assertEqual(len(limiter), 500)
-        self.clock.advance(1.0)
-        for _ in range(5):
-            limiter.check("192.0.2.1")
-        self.assertEqual(len(limiter), 501)
-        self.clock.advance(2.0)  # one token back in 2 s at 30/min: the 500 are full, 192.0.2.1 is not
-        limiter.check("192.0.2.2")
-        self.assertEqual(len(limiter), 2)
-        self.clock.advance(120)
-        limiter.check("192.0.2.3")
-        self.assertEqual(len(limiter), 1)
-
-    def test_forgotten_bucket_is_full(self) -> None:
-        """
-        Forgetting a full bucket changes nothing for its client.
-        """
-        limiter = RateLimiter(3, self.clock)
-        for _ in range(3):
-            limiter.check("a")
-        self.clock.advance(60)
-        limiter.check("b")  # sweeps "a"
-        self.assertEqual(len(limiter), 1)
-        for _ in range(3):
-            limiter.check("a")
-        self.assertLimited(limiter, "a")
-
-    def test_hard_cap_evicts_oldest(self) -> None:
-        """
-        Never more than max_buckets buckets: the least recently used goes.
-        """
-        limiter = RateLimiter(1, self.clock, max_buckets=3)
-        for key in ("a", "b", "c"):
-            limiter.check(key)
-        self.assertLimited(limiter, "a")  # "a" is now the most recent
-        limiter.check("d")  # evicts "b"
-        self.assertEqual(len(limiter), 3)
-        limiter.check("b")  # fresh bucket; evicts "c"
-        self.assertLimited(limiter, "a")
-        self.assertEqual(len(limiter), 3)
-
-    def test_invalid_arguments(self) -> None:
-        """
-        Negative rates and empty caps are refused.
-        """
-        self.assertRaises(ValueError, RateLimiter, -1, self.clock)
-        self.assertRaises(ValueError, RateLimiter, 1, self.clock, 0)
 
 
 class ClientIpTests(TestCase):

@@ -29,16 +29,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Shared and pure: errors, chat, paths, snapshot, supervisor import no room; the health
     # reporter (health.py) reads the settings it reports (mode, limits, upstream origins).
     "inkflow": frozenset({"settings"}),
-    # The --retry-on vocabulary is the retry policy's (n8n/retry.py imports nothing of InkFlow),
-    # and the --redis URL's parser and redaction are the shared state's (state/address.py).
+    # The --retry-on vocabulary is the retry policy's (n8n/retry.py imports nothing of InkFlow).
     # The [page] table is parsed by inkflow/page.py (pure, imports nothing of InkFlow).
-    "settings": frozenset({"n8n:inkflow.n8n.retry", "state:inkflow.state.address", "inkflow:inkflow.page"}),
+    "settings": frozenset({"n8n:inkflow.n8n.retry", "inkflow:inkflow.page"}),
     # The one place private Twisted parts are kept is web/twisted_hooks.py (its client section).
     "n8n": frozenset({"inkflow", "settings", "web:inkflow.web.twisted_hooks"}),
     # The edge answers with what n8n says (stream lines, execution ids, the demo).
     "web": frozenset({"inkflow", "settings", "n8n"}),
     # What must agree across processes: idempotency, rate limit, execution map (memory, AMP, Redis).
-    "state": frozenset({"inkflow", "n8n", "web"}),
+    # The --redis URL is parsed where the settings check it (settings/urls.py, pure).
+    "state": frozenset({"inkflow", "n8n", "web", "settings:inkflow.settings.urls"}),
     # The composition root builds everything.
     "server": frozenset({"inkflow", "settings", "web", "n8n", "state"}),
     # Operator tools speak HTTP to the server: they never import it.

@@ -24,6 +24,7 @@ from inkflow.settings import (
     redact_url,
 )
 from inkflow.settings.parsers import int_in
+from inkflow.settings.urls import RedisAddress, parse_redis_url
 from tests.unit.helpers import temp_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,3 +247,37 @@ class EdgeOptionsTests(TestCase):
         """--trusted-proxy takes unix next to addresses and CIDRs."""
         s = load_settings(flags={"trusted-proxy": ["unix", "10.0.0.0/8"]})
         self.assertEqual(s.trusted_proxy, ("unix", "10.0.0.0/8"))
+
+
+class RedisUrlTests(TestCase):
+    """
+    C{--redis} and C{--redis-prefix}: L{parse_redis_url} and the options built on it.
+    """
+
+    def test_forms(self) -> None:
+        """redis://, rediss:// (TLS), unix:// with a db, credentials unquoted."""
+        self.assertEqual(parse_redis_url("redis://r.example:6380/2"), RedisAddress("redis", "r.example", 6380, db=2))
+        tls = parse_redis_url("rediss://user:p%40ss@r.example/0")
+        self.assertEqual((tls.tls, tls.username, tls.password, tls.port), (True, "user", "p@ss", 6379))
+        self.assertEqual(
+            parse_redis_url("unix:///run/redis.sock?db=3"), RedisAddress("unix", path="/run/redis.sock", db=3)
+        )
+
+    def test_bad_urls_are_refused(self) -> None:
+        """http://, no host, a relative socket path, a db that is not a number."""
+        for bad in ("http://r:1/0", "redis:///0", "unix://relative.sock", "redis://r/x", "redis://r:99999/0"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_redis_url(bad)
+
+    def test_settings_check_and_redact(self) -> None:
+        """--redis is checked at start-up and its password never shown; --redis-prefix has a default."""
+        settings = Settings.defaults(upload_dir=temp_path(self), redis="redis://:secret@127.0.0.1:6379/1")
+        self.assertEqual(settings.redis_prefix, "inkflow:")
+        shown = describe(settings)
+        self.assertNotIn("secret", str(shown))
+        self.assertEqual(shown["redis"], "redis://:***@127.0.0.1:6379/1")
+        with self.assertRaises(ConfigError) as caught:
+            load_settings(flags={"redis": "http://x"}, environ={})
+        self.assertIn("--redis", str(caught.exception))
+        with self.assertRaises(ConfigError):
+            load_settings(flags={"redis-prefix": "has space"}, environ={})

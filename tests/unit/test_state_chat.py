@@ -18,7 +18,7 @@ from inkflow.state.base import StateConfig
 from inkflow.state.chat import SharedIdempotentChat, check_rate, note_execution, owner_of
 from inkflow.state.memory import MemoryState
 from inkflow.web.idempotency import parse_key
-from tests.unit.test_idempotency import FakeRequest
+from tests.unit.helpers import FakeRequest
 
 
 class Request(FakeRequest):
@@ -40,12 +40,16 @@ class SharedChatTests(TestCase):
         body = await d
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"X-Session-ID", b"s")
         return body
 
     def send(self, request: Request) -> Deferred[bytes | None]:
-        # As the route does: the key parsed once, the body handed over.
-        key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
-        return ensureDeferred(self.chat.run(request, key, request.chat_body, lambda: self.handler(request)))
+        async def run() -> bytes | None:
+            # As the route does: the key parsed once, the body handed over.
+            key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
+            return await self.chat.run(request, key, request.chat_body, lambda: self.handler(request))
+
+        return ensureDeferred(run())
 
     def test_one_run_for_one_owner_and_key(self) -> None:
         """Two at once and one after, same owner: one run, three answers, the others marked replayed."""
@@ -57,6 +61,49 @@ class SharedChatTests(TestCase):
         self.assertEqual([self.successResultOf(d) for d in (d1, d2, d3)], [b'{"output":"once"}'] * 3)
         self.assertEqual(third.responseHeaders.getRawHeaders(b"Idempotent-Replayed"), [b"true"])
         self.assertEqual(len(self.runs), 1)
+
+    def test_a_replay_carries_the_leaders_status_and_headers(self) -> None:
+        """The waiter and the later request get the leader's status and X-Session-ID, marked replayed; the leader is not."""
+        first, second = Request(b"key-1"), Request(b"key-1")
+        self.send(first), self.send(second)
+        self.runs[0].callback(b'{"output":"once"}')
+        third = Request(b"key-1")
+        self.send(third)
+        for r in (second, third):
+            self.assertEqual(r.code, 200)
+            self.assertEqual(r.responseHeaders.getRawHeaders(b"X-Session-ID"), [b"s"])
+            self.assertEqual(r.responseHeaders.getRawHeaders(b"Idempotent-Replayed"), [b"true"])
+        self.assertIsNone(first.responseHeaders.getRawHeaders(b"Idempotent-Replayed"))
+
+    def test_no_key_runs_every_time(self) -> None:
+        """Without a key each request runs the route."""
+        self.send(Request(None))
+        self.send(Request(None))
+        self.assertEqual(len(self.runs), 2)
+
+    def test_leader_error_shared(self) -> None:
+        """The waiter gets the leader's error; a later request runs again."""
+        d1, d2 = self.send(Request(b"k")), self.send(Request(b"k"))
+        self.runs[0].errback(ApiError("upstream_timeout"))
+        for d in (d1, d2):
+            self.assertEqual(self.failureResultOf(d, ApiError).value.code, "upstream_timeout")
+        self.send(Request(b"k"))
+        self.assertEqual(len(self.runs), 2)
+
+    def test_cancelled_leader_hands_over(self) -> None:
+        """A leader whose client left: the waiter runs the route itself."""
+        d1, d2 = self.send(Request(b"k")), self.send(Request(b"k"))
+        d1.cancel()
+        self.failureResultOf(d1)
+        self.assertEqual(len(self.runs), 2)
+        self.runs[1].callback(b"{}")
+        self.assertEqual(self.successResultOf(d2), b"{}")
+
+    def test_invalid_key(self) -> None:
+        """A bad key is a 400 and the route never runs."""
+        d = self.send(Request(b"bad key"))
+        self.assertEqual(self.failureResultOf(d, ApiError).value.code, "invalid_idempotency_key")
+        self.assertEqual(self.runs, [])
 
     def test_another_client_with_the_key_gets_its_own_answer(self) -> None:
         """Another client (no session, another address) reusing the key runs its own request."""

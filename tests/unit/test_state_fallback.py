@@ -1,7 +1,6 @@
 """
 L{inkflow.state.fallback.FallbackState} (the shared store, and the process's
-own when it cannot answer), L{inkflow.state.address} (C{--redis}),
-L{inkflow.state.build}, and Redis going away and coming back (a real
+own when it cannot answer), L{inkflow.state.build}, and Redis going away and coming back (a real
 C{redis-server}, stopped and started again on its port).
 """
 
@@ -19,13 +18,12 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 
 from inkflow.errors import ApiError
-from inkflow.settings import ConfigError, Settings, describe
-from inkflow.state.address import RedisAddress, parse_redis_url
+from inkflow.settings import Settings
 from inkflow.state.base import LEAD, Answer, Claim, StateConfig, StateUnavailable, Wake
 from inkflow.state.build import build_state
 from inkflow.state.fallback import FallbackState, StateCollector
 from inkflow.state.memory import MemoryState
-from inkflow.state.redis import RedisState, connect
+from inkflow.state.redis import RedisState, connect, parse_redis_url
 from inkflow.state.workers import SOCKET_ENV, ParentStateService
 from tests.support.redis_server import RedisServer, redis_server_path
 from tests.unit.helpers import temp_path
@@ -243,38 +241,6 @@ class FallbackTests(TestCase):
         self.assertEqual(result_of(self.state.idem_claim("o", "k", "other")).kind, "mismatch")
         in_progress = ApiError("in_progress")
         self.assertEqual(in_progress.status, 409)
-
-
-class AddressTests(TestCase):
-    def test_forms(self) -> None:
-        """redis://, rediss:// (TLS), unix:// with a db, credentials unquoted."""
-        self.assertEqual(parse_redis_url("redis://r.example:6380/2"), RedisAddress("redis", "r.example", 6380, db=2))
-        tls = parse_redis_url("rediss://user:p%40ss@r.example/0")
-        self.assertEqual((tls.tls, tls.username, tls.password, tls.port), (True, "user", "p@ss", 6379))
-        self.assertEqual(
-            parse_redis_url("unix:///run/redis.sock?db=3"), RedisAddress("unix", path="/run/redis.sock", db=3)
-        )
-
-    def test_bad_urls_are_refused(self) -> None:
-        """http://, no host, a relative socket path, a db that is not a number."""
-        for bad in ("http://r:1/0", "redis:///0", "unix://relative.sock", "redis://r/x", "redis://r:99999/0"):
-            with self.assertRaises(ValueError, msg=bad):
-                parse_redis_url(bad)
-
-    def test_settings_check_and_redact(self) -> None:
-        """--redis is checked at start-up and its password never shown; --redis-prefix has a default."""
-        settings = Settings.defaults(upload_dir=temp_path(self), redis="redis://:secret@127.0.0.1:6379/1")
-        self.assertEqual(settings.redis_prefix, "inkflow:")
-        shown = describe(settings)
-        self.assertNotIn("secret", str(shown))
-        self.assertEqual(shown["redis"], "redis://:***@127.0.0.1:6379/1")
-        from inkflow.settings import load_settings
-
-        with self.assertRaises(ConfigError) as caught:
-            load_settings(flags={"redis": "http://x"}, environ={})
-        self.assertIn("--redis", str(caught.exception))
-        with self.assertRaises(ConfigError):
-            load_settings(flags={"redis-prefix": "has space"}, environ={})
 
 
 class BuildTests(TestCase):

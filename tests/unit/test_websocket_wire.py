@@ -107,7 +107,10 @@ class LifeCycleTests(TestCase):
     An accepted socket, through the resource, to its end.
     """
 
-    def accepted(self) -> tuple[Harness, Wire, StringTransport]:
+    def accepted(self) -> tuple[Harness, Wire, StringTransport, int]:
+        """
+        A socket accepted (its upgrade's status: 0, no HTTP answer) with n8n's side connected to C{StringTransport}.
+        """
         h = Harness()
         upstream_transport = StringTransport()
         upstream = Wire(Connection(ConnectionType.CLIENT), Recorder())
@@ -118,15 +121,15 @@ class LifeCycleTests(TestCase):
             return succeed(upstream)
 
         h.resource.connect = connect
-        h.request(upgrade_head())
-        return h, upstream, upstream_transport
+        status, _ = h.request(upgrade_head())
+        return h, upstream, upstream_transport, status
 
     def test_browser_not_reading_stops_both_sides_being_read(self) -> None:
         """
         The browser's send buffer full (the transport pauses the channel, as
         when pongs back up): neither the browser nor n8n is read until it drains.
         """
-        h, _, upstream_transport = self.accepted()
+        h, _, upstream_transport, _ = self.accepted()
         channel = h.last_channel
         channel.pauseProducing()  # what the transport does when its buffer is full
         self.assertEqual((h.last_transport.producerState, upstream_transport.producerState), ("paused", "paused"))
@@ -139,17 +142,7 @@ class LifeCycleTests(TestCase):
     def test_closed_socket_leaves_no_unhandled_deferred(self) -> None:
         """The browser and n8n sockets opened and closed, then gc: no "Unhandled error in Deferred"."""
         events = captured_log(self)
-        h = Harness()
-        upstream_transport = StringTransport()
-        upstream = Wire(Connection(ConnectionType.CLIENT), Recorder())
-
-        def connect(reactor: Any, url: str, handler: Any) -> Any:
-            upstream.handler = handler
-            upstream.makeConnection(upstream_transport)
-            return succeed(upstream)
-
-        h.resource.connect = connect
-        status, _ = h.request(upgrade_head())
+        h, upstream, upstream_transport, status = self.accepted()
         self.assertEqual(status, 0)  # no HTTP answer: the upgrade
         channel = h.last_channel
         self.assertIn(b"101 Switching Protocols", h.last_transport.value())
