@@ -187,8 +187,10 @@ class StreamRelay:
         on_end: EndObserver | None = None,
         request_id: str | None = None,
         sweep: Sweep | None = None,
+        log_complete: bool = True,
     ) -> None:
         self.request = request
+        self.log_complete = log_complete
         self.body = body
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -246,15 +248,17 @@ class StreamRelay:
         seconds = self.clock.seconds() - self._started
         if self.registry is not None:
             self.registry.ended(self, cause)
-        # A complete stream has its access log line; the others say why here.
-        log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
-        log_method(
-            "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
-            request_id=self.request_id,
-            cause=cause,
-            seconds=round(seconds, 3),
-            bytes=self.sent,
-        )
+        # A complete stream has its access log line; the others say why here
+        # (a complete one's debug line is not even built below debug).
+        if cause != COMPLETE or self.log_complete:
+            log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
+            log_method(
+                "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
+                request_id=self.request_id,
+                cause=cause,
+                seconds=round(seconds, 3),
+                bytes=self.sent,
+            )
         if self.on_end is not None:
             try:
                 self.on_end(cause, self.sent, seconds)
@@ -338,6 +342,8 @@ class StreamAnswers:
         to its first byte (time to first byte).
     @param observe_end: called with (cause, bytes, seconds) when a relayed
         stream ends.
+    @param log_complete: log a complete stream's end (a debug line; the
+        composition root passes whether the log level is debug).
     """
 
     def __init__(
@@ -350,8 +356,10 @@ class StreamAnswers:
         registry: StreamRegistry | None = None,
         observe_start: Callable[[float], None] | None = None,
         observe_end: Callable[[str, int, float], None] | None = None,
+        log_complete: bool = True,
     ) -> None:
         self.clock = clock
+        self.log_complete = log_complete
         self.idle_timeout = idle_timeout
         self.stream_timeout = stream_timeout
         self.max_bytes = max_bytes
@@ -385,6 +393,7 @@ class StreamAnswers:
             on_end=self._observe_end,
             request_id=state.request_id,
             sweep=self.sweep,
+            log_complete=self.log_complete,
         )
         try:
             cause = await relay.start()
