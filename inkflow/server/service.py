@@ -322,6 +322,7 @@ def makeService(
         registry=stream_registry,
         observe_start=metrics.observe_stream_start,
         observe_end=metrics.observe_stream_end,
+        log_complete=settings.log_level == "debug",
     )
     chat_sockets = ChatSockets()
     # The state the processes share (one process: memory; --workers: the

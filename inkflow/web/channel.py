@@ -54,6 +54,9 @@ MIN_BODY_RATE = 64 * 1024
 #: Retry-After (seconds) of a connection over C{--max-connections-per-ip}.
 ADDRESS_RETRY_AFTER = 5
 
+#: How early (float rounding) a swept deadline still counts as reached.
+_SLACK = 1e-6
+
 #: A byte no request target may hold: anything but visible ASCII.
 _NOT_VISIBLE = re.compile(rb"[^\x21-\x7e]")
 #: An absolute-form target: scheme, authority, and the rest (path and query).
@@ -138,8 +141,11 @@ class InkFlowChannel(http.HTTPChannel):
     def __init__(self) -> None:
         super().__init__()
         self.state = "head"
-        self._deadline: IDelayedCall | None = None
-        self._progress: IDelayedCall | None = None
+        # The head/body/idle deadline and the body's progress deadline, as
+        # clock times, checked by the site's sweep (one reactor timer for
+        # every connection's deadlines, L{inkflow.web.sweep}).
+        self._deadline: float | None = None
+        self._progress: float | None = None
         self._write_timer: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None
         self._holding = False
@@ -179,9 +185,10 @@ class InkFlowChannel(http.HTTPChannel):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._deadline, self._progress, self._write_timer, self._abort_call):
+        self._disarm()
+        for call in (self._write_timer, self._abort_call):
             self._cancel(call)
-        self._deadline = self._progress = self._write_timer = self._abort_call = None
+        self._write_timer = self._abort_call = None
         try:
             super().connectionLost(reason)
         finally:
@@ -342,19 +349,15 @@ class InkFlowChannel(http.HTTPChannel):
     def _arm_progress(self) -> None:
         if self.clock is None:
             return
-        if self._progress is not None and self._progress.active():
-            self._progress.reset(self.site.settings.body_timeout)
-        else:
-            self._progress = self.clock.callLater(self.site.settings.body_timeout, self._expired)
+        self._progress = due = self.clock.seconds() + self.site.settings.body_timeout
+        self.site.sweep.schedule(self, due)
 
     def allContentReceived(self) -> None:
         if self._dropping:
             return  # refused from its head: never processed
         if not self.refused:
             self.state = "busy"
-            self._cancel(self._deadline)
-            self._cancel(self._progress)
-            self._deadline = self._progress = None
+            self._disarm()
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:
@@ -408,15 +411,32 @@ class InkFlowChannel(http.HTTPChannel):
     def _arm(self, seconds: float) -> None:
         if self.clock is None:
             return
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.reset(seconds)
+        self._deadline = due = self.clock.seconds() + seconds
+        self.site.sweep.schedule(self, due)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None or self._progress is not None:
+            self._deadline = self._progress = None
+            self.site.sweep.cancel(self)
+
+    def swept(self) -> None:
+        """
+        The sweep reached this connection's slot: a deadline passed, or the
+        next one is scheduled (a deadline moved later meanwhile).
+        """
+        if self.clock is None:
+            return
+        dues = [due for due in (self._deadline, self._progress) if due is not None]
+        if not dues:
+            return
+        due = min(dues)
+        if self.clock.seconds() + _SLACK >= due:
+            self._expired()
         else:
-            self._deadline = self.clock.callLater(seconds, self._expired)
+            self.site.sweep.schedule(self, due)
 
     def _expired(self) -> None:
-        self._cancel(self._deadline)
-        self._cancel(self._progress)
-        self._deadline = self._progress = None
+        self._disarm()
         if self.state == "idle":
             log.debug("Closing idle keep-alive connection")
             self.loseConnection()
@@ -482,9 +502,7 @@ class InkFlowChannel(http.HTTPChannel):
         self._dropping = drop_input
         self.state = "refused"
         self.persistent = False
-        self._cancel(self._deadline)
-        self._cancel(self._progress)
-        self._deadline = self._progress = None
+        self._disarm()
         self.transport.write(response)
         if self.clock is not None:
             self._abort_call = self.clock.callLater(linger, self._linger_over)

@@ -96,24 +96,36 @@ class ServerView(Protocol):
 
 class _StaticFirst(Resource):
     """
-    Answers GET and HEAD for files of the static folder without Klein's
-    routing; hands everything else (the API, unknown paths, other methods)
-    to Klein.
+    Answers GET and HEAD for files of the static folder, and C{POST
+    /api/chat} (the hot route: L{InkFlowApp.direct_chat}), without Klein's
+    routing; hands everything else (the rest of the API, unknown paths,
+    other methods) to Klein.
     """
 
     isLeaf = True
 
-    def __init__(self, static: PageFiles, routes: IResource, websocket: IResource | None = None) -> None:
+    def __init__(
+        self,
+        static: PageFiles,
+        routes: IResource,
+        websocket: IResource | None = None,
+        chat: Callable[[IRequest], int] | None = None,
+    ) -> None:
         super().__init__()
         self.static = static
         self.routes = routes
         self.websocket = websocket
+        self.chat = chat
 
     def render(self, request: IRequest) -> bytes | int:
         if self.websocket is not None and (request.path == b"/chat" or is_websocket_upgrade(request)):
             # The WebSocket relay, outside Klein (an upgrade is not a route).
             return cast(bytes, self.websocket.render(request))
-        if request.method in (b"GET", b"HEAD"):
+        method = request.method
+        if method == b"POST":
+            if self.chat is not None and request.path == b"/api/chat":
+                return self.chat(request)
+        elif method in (b"GET", b"HEAD"):
             path = request.path
             if not _is_api(path) and path != b"/metrics":
                 body = self.static.render(request, path)
@@ -244,7 +256,7 @@ class InkFlowApp:
         The site's root: static GET/HEAD answered straight from the in-memory
         file cache (the page is the hot path), everything else through Klein.
         """
-        return _StaticFirst(self.static, self.app.resource(), self.chat_socket)
+        return _StaticFirst(self.static, self.app.resource(), self.chat_socket, self.direct_chat)
 
     def admin_resource(self) -> IResource:
         """
@@ -493,6 +505,53 @@ class InkFlowApp:
         # queue, an attempt in flight is cancelled.
         cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
+
+    def direct_chat(self, request: IRequest) -> int:
+        """
+        C{POST /api/chat} as Klein would answer it, without its router (a
+        werkzeug map bound per request, a component lookup): the route's
+        answer written and the request finished, a failure through the
+        same error handlers (L{api_error}, else L{unexpected}), nothing
+        written once the request is finished (the client left).
+        """
+        finished = False
+
+        def gone(_: object) -> None:
+            nonlocal finished
+            finished = True
+
+        notify = cast(Any, request).notifyFinish
+        notify().addBoth(gone)
+        # Klein's bookkeeping: the matched segments move to prepath.
+        request.prepath.extend(request.postpath[:2])
+        request.postpath = request.postpath[2:]
+        d = defer.maybeDeferred(self.chat, request)
+        notify().addErrback(lambda _: d.cancel())
+
+        def failed(failure: Failure) -> bytes | None:
+            if finished:
+                if not failure.check(defer.CancelledError):
+                    log.failure("Unhandled error processing a finished request", failure=failure)
+                return None
+            try:
+                if failure.check(ApiError):
+                    return self.api_error(request, failure)
+                return self.unexpected(request, failure)
+            except Exception:
+                cast(Any, request).processingFailed(Failure())
+                return None
+
+        def write(body: bytes | None) -> None:
+            if finished:
+                return
+            if isinstance(body, bytes):
+                request.write(body)
+            request.finish()
+
+        d.addErrback(failed).addCallback(write).addErrback(
+            lambda failure: log.failure("Unhandled error writing a response", failure=failure)
+        )
+        return server.NOT_DONE_YET
 
     async def _chat(self, request: IRequest) -> bytes | None:
         # (--static-only never gets here: sink_for refuses the request from

@@ -16,11 +16,15 @@ from twisted.web.resource import IResource
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.connections import Connections
 from inkflow.web.request import HeadCheck, InkFlowRequest, SinkChooser
+from inkflow.web.sweep import Sweep
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
 
-__all__ = ["InkFlowChannel", "InkFlowRequest", "InkFlowSite"]
+__all__ = ["CHANNEL_RESOLUTION", "InkFlowChannel", "InkFlowRequest", "InkFlowSite"]
+
+#: Seconds: the connections' deadlines are met within this (never early).
+CHANNEL_RESOLUTION = 0.1
 
 
 class InkFlowSite(server.Site):
@@ -53,6 +57,8 @@ class InkFlowSite(server.Site):
         self.admit_head = admit_head
         self.on_request = on_request
         self.connections = connections if connections is not None else Connections()
+        #: The connections' head, body and idle deadlines (L{InkFlowChannel}).
+        self.sweep = Sweep(clock, CHANNEL_RESOLUTION)
 
     def log(self, request: http.Request) -> None:
         if self.on_request is not None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -43,6 +43,7 @@ from inkflow.n8n.stream import (
 )
 from inkflow.snapshot import StreamsSnapshot
 from inkflow.web.state import request_state
+from inkflow.web.sweep import Sweep, resolution_for
 
 __all__ = [
     "KEEPALIVE_AFTER",
@@ -158,8 +159,9 @@ class StreamRelay:
 
     It is the request's streaming producer: when the client reads slowly the
     channel pauses it, and it pauses n8n's side (memory stays at one
-    unfinished line plus the transports' buffers).  One timer per stream
-    checks the deadlines: C{stream_timeout} from the commit, C{idle_timeout}
+    unfinished line plus the transports' buffers).  One entry in a
+    L{Sweep} (shared by the streams of one L{StreamAnswers}; at most a tenth
+    of the shortest deadline late, at most 1 s) checks the deadlines: C{stream_timeout} from the commit, C{idle_timeout}
     without a byte from n8n (not counted while the client holds it paused),
     and a keepalive line after C{keepalive} seconds without a line.
 
@@ -184,8 +186,11 @@ class StreamRelay:
         registry: StreamRegistry | None = None,
         on_end: EndObserver | None = None,
         request_id: str | None = None,
+        sweep: Sweep | None = None,
+        log_complete: bool = True,
     ) -> None:
         self.request = request
+        self.log_complete = log_complete
         self.body = body
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -199,7 +204,9 @@ class StreamRelay:
         self.cause: str | None = None
         self.paused = False
         self.done: Deferred[str] = Deferred(self._cancelled)
-        self._timer: IDelayedCall | None = None
+        if sweep is None:
+            sweep = Sweep(clock, resolution_for(idle_timeout, stream_timeout, keepalive))
+        self.sweep = sweep
         self._started = self._last_byte = self._last_line = 0.0
 
     # -- lifetime
@@ -230,9 +237,7 @@ class StreamRelay:
         if self.cause is not None:
             return
         self.cause = cause
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.sweep.cancel(self)
         if cause != COMPLETE:
             self.body.abort()
         with contextlib.suppress(Exception):  # the channel may be gone already
@@ -243,15 +248,17 @@ class StreamRelay:
         seconds = self.clock.seconds() - self._started
         if self.registry is not None:
             self.registry.ended(self, cause)
-        # A complete stream has its access log line; the others say why here.
-        log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
-        log_method(
-            "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
-            request_id=self.request_id,
-            cause=cause,
-            seconds=round(seconds, 3),
-            bytes=self.sent,
-        )
+        # A complete stream has its access log line; the others say why here
+        # (a complete one's debug line is not even built below debug).
+        if cause != COMPLETE or self.log_complete:
+            log_method = log.debug if cause == COMPLETE else log.info if cause == CLIENT_LEFT else log.warn
+            log_method(
+                "Stream {request_id} ended: {cause} after {seconds} s, {bytes} bytes",
+                request_id=self.request_id,
+                cause=cause,
+                seconds=round(seconds, 3),
+                bytes=self.sent,
+            )
         if self.on_end is not None:
             try:
                 self.on_end(cause, self.sent, seconds)
@@ -308,16 +315,9 @@ class StreamRelay:
         return due
 
     def _schedule(self) -> None:
-        due = self._next_due()
-        delay = max(0.0, due - self.clock.seconds())
-        if self._timer is not None and self._timer.active():
-            if self._timer.getTime() <= due:
-                return
-            self._timer.cancel()
-        self._timer = self.clock.callLater(delay, self._tick)
+        self.sweep.schedule(self, self._next_due())
 
-    def _tick(self) -> None:
-        self._timer = None
+    def swept(self) -> None:
         if self.cause is not None:
             return
         now = self.clock.seconds()
@@ -342,6 +342,8 @@ class StreamAnswers:
         to its first byte (time to first byte).
     @param observe_end: called with (cause, bytes, seconds) when a relayed
         stream ends.
+    @param log_complete: log a complete stream's end (a debug line; the
+        composition root passes whether the log level is debug).
     """
 
     def __init__(
@@ -354,14 +356,17 @@ class StreamAnswers:
         registry: StreamRegistry | None = None,
         observe_start: Callable[[float], None] | None = None,
         observe_end: Callable[[str, int, float], None] | None = None,
+        log_complete: bool = True,
     ) -> None:
         self.clock = clock
+        self.log_complete = log_complete
         self.idle_timeout = idle_timeout
         self.stream_timeout = stream_timeout
         self.max_bytes = max_bytes
         self.registry = registry if registry is not None else StreamRegistry()
         self._observe_start = observe_start
         self._observe_end = observe_end
+        self.sweep = Sweep(clock, resolution_for(idle_timeout, stream_timeout, KEEPALIVE_AFTER))
 
     def _headers(self, request: IRequest, started: float) -> None:
         request.setResponseCode(200)
@@ -387,6 +392,8 @@ class StreamAnswers:
             registry=self.registry,
             on_end=self._observe_end,
             request_id=state.request_id,
+            sweep=self.sweep,
+            log_complete=self.log_complete,
         )
         try:
             cause = await relay.start()

@@ -100,6 +100,29 @@ class ChannelTests(_Connections, TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.resource.seen, [])
 
+    def test_connections_deadlines_share_one_reactor_timer(self) -> None:
+        """
+        The head deadlines of many connections are one reactor timer (the
+        site's sweep), met at the deadline, and gone with the connections.
+        """
+        settings = Settings.defaults(max_connections=100, max_connections_per_ip=0, header_timeout=10.0)
+        self.site = InkFlowSite(self.resource, settings, self.clock, sink_for)
+        opened = []
+        for _ in range(50):
+            opened.append(self.connect())
+            self.clock.advance(0.01)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(10.0 - 0.5)  # the first is due at 10.0, the last at 10.49
+        first, last = opened[0][1], opened[-1][1]
+        self.assertTrue(first.value().startswith(b"HTTP/1.1 408 "))
+        self.clock.advance(0.45)
+        self.assertEqual(last.value(), b"")
+        self.clock.advance(0.05)  # within the sweep's 0.1 s
+        self.assertTrue(last.value().startswith(b"HTTP/1.1 408 "))
+        for channel, _ in opened:
+            channel.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(self.site.sweep), 0)
+
     def test_idle_keepalive_closed_quietly(self) -> None:
         """After a response, a connection idle for --idle-timeout is closed without a 408."""
         channel, transport = self.connect()

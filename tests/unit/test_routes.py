@@ -293,6 +293,29 @@ class HostileInputTests(TestCase):
         code, _, body = self.request(stub, "GET", "/api//health")
         self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
 
+    def test_chat_is_answered_without_kleins_router(self) -> None:
+        """
+        POST /api/chat (the hot route) is dispatched by the root resource:
+        answered with Klein's URL map out of use; the other spellings of
+        the path and the other routes still go through Klein.
+        """
+        app, stub = make_app(self)
+        binds: list[str] = []
+        bind = app.app.url_map.bind
+
+        def counted(*a: Any, **kw: Any) -> Any:
+            binds.append(kw.get("path_info", ""))
+            return bind(*a, **kw)
+
+        self.patch(app.app.url_map, "bind", counted)
+        code, _, body = self.chat(stub, {"message": "שלום", "sessionId": "abc"})
+        self.assertEqual((code, binds), (200, []))
+        self.assertIn("output", body)
+        code, _, body = self.request(stub, "POST", "/api/chat/")
+        self.assertEqual((code, body["error"]["code"]), (404, "not_found"))
+        self.assertEqual(self.request(stub, "GET", "/api/ready")[0], 200)
+        self.assertEqual(binds, ["/api/chat/", "/api/ready"])
+
     def test_deeply_nested_metadata_string_is_400(self) -> None:
         """metadata given as a JSON string nested 2,000 deep is a 400."""
         _, stub = make_app(self, FakeForwarder())

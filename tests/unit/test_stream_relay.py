@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseDone, ResponseFailed
@@ -409,6 +410,28 @@ class StreamRelayTests(RelayTestsMixin, TestCase):
         relay = self.relay(body)
         self.assertEqual(self.successResultOf(relay.start()), "complete")
         self.assertEqual([x["type"] for x in self.request.lines()], ["begin", "end"])
+
+    def test_complete_stream_logged_only_when_asked(self) -> None:
+        """
+        A complete stream's end is a debug line only with C{log_complete}
+        (the log level is debug); without it no event is built at all. A
+        stream that ends badly is logged either way.
+        """
+        for log_complete, expected in ((True, 1), (False, 0)):
+            body = self.opened(line("begin") + line("end"))
+            self.response.end()
+            with capturedLogs() as events:
+                self.successResultOf(self.relay(body, log_complete=log_complete).start())
+            ended = [e for e in events if "ended" in e.get("log_format", "")]
+            self.assertEqual(len(ended), expected)
+            self.assertTrue(all(e["log_level"] is LogLevel.debug for e in ended))
+        body = self.opened(line("begin"))
+        relay = self.relay(body, log_complete=False, idle_timeout=5.0)
+        with capturedLogs() as events:
+            done = relay.start()
+            self.clock.advance(5)
+        self.assertEqual(self.successResultOf(done), "idle_timeout")
+        self.assertEqual([e["cause"] for e in events if "ended" in e.get("log_format", "")], ["idle_timeout"])
 
     def test_idle_timeout(self) -> None:
         """
