@@ -25,7 +25,6 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
-from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
@@ -45,7 +44,7 @@ from inkflow.state.fallback import StateCollector
 from inkflow.state.memory import MemoryState
 from inkflow.state.workers import SOCKET_ENV, ParentStateService
 from inkflow.web.admission import ChatQueue
-from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.client_address import request_client
 from inkflow.web.connections import Connections
 from inkflow.web.handler import ChatHandler
 from inkflow.web.page import PageFiles
@@ -327,15 +326,13 @@ def makeService(
     chat_sockets = ChatSockets()
     # The state the processes share (one process: memory; --workers: the
     # parent's over AMP; --redis: Redis), with this process's own as the
-    # fallback.  Health and metrics are read through it late (bound below).
-    health_of: list[Callable[[], Any]] = []
+    # fallback.  A worker's link is handed its health once the reporter exists.
     built = build_state(
         settings,
         reactor,
         environ={SOCKET_ENV: state_socket} if state_socket else {},
         worker=worker_slot,
         metrics_text=metrics.render,
-        health_snapshot=lambda: health_of[0]() if health_of else {},
     )
     fallback = built.fallback
 
@@ -349,12 +346,12 @@ def makeService(
         metrics.registry.register(StateCollector(fallback))
     executions = SharedExecutions(built.state)
 
-    def client_of(request: Any) -> str:
-        peer = request.getClientAddress()
-        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
-        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), settings.trusted_proxy)
-
-    idempotency = SharedIdempotentChat(built.state, settings.chat_input_key, settings.chat_session_key, client_of)
+    idempotency = SharedIdempotentChat(
+        built.state,
+        settings.chat_input_key,
+        settings.chat_session_key,
+        lambda request: request_client(request, settings.trusted_proxy),
+    )
     reporter = HealthReporter(
         settings,
         reactor,
@@ -367,8 +364,9 @@ def makeService(
         streams=stream_registry.snapshot,
         state=state_section,
     )
-    health_of.append(reporter.health)
     metrics.read_health(reporter.health)
+    if built.link is not None:
+        built.link.read_health(reporter.health)
     chat = ChatHandler(
         settings,
         reactor,

@@ -72,14 +72,14 @@ def build_state(
     environ: Mapping[str, str] = os.environ,
     worker: str = "",
     metrics_text: Callable[[], bytes] = lambda: b"",
-    health_snapshot: Callable[[], dict[str, Any]] = dict,
 ) -> Built:
     """
     The store for this process (see the module's docstring).
 
     @param worker: this worker's label (its slot); its pid when empty.
     @param metrics_text: this process's own C{/metrics} text, for the parent.
-    @param health_snapshot: this process's own health snapshot, for the parent.
+        (Its health snapshot is handed to the link once the health reporter
+        is built: L{WorkersState.read_health}.)
     """
     config = state_config(settings)
     local = MemoryState(reactor, config)
@@ -91,7 +91,6 @@ def build_state(
             reactor,
             worker or str(os.getpid()),
             metrics_text,
-            health_snapshot=health_snapshot,
         )
     redis_url = getattr(settings, "redis", "")
     if redis_url:

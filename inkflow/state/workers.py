@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -453,7 +453,7 @@ class WorkersState:
         worker: str,
         metrics_text: Callable[[], bytes] = lambda: b"",
         timeout: float = CALL_TIMEOUT,
-        health_snapshot: Callable[[], dict[str, Any]] = dict,
+        health_snapshot: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.clock = clock
         self.worker = worker
@@ -469,6 +469,14 @@ class WorkersState:
             clock=clock,
         )
         self._service.startService()
+
+    def read_health(self, snapshot: Callable[[], Mapping[str, Any]]) -> None:
+        """
+        Hand the parent this worker's own health snapshot from now on.  The
+        composition root calls it once the health reporter is built (the
+        reporter reads the shared state's section, so it comes after it).
+        """
+        self.health_snapshot = snapshot
 
     @property
     def connected(self) -> bool:

@@ -1,6 +1,9 @@
 """
 The address a request really came from: the peer, or what a trusted proxy
 says in C{X-Forwarded-For}.  Pure: no reactor, no twisted.web.
+
+L{request_client} reads it off any request (its peer and headers): the one
+reading the chat route, the WebSocket upgrade and the idempotency scope share.
 """
 
 from __future__ import annotations
@@ -8,10 +11,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 
-__all__ = ["UNIX", "client_ip", "is_trusted_peer"]
+__all__ = ["UNIX", "client_ip", "is_trusted_peer", "request_client"]
 
 #: The peer host of a unix: listener's connections, and the --trusted-proxy
 #: value that believes them.
@@ -140,3 +145,16 @@ def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tupl
             return str(address)
         nearest = address
     return str(nearest)
+
+
+def request_client(request: Any, trusted: tuple[str, ...]) -> str:
+    """
+    L{client_ip} of a request: its peer (L{UNIX} for a unix: listener's) and
+    its C{X-Forwarded-For}, believed from C{trusted} peers only.
+
+    @param request: anything with C{getClientAddress()} and C{requestHeaders}
+        (an C{IRequest}).
+    """
+    peer = request.getClientAddress()
+    host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+    return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), trusted)

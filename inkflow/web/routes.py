@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,7 +29,7 @@ from inkflow.health import HealthReporter
 from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
-from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.client_address import request_client
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import parse_key
 from inkflow.web.origin import Verdict, check_origin, judge_origin
@@ -573,6 +572,4 @@ class InkFlowApp:
         return await self.idempotency.run(cast(Any, request), key, state.body, answer)
 
     def _client(self, request: IRequest) -> str:
-        peer = request.getClientAddress()
-        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
-        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)
+        return request_client(request, self.settings.trusted_proxy)

@@ -5,11 +5,14 @@ client address.  Reactor-free: time is a L{Clock}.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 
 from inkflow.errors import ApiError
 from inkflow.web.admission import (
@@ -20,6 +23,7 @@ from inkflow.web.admission import (
     Slot,
     client_ip,
 )
+from inkflow.web.client_address import UNIX, request_client
 
 QUEUE_KEYS = [
     "depth",
@@ -488,6 +492,29 @@ class ClientIpTests(TestCase):
         A peer that is not an IP address (a UNIX socket) is returned as is.
         """
         self.assertEqual(client_ip("", ["198.51.100.7"], self.trusted), "")
+
+
+class RequestClientTests(TestCase):
+    """
+    L{request_client}: the one reading of a request's client (chat route,
+    WebSocket upgrade, idempotency scope), from its peer and headers.
+    """
+
+    def request(self, peer: object, forwarded: list[str] | None) -> object:
+        headers = Headers({"X-Forwarded-For": forwarded} if forwarded else {})
+        return SimpleNamespace(getClientAddress=lambda: peer, requestHeaders=headers)
+
+    def test_tcp_peer_through_a_trusted_proxy(self) -> None:
+        """A trusted peer's X-Forwarded-For names the client; an untrusted one's is ignored."""
+        via_proxy = self.request(IPv4Address("TCP", "10.0.0.2", 4000), ["198.51.100.7"])
+        self.assertEqual(request_client(via_proxy, ("10.0.0.0/8",)), "198.51.100.7")
+        self.assertEqual(request_client(via_proxy, ()), "10.0.0.2")
+
+    def test_unix_peer(self) -> None:
+        """A unix: listener's peer is UNIX, believed only with --trusted-proxy unix."""
+        local = self.request(UNIXAddress(b"/run/inkflow.sock"), ["198.51.100.7"])
+        self.assertEqual(request_client(local, ()), UNIX)
+        self.assertEqual(request_client(local, (UNIX,)), "198.51.100.7")
 
 
 class RateLimitKeyTests(TestCase):

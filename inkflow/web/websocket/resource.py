@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 
 from hyperlink import URL
 from twisted.internet import defer
-from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI
@@ -48,7 +47,7 @@ from wsproto.handshake import H11Handshake
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
-from inkflow.web.client_address import UNIX, client_ip
+from inkflow.web.client_address import request_client
 from inkflow.web.origin import judge_origin
 from inkflow.web.responses import error_response
 from inkflow.web.state import request_state
@@ -256,9 +255,7 @@ class ChatSocketResource(Resource):
         request.finish()
 
     def _client(self, request: Any) -> str:
-        peer = request.getClientAddress()
-        host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
-        return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), self.settings.trusted_proxy)
+        return request_client(request, self.settings.trusted_proxy)
 
     def _upstream(self, request: Any) -> defer.Deferred[int]:
         execution = (request.args.get(b"executionId") or [b""])[0].decode("utf-8", "replace")
