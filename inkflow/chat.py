@@ -45,7 +45,8 @@ class UploadedFile:
     @ivar content_type: the type detected from the bytes.
     @ivar size: bytes.
     @ivar sha256: the hex SHA-256 of the bytes, computed while they were
-        spooled (for the idempotency fingerprint); empty when not known.
+        spooled when the request carries an C{Idempotency-Key} (its
+        fingerprint is the only reader); empty otherwise.
     """
 
     path: str

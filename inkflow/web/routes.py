@@ -353,7 +353,9 @@ class InkFlowApp:
         if media == b"multipart/form-data":
             from inkflow.web.uploads import MultipartSink
 
-            return MultipartSink(self.settings, raw_type)
+            # Each file's SHA-256 is read only by an Idempotency-Key's
+            # fingerprint: computed while spooling when the request has one.
+            return MultipartSink(self.settings, raw_type, hash_files=headers.hasHeader(b"Idempotency-Key"))
         raise ApiError("unsupported_type", "send application/json or multipart/form-data")
 
     # -- responses ------------------------------------------------------------

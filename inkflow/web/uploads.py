@@ -144,7 +144,7 @@ class _Part:
     The part being received: its headers, then its field value or file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hash_files: bool) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
         self.field_name = b""
@@ -161,7 +161,7 @@ class _Part:
         self.head = bytearray()
         self.detected: str | None = None
         self.text: TextCheck | None = None
-        self.digest = hashlib.sha256()
+        self.digest = hashlib.sha256() if hash_files else None
 
 
 class MultipartSink:
@@ -172,8 +172,9 @@ class MultipartSink:
         header) is not multipart/form-data with a valid boundary.
     """
 
-    def __init__(self, settings: Settings, content_type: bytes) -> None:
+    def __init__(self, settings: Settings, content_type: bytes, *, hash_files: bool = True) -> None:
         self._settings = settings
+        self._hash_files = hash_files
         self._allowed = frozenset(settings.allowed_types)
         # The message and session fields as configured (--chat-input-key,
         # --chat-session-key), and the plain shape's names.
@@ -317,7 +318,7 @@ class MultipartSink:
         self._part_count += 1
         if self._part_count > MAX_FIELDS + self._settings.max_files:
             raise ApiError("bad_request", "the body has too many parts")
-        self._part = _Part()
+        self._part = _Part(self._hash_files)
 
     def _current(self) -> _Part:
         if self._part is None:  # pragma: no cover - the parser always begins a part first
@@ -425,7 +426,8 @@ class MultipartSink:
             raise ApiError("too_large", f"a file may have at most {self._settings.max_file_size} bytes")
         chunk = memoryview(data)[start:end]
         part.stream.write(chunk)
-        part.digest.update(chunk)
+        if part.digest is not None:
+            part.digest.update(chunk)
         part.size += end - start
         if part.detected is None:
             room = SNIFF_BYTES - len(part.head)
@@ -478,7 +480,7 @@ class MultipartSink:
                     filename=sanitize_filename(part.filename),
                     content_type=part.detected,
                     size=part.size,
-                    sha256=part.digest.hexdigest(),
+                    sha256=part.digest.hexdigest() if part.digest is not None else "",
                 )
             )
         # "maybe-file" with no data: a browser's empty file input, ignored (not counted).

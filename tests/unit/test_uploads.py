@@ -428,6 +428,13 @@ class RoundTripTests(SinkTestCase):
             self.assertEqual([f.sha256 for f in result.files], [sha(c) for c in contents], label)
             result.cleanup()
 
+    def test_files_are_not_hashed_unless_asked(self) -> None:
+        """Without hash_files (a request with no Idempotency-Key) no digest is computed: sha256 is empty."""
+        data = body(field("message", "x"), file_part(payload(PNG_MAGIC, 70_000, 4), "f0"))
+        result = self.feed(MultipartSink(self.make_settings(), CONTENT_TYPE, hash_files=False), [data])
+        self.assertEqual([f.sha256 for f in result.files], [""])
+        result.cleanup()
+
     def test_widget_fields(self) -> None:
         """
         The @n8n/chat widget's fields (chatInput, action) come through, and
