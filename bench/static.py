@@ -52,7 +52,9 @@ def run(rounds: int = 2, duration: float = 10) -> list[Row]:
         servers = {"twistd web": reference, "InkFlow": ink, "InkFlow, no access log": quiet}
         for name, server in servers.items():
             status, body = http_get(server.port, "/")
-            if status != 200 or body != page:
+            # twistd web serves the file as it is; InkFlow fills in the [page] names.
+            whole = body == page if server is reference else body.startswith(page[:15]) and b"{{page." not in body
+            if status != 200 or not whole:
                 raise RuntimeError(f"{name}: GET / gave {status}, {len(body)} bytes, not the page")
             wrk(server.url("/"), duration=1)  # warm-up
         for r in range(rounds):
