@@ -25,19 +25,15 @@ from inkflow.errors import ApiError
 from inkflow.n8n.executions import started_execution
 from inkflow.state.base import Answer, Outcome, SharedState
 from inkflow.web.idempotency import REPLAYED_HEADERS, fingerprint
+from inkflow.web.state import request_state
 
 __all__ = [
-    "SCOPE_ATTRIBUTE",
     "SharedExecutions",
     "SharedIdempotentChat",
     "check_rate",
     "note_execution",
     "owner_of",
 ]
-
-#: The request attribute holding C{(owner, key)} while it leads, for
-#: L{SharedIdempotentChat.mark_streaming}.
-SCOPE_ATTRIBUTE = "idempotency_scope"
 
 
 def owner_of(body: ChatBody | None, session_key: str, client: str) -> str:
@@ -107,7 +103,7 @@ class SharedIdempotentChat:
         The route streams the answer of C{request}: the key's waiters get 409
         C{in_progress}; nothing is stored.  Call it when the first byte goes.
         """
-        scope = getattr(request, SCOPE_ATTRIBUTE, None)
+        scope = request_state(request).idempotency_scope
         if scope is None:
             return None
         d = self.state.idem_streaming(*scope)
@@ -153,7 +149,7 @@ class SharedIdempotentChat:
     async def _lead(
         self, owner: str, key: str, request: Any, handler: Callable[[], Awaitable[bytes | None]]
     ) -> bytes | None:
-        setattr(request, SCOPE_ATTRIBUTE, (owner, key))
+        request_state(request).idempotency_scope = (owner, key)
         outcome: Outcome = None
         try:
             body = await handler()
@@ -173,7 +169,7 @@ class SharedIdempotentChat:
             outcome = Answer(getattr(request, "code", 200), body, headers) if body is not None else None
             return body
         finally:
-            setattr(request, SCOPE_ATTRIBUTE, None)
+            request_state(request).idempotency_scope = None
             # Not awaited: the answer goes now; the store's own timeout bounds it.
             self.state.idem_finish(owner, key, outcome).addErrback(lambda _: None)
 

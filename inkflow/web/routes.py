@@ -34,6 +34,7 @@ from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import parse_key
 from inkflow.web.origin import Verdict, check_origin, judge_origin
 from inkflow.web.page import PageFiles
+from inkflow.web.request import InkFlowRequest
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
 from inkflow.web.stream import wants_stream
@@ -306,10 +307,8 @@ class InkFlowApp:
         request_state(request).rate_decision = decision
 
         def decided(wait: float) -> float:
-            if wait > 0:
-                refuse = getattr(request, "refuse_late", None)
-                if refuse is not None:
-                    refuse(self._rate_limited(request, wait))
+            if wait > 0 and isinstance(request, InkFlowRequest):
+                request.refuse_late(self._rate_limited(request, wait))
             return wait
 
         decision.addCallback(decided)

@@ -55,6 +55,9 @@ class RequestState:
     body_limit: int | None = None
     stream_seconds: float | None = None
     rate_decision: Deferred[float] | None = None
+    #: The (owner, key) an Idempotency-Key's claim holds for this request
+    #: (L{inkflow.state.chat.SharedIdempotentChat}); None when it holds none.
+    idempotency_scope: tuple[str, str] | None = None
 
     def take_body(self) -> ChatBody:
         """
