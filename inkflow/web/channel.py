@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -36,7 +36,7 @@ from twisted.web import http
 from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
-from inkflow.web.client_address import UNIX, client_ip, is_trusted_peer
+from inkflow.web.client_address import client_ip, is_trusted_peer, peer_host
 from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
 from inkflow.web.responses import raw_error_response
 from inkflow.web.state import request_state
@@ -195,8 +195,7 @@ class InkFlowChannel(http.HTTPChannel):
             self.site.connections.gone(self)
 
     def _peer_host(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
-        return UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+        return peer_host(self.transport.getPeer() if self.transport is not None else None)
 
     def check_address(self, forwarded_for: Sequence[str] | None, always_answered: bool) -> None:
         """

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 
-__all__ = ["UNIX", "client_ip", "is_trusted_peer", "request_client"]
+__all__ = ["UNIX", "client_ip", "is_trusted_peer", "peer_host", "request_client"]
 
 #: The peer host of a unix: listener's connections, and the --trusted-proxy
 #: value that believes them.
@@ -147,6 +147,14 @@ def client_ip(peer_host: str, forwarded_for: Sequence[str] | None, trusted: tupl
     return str(nearest)
 
 
+def peer_host(peer: object) -> str:
+    """
+    A connection's peer as L{client_ip} takes it: L{UNIX} for a unix:
+    listener's peer, the address text of an IP one, C{"unknown"} otherwise.
+    """
+    return UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+
+
 def request_client(request: Any, trusted: tuple[str, ...]) -> str:
     """
     L{client_ip} of a request: its peer (L{UNIX} for a unix: listener's) and
@@ -155,6 +163,5 @@ def request_client(request: Any, trusted: tuple[str, ...]) -> str:
     @param request: anything with C{getClientAddress()} and C{requestHeaders}
         (an C{IRequest}).
     """
-    peer = request.getClientAddress()
-    host = UNIX if isinstance(peer, UNIXAddress) else (getattr(peer, "host", None) or "unknown")
+    host = peer_host(request.getClientAddress())
     return client_ip(host, request.requestHeaders.getRawHeaders("X-Forwarded-For"), trusted)
