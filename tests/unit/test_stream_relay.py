@@ -6,7 +6,11 @@ commit rules (L{inkflow.n8n.client}), the body opening and the relay
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -26,6 +30,7 @@ from inkflow.n8n.client import ForwardResult, StreamStart
 from inkflow.n8n.relay import StreamBody
 from inkflow.n8n.stream import ERROR_TEXT, KEEPALIVE_LINE
 from inkflow.web.stream import KEEPALIVE_AFTER, StreamRegistry, StreamRelay
+from tests.unit.helpers import pinned
 from tests.unit.test_forward import URL_A, URL_B, Call, ForwarderTestsMixin, respond
 
 N8N_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-cache"}
@@ -562,3 +567,61 @@ class StreamRelayTests(RelayTestsMixin, TestCase):
         self.assertEqual(self.successResultOf(done), "drain")
         self.assertEqual(self.request.lines()[-1]["content"], ERROR_TEXT["drain"])
         self.assertTrue(self.response.transport.stopped)
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """
+    The cyclic garbage collector off: what is freed meanwhile is freed by
+    reference counting alone.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class StreamMemoryTests(RelayTestsMixin, TestCase):
+    """
+    An ended stream leaves no reference cycle: its relay and n8n's body are
+    freed the moment nothing refers to them, not by a later pass of the
+    garbage collector.  (At 2,000 streams a burst left about 150,000 objects
+    in cycles, and the generation-1 pass that freed them stopped the server
+    for 0.7 s.)
+    """
+
+    def assertFreedAfter(self, end: Callable[[StreamRelay, Deferred[str]], None]) -> None:
+        with collector_off():
+            body = self.opened(line("begin"))
+            relay = self.relay(body)
+            done = relay.start()
+            done.addErrback(lambda _: None)  # (a client who left: cancelled)
+            end(relay, done)
+            self.assertIsNotNone(relay.cause)
+            refs = [weakref.ref(body), weakref.ref(relay)]
+            del body, relay, done
+            del self.response, self.request
+            self.assertEqual([ref() for ref in refs], [None, None])
+
+    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
+    def test_complete_stream_freed_without_the_collector(self) -> None:
+        self.assertFreedAfter(lambda relay, done: self.response.end())
+
+    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
+    def test_dropped_stream_freed_without_the_collector(self) -> None:
+        self.assertFreedAfter(lambda relay, done: self.response.drop())
+
+    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
+    def test_left_stream_freed_without_the_collector(self) -> None:
+        self.assertFreedAfter(lambda relay, done: done.cancel())
+
+    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
+    def test_drained_stream_freed_without_the_collector(self) -> None:
+        self.assertFreedAfter(lambda relay, done: relay.stop())
+
+    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
+    def test_timed_out_stream_freed_without_the_collector(self) -> None:
+        self.assertFreedAfter(lambda relay, done: self.clock.advance(601))
