@@ -163,6 +163,7 @@ class StreamBody(Protocol):
         if sink is None:
             self._end = cause
         else:
+            self.detach()
             sink.ended(cause)
 
     # -- to the relay
@@ -180,6 +181,17 @@ class StreamBody(Protocol):
             sink.ended(self._end)
             return
         self.resume()
+
+    def detach(self) -> None:
+        """
+        Hand nothing more to the sink.  The sink (the relay) refers to this
+        body too: letting go of it when the stream ends leaves no reference
+        cycle, so both are freed at once, not by a later pass of the garbage
+        collector (at 2,000 streams a burst such passes stopped the server
+        for most of a second).
+        """
+        self.sink = None
+        self._pending = []
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None and self.state != "done":

@@ -101,6 +101,8 @@ class UpstreamBody(Protocol):
 
     def attach(self, sink: Any) -> None: ...
 
+    def detach(self) -> None: ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
@@ -169,8 +171,9 @@ class StreamRelay:
     gets one error line and a clean end; n8n's connection is dropped.  When
     the client leaves, n8n's connection is dropped at once.
 
-    @ivar done: fires with the cause when the stream has ended (the route
-        then finishes the request); cancelling it is the client leaving.
+    L{start} returns a Deferred that fires with the cause when the stream
+    has ended (the route then finishes the request); cancelling it is the
+    client leaving.
     """
 
     def __init__(
@@ -203,7 +206,7 @@ class StreamRelay:
         self.sent = 0
         self.cause: str | None = None
         self.paused = False
-        self.done: Deferred[str] = Deferred(self._cancelled)
+        self._done: Deferred[str] | None = Deferred(self._cancelled)
         if sweep is None:
             sweep = Sweep(clock, resolution_for(idle_timeout, stream_timeout, keepalive))
         self.sweep = sweep
@@ -221,8 +224,10 @@ class StreamRelay:
             self.registry.add(self)
         self.request.registerProducer(self, True)
         self._schedule()
+        done = self._done
+        assert done is not None, "a relay starts once"
         self.body.attach(self)
-        return self.done
+        return done
 
     def stop(self, cause: str = DRAIN) -> None:
         """
@@ -238,6 +243,7 @@ class StreamRelay:
             return
         self.cause = cause
         self.sweep.cancel(self)
+        self.body.detach()
         if cause != COMPLETE:
             self.body.abort()
         with contextlib.suppress(Exception):  # the channel may be gone already
@@ -264,8 +270,11 @@ class StreamRelay:
                 self.on_end(cause, self.sent, seconds)
             except Exception:
                 log.failure("Stream end observer failed")
-        if fire:
-            self.done.callback(cause)
+        # The Deferred's canceller is this relay's method: letting go of it
+        # leaves no cycle between the two once the stream has ended.
+        done, self._done = self._done, None
+        if fire and done is not None:
+            done.callback(cause)
 
     def _write(self, data: bytes) -> None:
         self.sent += len(data)

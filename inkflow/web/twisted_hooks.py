@@ -43,6 +43,15 @@ Client (the n8n side, twisted.web.client):
    lines per n8n connection, which under many concurrent streams cost more
    than the streams' own logging.  (The n8n client sends through the pool's
    public C{Agent}, never through a treq C{HTTPClient}'s private C{_agent}.)
+   Its connections' protocol leaves no reference cycle behind: it lets go
+   of a finished answer's chunked decoder (C{HTTPClientParser.bodyDecoder},
+   whose C{finishCallback} is the parser's method) in
+   C{HTTP11ClientProtocol._disconnectParser}, and of a lost connection's
+   connector (C{tcp.Client.connector}, whose C{transport} stays set).  Freed
+   by reference counting, not by the garbage collector: at 2,000 streams a
+   burst their cycles were tens of thousands of objects, and the
+   generation-1 pass that found them stopped the server for most of a
+   second.
 
 Reason phrases come from the public C{twisted.web.http.RESPONSES}, with the
 standard library's list for the codes Twisted lacks (429, 431).
@@ -57,6 +66,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = [
@@ -172,13 +182,39 @@ def take_over_connection(channel: http.HTTPChannel, protocol: IProtocol) -> None
 # --- client section (the n8n side)
 
 
+class _ClientProtocol(HTTP11ClientProtocol):
+    """
+    twisted.web's client protocol, leaving no reference cycle behind.
+    """
+
+    def _disconnectParser(self, reason: Failure) -> None:
+        parser = self._parser
+        super()._disconnectParser(reason)
+        if parser is not None:
+            # Its decoder's finishCallback is the parser's own method.
+            parser.bodyDecoder = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        transport = self.transport
+        super().connectionLost(reason)
+        # A TCP client transport and its connector refer to each other, and
+        # the connector keeps it after the connection is lost.
+        connector = getattr(transport, "connector", None)
+        if connector is not None and getattr(connector, "transport", None) is transport:
+            connector.transport = None
+
+
 class _QuietFactory(_HTTP11ClientFactory):
     """
     twisted.web's connection factory for the agent's pool, without its
-    "Starting factory" / "Stopping factory" log lines.
+    "Starting factory" / "Stopping factory" log lines, building
+    L{_ClientProtocol}s.
     """
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ClientProtocol(self._quiescentCallback)
 
 
 def quiet_pool(pool: HTTPConnectionPool) -> HTTPConnectionPool:

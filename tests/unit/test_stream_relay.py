@@ -30,7 +30,6 @@ from inkflow.n8n.client import ForwardResult, StreamStart
 from inkflow.n8n.relay import StreamBody
 from inkflow.n8n.stream import ERROR_TEXT, KEEPALIVE_LINE
 from inkflow.web.stream import KEEPALIVE_AFTER, StreamRegistry, StreamRelay
-from tests.unit.helpers import pinned
 from tests.unit.test_forward import URL_A, URL_B, Call, ForwarderTestsMixin, respond
 
 N8N_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-cache"}
@@ -601,27 +600,22 @@ class StreamMemoryTests(RelayTestsMixin, TestCase):
             done.addErrback(lambda _: None)  # (a client who left: cancelled)
             end(relay, done)
             self.assertIsNotNone(relay.cause)
-            refs = [weakref.ref(body), weakref.ref(relay)]
+            refs: list[weakref.ref[Any]] = [weakref.ref(body), weakref.ref(relay)]
             del body, relay, done
             del self.response, self.request
             self.assertEqual([ref() for ref in refs], [None, None])
 
-    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
     def test_complete_stream_freed_without_the_collector(self) -> None:
         self.assertFreedAfter(lambda relay, done: self.response.end())
 
-    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
     def test_dropped_stream_freed_without_the_collector(self) -> None:
         self.assertFreedAfter(lambda relay, done: self.response.drop())
 
-    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
     def test_left_stream_freed_without_the_collector(self) -> None:
         self.assertFreedAfter(lambda relay, done: done.cancel())
 
-    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
     def test_drained_stream_freed_without_the_collector(self) -> None:
         self.assertFreedAfter(lambda relay, done: relay.stop())
 
-    @pinned("StreamBody.sink <-> StreamRelay.body, and StreamRelay.done's canceller, are cycles")
     def test_timed_out_stream_freed_without_the_collector(self) -> None:
         self.assertFreedAfter(lambda relay, done: self.clock.advance(601))

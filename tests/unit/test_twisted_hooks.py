@@ -31,7 +31,6 @@ from twisted.web.static import Data
 from inkflow.web import twisted_hooks
 from inkflow.web.channel import InkFlowChannel
 from tests.support.pools import connection_factory
-from tests.unit.helpers import pinned
 
 
 class _Spy(http.HTTPChannel):
@@ -320,7 +319,6 @@ class ClientCycleTests(TestCase):
             parser = _one_chunked_exchange(HTTP11ClientProtocol())
             self.assertIsNotNone(parser())
 
-    @pinned("the pool's protocol is twisted.web's, whose parser and chunked decoder stay in a cycle")
     def test_pool_protocol_frees_a_finished_parser(self) -> None:
         """
         On the pool's connections a finished answer's parser is freed by
@@ -344,7 +342,6 @@ class ClientCycleTests(TestCase):
         connector.connectionLost(Failure(ConnectionDone()))
         self.assertIs(connector.transport, transport)
 
-    @pinned("the pool's protocol is twisted.web's: the connector keeps the lost transport")
     def test_pool_protocol_lets_the_connector_go_of_its_transport(self) -> None:
         """
         When a pool connection is lost, its connector no longer refers to
