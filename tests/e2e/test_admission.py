@@ -251,7 +251,6 @@ def _chat_head(origin: str, extra: str, method: str = "POST", content_type: str 
     ).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="early refusals lack the CORS headers")
 def test_early_refusals_carry_cors_for_a_listed_origin(tmp_path: Path) -> None:
     """
     Chat refused before its route (413 from Content-Length and while the body

@@ -444,7 +444,6 @@ def test_a_rate_limited_embed_reads_the_429(host: HostSite) -> None:
         assert statuses == [(200, host.origin), (429, host.origin)]
 
 
-@pytest.mark.xfail(strict=True, reason="early refusals lack the CORS headers")
 def test_the_owners_page_reads_a_refusal_given_before_the_route(
     server: ServerProcess, host: HostSite, contexts: Any
 ) -> None:

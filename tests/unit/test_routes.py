@@ -38,7 +38,7 @@ from inkflow.web.staticfiles import StaticFiles
 from inkflow.web.stream import StreamAnswers
 from inkflow.web.websocket import ChatSocketResource, ChatSockets
 from tests.support.site_treq import SiteTreq
-from tests.unit.helpers import pinned, temp_path
+from tests.unit.helpers import temp_path
 
 
 class FakeProcess:
@@ -135,7 +135,13 @@ def make_app(
         ),
     )
     site = InkFlowSite(
-        app.resource(), settings, clock, app.sink_for, admit_head=app.admit_head, connections=connections
+        app.resource(),
+        settings,
+        clock,
+        app.sink_for,
+        admit_head=app.admit_head,
+        connections=connections,
+        cors_for=app.cors_for,
     )
     return app, SiteTreq(site)
 
@@ -800,7 +806,6 @@ class EarlyRefusalCorsTests(TestCase):
             b"Origin: " + origin.encode() + b"\r\n" + extra + b"\r\n"
         )
 
-    @pinned("early refusals lack the CORS headers")
     def test_413_from_content_length(self) -> None:
         """A Content-Length over the limit is refused 413 from the head, with the route's CORS headers."""
         _, stub = self.make()
@@ -813,7 +818,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertEqual((code, body["error"]["code"]), (403, "forbidden_origin"))
         self.assertNotIn("access-control-allow-origin", cors)
 
-    @pinned("early refusals lack the CORS headers")
     def test_415_from_the_head(self) -> None:
         """A content type chat does not take (text/plain: no preflight) is refused 415 with the route's CORS headers."""
         _, stub = self.make()
@@ -822,7 +826,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertEqual((code, body["error"]["code"]), (415, "unsupported_type"))
         self.assertEqual(cors, route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_413_while_the_body_streams(self) -> None:
         """A chunked body refused 413 the moment it crosses the limit carries the route's CORS headers."""
         _, stub = self.make()
@@ -834,7 +837,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
         self.assertEqual(_raw_cors(answer), route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_503_over_the_connection_limit(self) -> None:
         """Over --max-connections, chat is refused 503 busy with the route's CORS headers; another origin gets none."""
         _, stub = self.make(max_connections=1)
@@ -853,7 +855,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answers[1].startswith(b"HTTP/1.1 503 "), answers[1][:200])
         self.assertNotIn("access-control-allow-origin", _raw_cors(answers[1]))
 
-    @pinned("early refusals lack the CORS headers")
     def test_503_over_the_address_cap(self) -> None:
         """Over --max-connections-per-ip, chat is refused 503 with the route's CORS headers."""
         _, stub = self.make(max_connections_per_ip=1)
@@ -867,7 +868,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertIn(b'"too_many_connections_from_address"', answer)
         self.assertEqual(_raw_cors(answer), route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_408_while_the_body_is_late(self) -> None:
         """A body that stops coming is answered 408 with the route's CORS headers."""
         app, stub = self.make()
@@ -879,7 +879,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:200])
         self.assertEqual(_raw_cors(answer), route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_400_for_a_malformed_chunk(self) -> None:
         """A chunked body that cannot be parsed is answered 400 with the route's CORS headers."""
         _, stub = self.make()
@@ -890,7 +889,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
         self.assertEqual(_raw_cors(answer), route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_400_for_a_host_that_is_not_utf8(self) -> None:
         """A request answered 400 before routing (a Host that is not UTF-8) carries the route's CORS headers."""
         _, stub = self.make()
@@ -929,7 +927,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer[:200])
         self.assertEqual(_raw_cors(answer), route)
 
-    @pinned("early refusals lack the CORS headers")
     def test_preflight_refused_from_the_head(self) -> None:
         """A preflight refused from its head (a body over what OPTIONS takes) carries the preflight's CORS headers."""
         _, stub = self.make()
@@ -941,7 +938,6 @@ class EarlyRefusalCorsTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
         self.assertEqual(_raw_cors(answer)["access-control-allow-origin"], self.SHOP)
 
-    @pinned("a preflight over the connection limit is refused")
     def test_preflight_is_answered_over_the_connection_limit(self) -> None:
         """
         Over --max-connections the chat's preflight is answered (a browser
