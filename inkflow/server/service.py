@@ -406,6 +406,7 @@ def makeService(
         _request_logger(settings, metrics),
         admit_head=app.admit_head,
         connections=connections,
+        cors_for=app.cors_for,
     )
 
     top = service.MultiService()

@@ -6,13 +6,18 @@ InkFlow's HTTP channel: deadlines, the connection limit, early refusals.
    C{--idle-timeout}.  An expired request is answered 408 before the close;
  - B{a connection limit that answers}: a connection over C{--max-connections}
    gets C{503 busy} with C{Retry-After} and C{Connection: close}, except for
-   C{/api/health} and C{/api/ready};
+   C{/api/health}, C{/api/ready} and the chat's CORS preflight
+   (L{inkflow.web.request.always_answered});
  - B{a limit per client address} (C{--max-connections-per-ip}, keyed like the
    rate limit): counted when the connection opens (its peer is the client),
    or from each request's head when the peer is a trusted proxy; over it,
    C{503 too_many_connections_from_address} the same way.  The connection
    stays counted while it is open (kept alive, streaming, a WebSocket);
  - B{framing errors} get the contract's JSON 400, not twisted.web's bare one;
+ - B{every refusal before the route} (these, a deadline's 408, the
+   request's own 413 / 415 / 429) is written by L{InkFlowChannel.refusal},
+   with the CORS headers the route's answers carry (an embed on a
+   C{--cors-origin} reads it);
  - B{request targets} (RFC 9112 3.2): only visible ASCII (a DEL, a control or
    a byte over 0x7e is a JSON 400: Twisted lets 0x7f-0xb0 through); the
    absolute form (C{http://host/path}) is served like the origin form when
@@ -37,7 +42,7 @@ from inkflow.errors import ApiError
 from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
 from inkflow.web.client_address import client_ip, is_trusted_peer, peer_host
-from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT
+from inkflow.web.request import LINGER_SECONDS, OVER_LIMIT_TIMEOUT, routing_line
 from inkflow.web.responses import raw_error_response
 from inkflow.web.state import request_state
 
@@ -441,7 +446,6 @@ class InkFlowChannel(http.HTTPChannel):
             self.loseConnection()
             return
         if self.state in ("head", "body"):
-            request_id = request_state(self.requests[-1]).request_id if self.requests else None
             if self.over_limit:
                 # Cut for the connection limit, not for slowness: the contract's
                 # answer over the limit is 503 busy.
@@ -456,9 +460,7 @@ class InkFlowChannel(http.HTTPChannel):
                 self.site.connections.timeouts_total += 1
                 log.info("Request {state} not received in time; answering 408", state=self.state)
                 error = ApiError("request_timeout")
-            self.refuse(
-                raw_error_response(error, request_id, secure=self.secure), linger=OVER_LIMIT_TIMEOUT, drop_input=True
-            )
+            self.refuse(self.refusal(error), linger=OVER_LIMIT_TIMEOUT, drop_input=True)
 
     @property
     def secure(self) -> bool:
@@ -483,6 +485,21 @@ class InkFlowChannel(http.HTTPChannel):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- refusing and closing -------------------------------------------------
+
+    def refusal(self, error: ApiError) -> bytes:
+        """
+        The whole answer C{error} to the request being read (its head or its
+        body), given before its route runs: with its request id and the CORS
+        headers its route's answers carry for the headers in so far (an
+        embed on a C{--cors-origin} then reads the error, not an opaque
+        network error).  Before a request line there is no request: neither.
+        """
+        if not self.requests:
+            return raw_error_response(error, None, secure=self.secure)
+        request = self.requests[-1]
+        method, path = routing_line(self)
+        cors = self.site.cors_headers(method, path, request.requestHeaders, self.secure)
+        return raw_error_response(error, request_state(request).request_id, secure=self.secure, headers=cors)
 
     def refuse(self, response: bytes, linger: float = LINGER_SECONDS, drop_input: bool = False) -> None:
         """
@@ -520,12 +537,7 @@ class InkFlowChannel(http.HTTPChannel):
         """
         if self.refused or self.transport is None:
             return
-        request_id = request_state(self.requests[-1]).request_id if self.requests else None
-        self.refuse(
-            raw_error_response(ApiError("bad_request", "the request is malformed"), request_id, secure=self.secure),
-            linger=1.0,
-            drop_input=True,
-        )
+        self.refuse(self.refusal(ApiError("bad_request", "the request is malformed")), linger=1.0, drop_input=True)
 
     def close_when_idle(self) -> None:
         """

@@ -22,6 +22,12 @@ Origins are compared as scheme, host and port in lower case, the scheme's
 default port made explicit: C{Host: site.example:443} is the origin
 C{https://site.example}, and C{https://shop.example:443} is the listed
 C{https://shop.example}.
+
+The CORS headers (L{cors_headers}) go to a listed origin only, on every
+answer a route that takes cross-origin requests gives: its own, and a
+refusal given before it runs (a 413 or 415 from the head, a 413 while the
+body streams, a 408, a 503 over a connection limit, a 429), which a browser
+would otherwise hide from the page.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ from collections.abc import Collection, Sequence
 
 from inkflow.errors import ApiError
 
-__all__ = ["Verdict", "check_origin", "judge_origin", "normalize_origin"]
+__all__ = ["EXPOSED_HEADERS", "Verdict", "check_origin", "cors_headers", "judge_origin", "normalize_origin"]
 
 _SCHEMES = ("http", "https")
+
+#: The answer headers a listed origin's script may read.
+EXPOSED_HEADERS = "X-Request-ID, X-Session-ID, Retry-After"
 
 
 class Verdict(enum.Enum):
@@ -109,6 +118,29 @@ def judge_origin(
         if netloc in (_host_port(scheme, own), _host_port("https" if secure else "http", own)):
             return Verdict.OWN
     return Verdict.FOREIGN
+
+
+def cors_headers(
+    origin: bytes | None,
+    fetch_site: bytes | None,
+    host: bytes | None,
+    secure: bool,
+    allowed: Collection[str],
+) -> dict[str, str]:
+    """
+    The CORS headers of an answer to a request with these headers (as for
+    L{judge_origin}): none without an C{Origin} or without C{--cors-origin};
+    else C{Vary: Origin} (the answer depends on it), and for a listed origin
+    C{Access-Control-Allow-Origin} (the origin as sent) and
+    C{Access-Control-Expose-Headers}.
+    """
+    if not origin or not allowed:
+        return {}
+    headers = {"Vary": "Origin"}
+    if judge_origin(origin, fetch_site, host, secure, allowed) is Verdict.LISTED:
+        headers["Access-Control-Allow-Origin"] = origin.decode("latin-1")
+        headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return headers
 
 
 def _first(values: Sequence[bytes] | None) -> bytes | None:

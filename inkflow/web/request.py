@@ -5,7 +5,11 @@ headers, the request id (all kept in its L{RequestState}).
 What Twisted does not do by itself, and InkFlow needs (the private parts in L{twisted_hooks}):
 each body goes to a L{BodySink} chosen when the headers are in; a body over
 the limits is refused from C{Content-Length} before any body byte is read
-(and no C{100 Continue} is sent), or while streaming otherwise.
+(and no C{100 Continue} is sent), or while streaming otherwise; such a
+refusal carries the CORS headers of the route it never reaches
+(L{inkflow.web.channel.InkFlowChannel.refusal}).  A connection over a
+limit still gets its health checks and the chat's CORS preflight answered
+(L{always_answered}).
 
 The request owns its body: whatever answers it (a route, an early 400 or
 404, the WebSocket resource, an idempotent replay) or if the client leaves,
@@ -26,10 +30,10 @@ from twisted.web.iweb import IRequest
 
 from inkflow.chat import new_request_id
 from inkflow.errors import ApiError
-from inkflow.paths import HEALTH, READY
+from inkflow.paths import CHAT, HEALTH, READY
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
-from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response, raw_error_response
+from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response
 from inkflow.web.state import RequestState, attach_state
 
 if TYPE_CHECKING:
@@ -40,9 +44,12 @@ __all__ = [
     "ALWAYS_ANSWERED",
     "LINGER_SECONDS",
     "OVER_LIMIT_TIMEOUT",
+    "CorsChooser",
     "HeadCheck",
     "InkFlowRequest",
     "SinkChooser",
+    "always_answered",
+    "routing_line",
 ]
 
 log = Logger()
@@ -50,6 +57,8 @@ log = Logger()
 #: Routes answered even on a connection over the limit (operators must see an
 #: overloaded server).
 ALWAYS_ANSWERED = (HEALTH.encode(), READY.encode())
+#: The chat's CORS preflight: answered over the limit too (L{always_answered}).
+_PREFLIGHT = (b"OPTIONS", CHAT.encode())
 
 #: How long a refused upload may keep sending (its bytes are discarded) before
 #: the connection is cut.  Reading them lets the client see the answer instead
@@ -62,6 +71,29 @@ OVER_LIMIT_TIMEOUT = 1.0
 SinkChooser = Callable[[bytes, bytes, http.Headers, "int | None"], "BodySink | None"]
 #: Admits a request from its head (request, method, decoded path), or raises ApiError.
 HeadCheck = Callable[[IRequest, bytes, bytes], None]
+#: The CORS headers of any answer to a request, from its head (method, decoded
+#: path, headers, secure): the route's own and a refusal given before it.
+CorsChooser = Callable[[bytes, bytes, http.Headers, bool], dict[str, str]]
+
+
+def routing_line(channel: http.HTTPChannel) -> tuple[bytes, bytes]:
+    """
+    The method and path, as routing sees it (percent-decoded, so
+    C{/api/%63hat} is C{/api/chat}), of the request whose head or body the
+    channel is reading.
+    """
+    method, target = twisted_hooks.request_line(channel)
+    return method, unquote_to_bytes(target.split(b"?", 1)[0])
+
+
+def always_answered(method: bytes, path: bytes) -> bool:
+    """
+    Whether a request is answered even on a connection over a limit (which
+    then closes): health and readiness, and the chat's CORS preflight (a
+    browser fails a preflight that is not a 2xx, CORS headers or not: the
+    embed's POST would never be sent to read its 503).
+    """
+    return path in ALWAYS_ANSWERED or (method, path) == _PREFLIGHT
 
 
 class InkFlowRequest(server.Request):
@@ -92,15 +124,14 @@ class InkFlowRequest(server.Request):
         # The body never goes into self.content: sinks take it.
         self.content = _NullContent()
         channel = self.channel
-        method, target = twisted_hooks.request_line(channel)
-        # The path as routing sees it (percent-decoded), so /api/%63hat gets
-        # the same sink and limits as /api/chat.
-        path = unquote_to_bytes(target.split(b"?", 1)[0])
+        # /api/%63hat gets the same sink and limits as /api/chat.
+        method, path = routing_line(channel)
+        always = always_answered(method, path)
         try:
-            if channel.over_limit and path not in ALWAYS_ANSWERED:
+            if channel.over_limit and not always:
                 channel.site.connections.connections_rejected += 1
                 raise ApiError.retry_later("busy", 5, "too many connections")
-            channel.check_address(self.requestHeaders.getRawHeaders("X-Forwarded-For"), path in ALWAYS_ANSWERED)
+            channel.check_address(self.requestHeaders.getRawHeaders("X-Forwarded-For"), always)
             if channel.site.admit_head is not None:
                 channel.site.admit_head(self, method, path)
                 self._state.admitted = True
@@ -162,7 +193,7 @@ class InkFlowRequest(server.Request):
         self._refused = True
         # No "100 Continue" for a refused body.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.refuse(raw_error_response(error, self._state.request_id, secure=self.isSecure()), linger=linger)
+        self.channel.refuse(self.channel.refusal(error), linger=linger)
         # Debug: under a flood there is one per connection (counted in health
         # and /metrics as connections rejected).
         log.debug(
@@ -250,8 +281,12 @@ class InkFlowRequest(server.Request):
 
     def _answer(self, error: ApiError) -> None:
         """
-        Answer C{error} outside Klein.
+        Answer C{error} outside Klein (with the CORS headers of the route it
+        did not reach).
         """
+        cors = self.site.cors_headers(self.method, unquote_to_bytes(self.path), self.requestHeaders, self.isSecure())
+        for name, value in cors.items():
+            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         self.write(error_response(self, error))
         self.finish()
 

@@ -10,6 +10,7 @@ write (none for HEAD): Klein routes return them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -98,12 +99,15 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     return json_response(request, error.body(request_id(request)), error.status)
 
 
-def raw_error_response(error: ApiError, request_id: str | None, *, secure: bool = False) -> bytes:
+def raw_error_response(
+    error: ApiError, request_id: str | None, *, secure: bool = False, headers: Mapping[str, str] | None = None
+) -> bytes:
     """
     A complete HTTP/1.1 error response with C{Connection: close}, for answers
     given before (or instead of) the normal request processing.
 
     @param secure: the connection is TLS (adds C{Strict-Transport-Security}).
+    @param headers: more headers (the CORS headers of the request's route).
     """
     body = json_bytes(error.body(request_id))
     lines = [b"HTTP/1.1 %d %s" % (error.status, reason_phrase(error.status))]
@@ -116,6 +120,6 @@ def raw_error_response(error: ApiError, request_id: str | None, *, secure: bool 
     lines.append(b"Connection: close")
     if request_id:
         lines.append(b"X-Request-ID: " + request_id.encode())
-    for name, value in error.headers.items():
+    for name, value in (*error.headers.items(), *(headers or {}).items()):
         lines.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -26,13 +26,14 @@ from werkzeug.routing import RequestRedirect
 from inkflow.chat import ChatBody
 from inkflow.errors import ApiError
 from inkflow.health import HealthReporter
+from inkflow.paths import CHAT
 from inkflow.web import twisted_hooks
 from inkflow.web.admission import rate_key
 from inkflow.web.bodies import BodySink, DiscardSink, JsonSink
 from inkflow.web.client_address import request_client
 from inkflow.web.handler import ChatHandler, ChatRun
 from inkflow.web.idempotency import parse_key
-from inkflow.web.origin import Verdict, check_origin, judge_origin
+from inkflow.web.origin import check_origin, cors_headers
 from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
@@ -49,8 +50,9 @@ log = Logger()
 
 #: Bytes allowed for a request body on routes that take none.
 NO_BODY_LIMIT = 64 * 1024
-#: The answer headers a listed origin's script may read.
-EXPOSED_HEADERS = "X-Request-ID, X-Session-ID, Retry-After"
+#: The chat's path, and its methods whose answers carry CORS headers.
+_CHAT_PATH = CHAT.encode()
+_CORS_METHODS = (b"POST", b"OPTIONS")
 
 
 class MetricsPage(Protocol):
@@ -200,6 +202,16 @@ def _allowed_on_error(reason: Failure) -> float:
     return 0.0
 
 
+def _rate_verdict(wait: float) -> None:
+    """
+    @raise ApiError: 429 C{rate_limited} when the token was refused
+        (answered from the head or by the route: with the CORS headers
+        either way, L{InkFlowApp.cors_for}).
+    """
+    if wait > 0:
+        raise ApiError.retry_later("rate_limited", wait)
+
+
 def _is_api(path: bytes) -> bool:
     return path == b"/api" or path.startswith(b"/api/")
 
@@ -207,7 +219,7 @@ def _is_api(path: bytes) -> bool:
 class InkFlowApp:
     """
     The HTTP routes, and the choice of a request's fate from its head
-    (L{admit_head}, L{sink_for}, handed to the site).
+    (L{admit_head}, L{sink_for}, L{cors_for}, handed to the site).
 
     @param chat: answers chat messages.
     @param idempotency: the chat route under a client's C{Idempotency-Key}.
@@ -302,30 +314,16 @@ class InkFlowApp:
 
         decision.addCallback(note)
         if answered:
-            self._rate_verdict(request, answered[0])
+            _rate_verdict(answered[0])
             return
         request_state(request).rate_decision = decision
 
         def decided(wait: float) -> float:
             if wait > 0 and isinstance(request, InkFlowRequest):
-                request.refuse_late(self._rate_limited(request, wait))
+                request.refuse_late(ApiError.retry_later("rate_limited", wait))
             return wait
 
         decision.addCallback(decided)
-
-    def _rate_limited(self, request: IRequest, wait: float) -> ApiError:
-        error = ApiError.retry_later("rate_limited", wait)
-        # Refused before any route: an allow-listed page (the embed) must still read it.
-        error.headers.update(self._cors_for(request))
-        return error
-
-    def _rate_verdict(self, request: IRequest, wait: float) -> None:
-        """
-        @raise ApiError: 429 C{rate_limited} (with the CORS headers of a
-            listed origin) when the token was refused.
-        """
-        if wait > 0:
-            raise self._rate_limited(request, wait)
 
     def sink_for(self, method: bytes, path: bytes, headers: http.Headers, length: int | None) -> BodySink | None:
         """
@@ -359,47 +357,35 @@ class InkFlowApp:
 
     # -- responses ------------------------------------------------------------
 
-    def _listed(self, request: IRequest, origin: bytes) -> bool:
+    def cors_for(self, method: bytes, path: bytes, headers: http.Headers, secure: bool) -> dict[str, str]:
         """
-        Whether C{origin} is a listed origin for C{request}, by the one Origin rule.
-        """
-        return (
-            judge_origin(
-                origin,
-                request.requestHeaders.getRawHeaders(b"Sec-Fetch-Site", [None])[0],
-                request.getHeader(b"Host"),
-                request.isSecure(),
-                self._cors,
-            )
-            is Verdict.LISTED
-        )
+        The CORS headers of any answer to a request with this head: the
+        route's own, and a refusal the site gives before the route runs
+        (from the head, while the body streams, at a deadline, over a
+        connection limit).  Chat's (C{POST} and C{OPTIONS} C{/api/chat}) by
+        the one Origin rule (L{cors_headers}); none on any other path.
 
-    def _cors_for(self, request: IRequest) -> dict[str, str]:
+        @param path: percent-decoded, as routing sees it.
         """
-        The CORS headers of an answer to a listed origin (none for any other), by the one Origin rule.
-        """
-        origin = request.getHeader(b"Origin")
-        if not origin or not self._listed(request, origin):
+        if not self._cors or path != _CHAT_PATH or method not in _CORS_METHODS:
             return {}
-        return {
-            "Access-Control-Allow-Origin": origin.decode("latin-1"),
-            "Access-Control-Expose-Headers": EXPOSED_HEADERS,
-            "Vary": "Origin",
-        }
+        origin = headers.getRawHeaders(b"Origin")
+        if not origin:
+            return {}
+        fetch_site, host = headers.getRawHeaders(b"Sec-Fetch-Site"), headers.getRawHeaders(b"Host")
+        return cors_headers(
+            origin[0], fetch_site[0] if fetch_site else None, host[0] if host else None, secure, self._cors
+        )
 
     def _cors_headers(self, request: IRequest) -> bool:
         """
-        Add CORS headers when the request's origin is allowed.
+        Set the chat route's CORS headers on its answer; whether the
+        request's origin is a listed one.
         """
-        origin = request.getHeader(b"Origin")
-        if not origin or not self._cors:
-            return False
-        request.setHeader(b"Vary", b"Origin")
-        if not self._listed(request, origin):
-            return False
-        request.setHeader(b"Access-Control-Allow-Origin", origin)
-        request.setHeader(b"Access-Control-Expose-Headers", EXPOSED_HEADERS.encode())
-        return True
+        headers = self.cors_for(request.method, _CHAT_PATH, request.requestHeaders, request.isSecure())
+        for name, value in headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        return "Access-Control-Allow-Origin" in headers
 
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -560,7 +546,7 @@ class InkFlowApp:
         if state.rate_decision is not None:
             # The head's rate check, when the shared state answered later.
             decision, state.rate_decision = state.rate_decision, None
-            self._rate_verdict(request, await decision)
+            _rate_verdict(await decision)
         key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
         stream = wants_stream(request.getHeader(b"Accept"))
         handler = self.chat_handler

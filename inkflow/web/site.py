@@ -1,7 +1,8 @@
 """
 InkFlow's site: settings, clock, the connection registry (for the limit,
 health, the cleanup loop and drain: L{inkflow.web.connections}), and the
-choice of body sink per route.
+routes' choices from a request's head: its body sink, its admission, and
+the CORS headers of an answer given before the route.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from twisted.web.resource import IResource
 
 from inkflow.web.channel import InkFlowChannel
 from inkflow.web.connections import Connections
-from inkflow.web.request import HeadCheck, InkFlowRequest, SinkChooser
+from inkflow.web.request import CorsChooser, HeadCheck, InkFlowRequest, SinkChooser
 from inkflow.web.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class InkFlowSite(server.Site):
 
     @param connections: the registry of open connections (a new one when
         C{None}).
+    @param cors_for: the CORS headers of any answer to a request, from its
+        head (C{None}: none); answers given before the route carry them too.
     """
 
     requestFactory = InkFlowRequest
@@ -48,6 +51,7 @@ class InkFlowSite(server.Site):
         on_request: Callable[[InkFlowRequest], None] | None = None,
         admit_head: HeadCheck | None = None,
         connections: Connections | None = None,
+        cors_for: CorsChooser | None = None,
     ) -> None:
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=None)
         self.displayTracebacks = False
@@ -55,10 +59,18 @@ class InkFlowSite(server.Site):
         self.clock = clock
         self.sink_for = sink_for
         self.admit_head = admit_head
+        self.cors_for = cors_for
         self.on_request = on_request
         self.connections = connections if connections is not None else Connections()
         #: The connections' head, body and idle deadlines (L{InkFlowChannel}).
         self.sweep = Sweep(clock, CHANNEL_RESOLUTION)
+
+    def cors_headers(self, method: bytes, path: bytes, headers: http.Headers, secure: bool) -> dict[str, str]:
+        """
+        The CORS headers of an answer to a request (C{path} percent-decoded),
+        for one given before (or instead of) its route.
+        """
+        return self.cors_for(method, path, headers, secure) if self.cors_for is not None else {}
 
     def log(self, request: http.Request) -> None:
         if self.on_request is not None:

@@ -227,6 +227,70 @@ def test_cors_preflight_and_allowlist(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in headers
 
 
+def _ask(port: int, data: bytes) -> tuple[int, dict[str, str], Any]:
+    """
+    Send C{data} (a whole request) on a new connection and read the answer
+    until the server closes: its status, headers (names in lower case) and
+    JSON body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, json.loads(body) if body else None
+
+
+def _chat_head(origin: str, extra: str, method: str = "POST", content_type: str = "application/json") -> bytes:
+    return (
+        f"{method} /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nOrigin: {origin}\r\n"
+        f"Connection: close\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_early_refusals_carry_cors_for_a_listed_origin(tmp_path: Path) -> None:
+    """
+    Chat refused before its route (413 from Content-Length and while the body
+    streams, 415 from the head, 503 over --max-connections) carries the CORS
+    headers for a --cors-origin, none for another origin; over the limit the
+    preflight is answered, so the embed's POST reads its 503.
+    """
+    shop, evil = "https://shop.example", "https://evil.example"
+    with ServerProcess(
+        *("--cors-origin", shop, "--max-files", "1", "--max-file-size", "1000", "--max-message-chars", "100"),
+        *("--max-connections", "1", "--max-connections-per-ip", "0", "--upload-dir", str(tmp_path)),
+    ) as s:
+        big = b"x" * 70_000
+        status, headers, body = _ask(s.port, _chat_head(shop, f"Content-Length: {len(big)}\r\n") + big)
+        assert (status, body["error"]["code"]) == (413, "too_large")
+        assert headers["access-control-allow-origin"] == shop
+        assert headers["vary"] == "Origin"
+        assert "Retry-After" in headers["access-control-expose-headers"]
+        chunked = _chat_head(shop, "Transfer-Encoding: chunked\r\n") + b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big)
+        status, headers, body = _ask(s.port, chunked)
+        assert (status, body["error"]["code"]) == (413, "too_large")
+        assert headers["access-control-allow-origin"] == shop
+        text = _chat_head(shop, "Content-Length: 5\r\n", content_type="text/plain") + b"hello"
+        status, headers, body = _ask(s.port, text)
+        assert (status, body["error"]["code"]) == (415, "unsupported_type")
+        assert headers["access-control-allow-origin"] == shop
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as held:
+            held.sendall(b"GET / HTTP/1.1\r\n")  # holds the one place
+            preflight = _chat_head(shop, "Access-Control-Request-Method: POST\r\n", method="OPTIONS")
+            status, headers, _ = _ask(s.port, preflight)
+            assert (status, headers["access-control-allow-origin"]) == (204, shop)
+            message = b'{"message":"a"}'
+            for origin in (shop, evil):
+                status, headers, body = _ask(s.port, _chat_head(origin, "Content-Length: 15\r\n") + message)
+                assert (status, body["error"]["code"]) == (503, "busy")
+                assert "retry-after" in headers
+                assert headers.get("access-control-allow-origin") == (shop if origin == shop else None)
+        assert "Traceback" not in s.output()
+
+
 @pytest_twisted.ensureDeferred
 async def test_sigterm_during_ten_chats_answers_all_ten(fake: FakeN8n, tmp_path: Path) -> None:
     """SIGTERM while 10 chats are in flight: all 10 are answered 200, then the server exits cleanly."""

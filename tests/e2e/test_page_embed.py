@@ -444,6 +444,31 @@ def test_a_rate_limited_embed_reads_the_429(host: HostSite) -> None:
         assert statuses == [(200, host.origin), (429, host.origin)]
 
 
+def test_the_owners_page_reads_a_refusal_given_before_the_route(
+    server: ServerProcess, host: HostSite, contexts: Any
+) -> None:
+    """
+    On the owner's page (a --cors-origin), a chat request InkFlow refuses
+    from its head (415 for text/plain, a simple request sent without a
+    preflight) is readable by the page's script: its status and JSON error,
+    not an opaque network error.
+    """
+    page = contexts().new_page()
+    page.goto(host.origin + "/")
+    result = page.evaluate(
+        """async (url) => {
+            try {
+                const r = await fetch(url, {method: "POST", headers: {"Content-Type": "text/plain"}, body: "hi"});
+                return {status: r.status, code: (await r.json()).error.code};
+            } catch (e) {
+                return {error: String(e)};
+            }
+        }""",
+        server.url("/api/chat"),
+    )
+    assert result == {"status": 415, "code": "unsupported_type"}
+
+
 def test_workers_serve_the_owners_names(tmp_path: Path) -> None:
     """With --workers 2 the [page] table reaches every worker (it travels with the options)."""
     config = tmp_path / "inkflow.toml"

@@ -1,7 +1,7 @@
 """
 L{inkflow.web.origin}: the one Origin rule, one table of cases, checked for
 each of its three users: the chat (L{check_origin}), the C{/chat}
-WebSocket and the CORS headers (both through L{judge_origin}).
+WebSocket (through L{judge_origin}) and the CORS headers (L{cors_headers}).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from inkflow.errors import ApiError
-from inkflow.web.origin import Verdict, check_origin, judge_origin, normalize_origin
+from inkflow.web.origin import EXPOSED_HEADERS, Verdict, check_origin, cors_headers, judge_origin, normalize_origin
 
 LISTED = ("https://shop.example",)
 
@@ -80,6 +80,24 @@ class OriginRuleTests(TestCase):
                 refused = (e.status, e.code)
             if refused != (None if verdict.allowed else (403, "forbidden_origin")):
                 wrong.append((origin, fetch, host, secure, verdict, refused))
+        self.assertEqual(wrong, [])
+
+    def test_cors_headers_agree(self) -> None:
+        """
+        cors_headers gives the CORS headers to exactly the listed cases (the
+        Origin as sent), Vary: Origin to every case with an Origin, and
+        nothing at all without --cors-origin.
+        """
+        wrong: list[tuple[object, ...]] = []
+        for origin, fetch, host, secure, verdict in CASES:
+            expected = {"Vary": "Origin"} if origin else {}
+            if origin and verdict is LIST:
+                expected["Access-Control-Allow-Origin"] = origin.decode()
+                expected["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+            if cors_headers(origin, fetch, host, secure, LISTED) != expected:
+                wrong.append((origin, fetch, host, secure, verdict))
+            if cors_headers(origin, fetch, host, secure, ()) != {}:
+                wrong.append((origin, fetch, host, secure, "without --cors-origin"))
         self.assertEqual(wrong, [])
 
     def test_normalize_origin(self) -> None:

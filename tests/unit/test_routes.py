@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -135,7 +135,13 @@ def make_app(
         ),
     )
     site = InkFlowSite(
-        app.resource(), settings, clock, app.sink_for, admit_head=app.admit_head, connections=connections
+        app.resource(),
+        settings,
+        clock,
+        app.sink_for,
+        admit_head=app.admit_head,
+        connections=connections,
+        cors_for=app.cors_for,
     )
     return app, SiteTreq(site)
 
@@ -701,3 +707,249 @@ class IdempotencyAtTheRouteTests(TestCase):
         code, body = self.post_file(stub, 2)
         self.assertEqual((code, body["error"]["code"]), (422, "idempotency_mismatch"))
         self.assertEqual(len(forwarder.messages), 1)
+
+
+def _cors_fields(pairs: Any) -> dict[str, str]:
+    """
+    The CORS fields of an answer (C{Access-Control-*} and C{Vary}), names in
+    lower case, from (name, value) pairs.
+    """
+    return {
+        name.lower(): value
+        for name, value in pairs
+        if name.lower().startswith("access-control-") or name.lower() == "vary"
+    }
+
+
+def _raw_cors(answer: bytes) -> dict[str, str]:
+    """
+    The CORS fields of a raw HTTP answer written to a transport.
+    """
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    return _cors_fields(line.split(": ", 1) for line in head.split("\r\n")[1:])
+
+
+class EarlyRefusalCorsTests(TestCase):
+    """
+    A refusal given before the chat route runs (from the request head, while
+    the body streams, by a deadline, over a connection limit) carries the
+    CORS headers the route's own error answers carry when the Origin is a
+    --cors-origin, so an embed on that origin reads the JSON error instead of
+    an opaque network error; another origin gets none.
+    """
+
+    SHOP = "https://shop.example"
+    PEER = "198.51.100.7"
+
+    def make(self, **overrides: Any) -> tuple[InkFlowApp, Any]:
+        settings: dict[str, Any] = {
+            "cors_origin": (self.SHOP,),
+            "max_files": 1,
+            "max_file_size": 1000,
+            "max_message_chars": 100,
+            "max_connections_per_ip": 0,
+            **overrides,
+        }
+        return make_app(self, FakeForwarder(), **settings)
+
+    def route_cors(self, stub: Any) -> dict[str, str]:
+        """
+        The CORS fields of the route's own error answer to the listed origin
+        (a 400 for a JSON body that is not an object).
+        """
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=b"[1]",
+                headers={"Content-Type": "application/json", "Origin": self.SHOP},
+            )
+        )
+        self.assertEqual(response.code, 400)
+        self.successResultOf(response.content())
+        cors = _cors_fields(
+            (name.decode(), value.decode()) for name, values in response.headers.getAllRawHeaders() for value in values
+        )
+        self.assertEqual(cors["access-control-allow-origin"], self.SHOP)
+        return cors
+
+    def post(self, stub: Any, body: bytes, origin: str, content_type: str = "application/json") -> tuple[int, Any, Any]:
+        response = self.successResultOf(
+            stub.post(
+                "http://inkflow.test/api/chat",
+                data=body,
+                headers={"Content-Type": content_type, "Origin": origin},
+            )
+        )
+        raw = self.successResultOf(response.content())
+        pairs = (
+            (name.decode(), value.decode()) for name, values in response.headers.getAllRawHeaders() for value in values
+        )
+        return response.code, _cors_fields(pairs), json.loads(raw)
+
+    def connect(self, stub: Any) -> tuple[Any, Any]:
+        """
+        A raw connection to the site behind C{stub} (for answers a treq
+        client cannot provoke: deadlines, limits, framing).
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        peer = IPv4Address("TCP", self.PEER, 5000)
+        channel = stub.agent.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+    def head(self, origin: str, method: bytes = b"POST", extra: bytes = b"Content-Length: 15\r\n") -> bytes:
+        return (
+            method + b" /api/chat HTTP/1.1\r\nHost: inkflow.test\r\nContent-Type: application/json\r\n"
+            b"Origin: " + origin.encode() + b"\r\n" + extra + b"\r\n"
+        )
+
+    def test_413_from_content_length(self) -> None:
+        """A Content-Length over the limit is refused 413 from the head, with the route's CORS headers."""
+        _, stub = self.make()
+        route = self.route_cors(stub)
+        code, cors, body = self.post(stub, b"x" * 70_000, self.SHOP)
+        self.assertEqual((code, body["error"]["code"]), (413, "too_large"))
+        self.assertEqual(cors, route)
+        # Another origin is refused by the Origin rule, with no CORS header.
+        code, cors, body = self.post(stub, b"x" * 70_000, "https://evil.example")
+        self.assertEqual((code, body["error"]["code"]), (403, "forbidden_origin"))
+        self.assertNotIn("access-control-allow-origin", cors)
+
+    def test_415_from_the_head(self) -> None:
+        """A content type chat does not take (text/plain: no preflight) is refused 415 with the route's CORS headers."""
+        _, stub = self.make()
+        route = self.route_cors(stub)
+        code, cors, body = self.post(stub, b"hello", self.SHOP, "text/plain")
+        self.assertEqual((code, body["error"]["code"]), (415, "unsupported_type"))
+        self.assertEqual(cors, route)
+
+    def test_413_while_the_body_streams(self) -> None:
+        """A chunked body refused 413 the moment it crosses the limit carries the route's CORS headers."""
+        _, stub = self.make()
+        route = self.route_cors(stub)
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP, extra=b"Transfer-Encoding: chunked\r\n"))
+        channel.dataReceived(b"%x\r\n" % 70_000 + b"x" * 70_000 + b"\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_503_over_the_connection_limit(self) -> None:
+        """Over --max-connections, chat is refused 503 busy with the route's CORS headers; another origin gets none."""
+        _, stub = self.make(max_connections=1)
+        route = self.route_cors(stub)
+        held, _ = self.connect(stub)
+        held.dataReceived(b"GET / HTTP/1.1\r\n")  # holds the one place
+        answers = []
+        for origin in (self.SHOP, "https://evil.example"):
+            channel, transport = self.connect(stub)
+            channel.dataReceived(self.head(origin) + b'{"message":"a"}')
+            answers.append(transport.value())
+        self.assertTrue(answers[0].startswith(b"HTTP/1.1 503 "), answers[0][:200])
+        self.assertIn(b'"busy"', answers[0])
+        self.assertIn(b"Retry-After: ", answers[0])
+        self.assertEqual(_raw_cors(answers[0]), route)
+        self.assertTrue(answers[1].startswith(b"HTTP/1.1 503 "), answers[1][:200])
+        self.assertNotIn("access-control-allow-origin", _raw_cors(answers[1]))
+
+    def test_503_over_the_address_cap(self) -> None:
+        """Over --max-connections-per-ip, chat is refused 503 with the route's CORS headers."""
+        _, stub = self.make(max_connections_per_ip=1)
+        route = self.route_cors(stub)
+        held, _ = self.connect(stub)
+        held.dataReceived(b"GET / HTTP/1.1\r\n")  # busy, not idle: it keeps its place
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP) + b'{"message":"a"}')
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer[:200])
+        self.assertIn(b'"too_many_connections_from_address"', answer)
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_408_while_the_body_is_late(self) -> None:
+        """A body that stops coming is answered 408 with the route's CORS headers."""
+        app, stub = self.make()
+        route = self.route_cors(stub)
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP, extra=b"Content-Length: 100\r\n") + b'{"message"')
+        cast(Clock, app.clock).advance(app.settings.body_timeout + 1)
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:200])
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_400_for_a_malformed_chunk(self) -> None:
+        """A chunked body that cannot be parsed is answered 400 with the route's CORS headers."""
+        _, stub = self.make()
+        route = self.route_cors(stub)
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP, extra=b"Transfer-Encoding: chunked\r\n") + b"zz\r\n")
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_400_for_a_host_that_is_not_utf8(self) -> None:
+        """A request answered 400 before routing (a Host that is not UTF-8) carries the route's CORS headers."""
+        _, stub = self.make()
+        route = self.route_cors(stub)
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP).replace(b"inkflow.test", b"ink\xffflow") + b'{"message":"a"}')
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_429_from_the_head(self) -> None:
+        """The rate limit's 429, decided from the head, carries the route's CORS headers."""
+        _, stub = self.make(rate_limit=2)
+        route = self.route_cors(stub)  # takes the first token
+        self.assertEqual(self.post(stub, b'{"message":"a"}', self.SHOP)[0], 200)
+        code, cors, body = self.post(stub, b'{"message":"a"}', self.SHOP)
+        self.assertEqual((code, body["error"]["code"]), (429, "rate_limited"))
+        self.assertEqual(cors, route)
+
+    def test_429_decided_while_the_body_streams(self) -> None:
+        """The shared rate limit's refusal that cuts a body still coming carries the route's CORS headers."""
+        app, stub = self.make()
+        route = self.route_cors(stub)
+        answers: list[Deferred[float]] = []
+
+        def later(bucket: str) -> Deferred[float]:
+            d: Deferred[float] = Deferred()
+            answers.append(d)
+            return d
+
+        app.rate_take = later
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP, extra=b"Content-Length: 50000\r\n") + b"x" * 1000)
+        answers[0].callback(3.0)
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer[:200])
+        self.assertEqual(_raw_cors(answer), route)
+
+    def test_preflight_refused_from_the_head(self) -> None:
+        """A preflight refused from its head (a body over what OPTIONS takes) carries the preflight's CORS headers."""
+        _, stub = self.make()
+        channel, transport = self.connect(stub)
+        channel.dataReceived(
+            self.head(self.SHOP, b"OPTIONS", b"Access-Control-Request-Method: POST\r\nContent-Length: 100000\r\n")
+        )
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+        self.assertEqual(_raw_cors(answer)["access-control-allow-origin"], self.SHOP)
+
+    def test_preflight_is_answered_over_the_connection_limit(self) -> None:
+        """
+        Over --max-connections the chat's preflight is answered (a browser
+        fails any preflight that is not a 2xx, CORS headers or not), so the
+        embed's POST is sent and reads its 503 busy; the connection closes.
+        """
+        _, stub = self.make(max_connections=1)
+        held, _ = self.connect(stub)
+        held.dataReceived(b"GET / HTTP/1.1\r\n")
+        channel, transport = self.connect(stub)
+        channel.dataReceived(self.head(self.SHOP, b"OPTIONS", b"Access-Control-Request-Method: POST\r\n"))
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 204 "), answer[:200])
+        self.assertEqual(_raw_cors(answer)["access-control-allow-origin"], self.SHOP)
+        self.assertIn(b"Connection: close", answer)
