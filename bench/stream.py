@@ -44,6 +44,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -454,6 +455,8 @@ def run(
                 if gc_trace:
                     time.sleep(0.2)  # (the last collections' lines)
                     result.update(gc_in(logs, name, result["window"]))
+                    if name != "workers" and relay.pid is not None:
+                        result.update(census(logs, name, relay.pid, count))
                 load[name].append(result)
                 say(f"  round {r + 1} {name} x{count}: {json.dumps(result)}")
                 time.sleep(1.0)  # let closed connections go
@@ -473,6 +476,8 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
     """
     events: list[tuple[float, int, float]] = []
     for path in logs.glob(f"gc-{name}-*.txt"):
+        if "-census-" in path.name:
+            continue
         for line in path.read_text("ascii").splitlines():
             at, generation, ms = line.split()
             events.append((float(at), int(generation), float(ms)))
@@ -494,6 +499,25 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
         "gc_counts": counts,
         "gc_pauses_over_5ms": by_generation,
     }
+
+
+def census(logs: Path, name: str, pid: int, count: int) -> dict[str, Any]:
+    """
+    The objects a server (one process) holds that only the garbage collector
+    can free, right after a run: what the run's streams left in reference
+    cycles (L{bench.gc_trace}, C{SIGUSR2}); per stream, and the commonest types.
+    """
+    path = logs / f"gc-{name}-census-{pid}.txt"
+    before = len(path.read_text("ascii").splitlines()) if path.exists() else 0
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        lines = path.read_text("ascii").splitlines() if path.exists() else []
+        if len(lines) > before:
+            _, found, *top = lines[-1].split()
+            return {"cyclic_objects": int(found), "cyclic_per_stream": int(found) / count, "cyclic_top": " ".join(top)}
+        time.sleep(0.05)
+    return {}
 
 
 def _worst(rounds: list[dict[str, Any]], key: str) -> float:
@@ -539,6 +563,14 @@ def print_relays(
             f"| {each('gc_ramp_ms', 0)} ({each('gc_ramp_max_ms', 0)}) "
             f"| {loads} |"
         )
+    for name, rounds in load.items():
+        if any("cyclic_objects" in x for x in rounds):
+            found = " / ".join(f"{x.get('cyclic_objects', 'n/a')}" for x in rounds)
+            per = " / ".join(f"{x['cyclic_per_stream']:.1f}" if "cyclic_per_stream" in x else "n/a" for x in rounds)
+            print(
+                f"\n{LABELS[name]}: objects only the collector could free after each round: {found} ({per} per stream)"
+            )
+            print(f"  commonest, last round: {rounds[-1].get('cyclic_top', '')}")
     sys.stdout.flush()
 
 

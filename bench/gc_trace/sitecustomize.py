@@ -4,14 +4,21 @@ this folder on C{PYTHONPATH}: appends a line for every garbage collection
 (wall-clock start, generation, its CPU time in ms: on a shared machine a
 collection's wall-clock time counts the other processes' turns too) to
 C{$BENCH_GC_TRACE-<pid>.txt}
-as it happens (twistd ends by re-raising SIGTERM: no exit hooks run).  Not
-part of InkFlow.
+as it happens (twistd ends by re-raising SIGTERM: no exit hooks run).
+
+On C{SIGUSR2} it takes a census of the objects only the collector can free
+(those in reference cycles, and what hangs from them): one collection that
+keeps them (C{gc.DEBUG_SAVEALL}), their count by type appended as one line
+to C{$BENCH_GC_TRACE-census-<pid>.txt}, then they are let go.  Not part of
+InkFlow.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import os
+import signal
 import time
 from typing import IO, Any
 
@@ -30,5 +37,20 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
     _file[0].write(f"{_started[0]:.6f} {info['generation']} {pause:.3f}\n")
 
 
+def _census(signum: int, frame: Any) -> None:
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        found = len(gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    top = " ".join(f"{name}={n}" for name, n in kinds.most_common(8))
+    with open(f"{_prefix}-census-{os.getpid()}.txt", "a", encoding="ascii") as out:
+        out.write(f"{time.time():.6f} {found} {top}\n")
+
+
 if _prefix:
     gc.callbacks.append(_callback)
+    signal.signal(signal.SIGUSR2, _census)
