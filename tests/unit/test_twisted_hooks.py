@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import _WrappingFactory
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -31,6 +32,7 @@ from twisted.web.static import Data
 from inkflow.web import twisted_hooks
 from inkflow.web.channel import InkFlowChannel
 from tests.support.pools import connection_factory
+from tests.unit.helpers import pinned
 
 
 class _Spy(http.HTTPChannel):
@@ -354,3 +356,70 @@ class ClientCycleTests(TestCase):
         protocol.makeConnection(transport)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(connector.transport)
+
+
+class _Connector:
+    """
+    What an endpoint's factory sees of a TCP connector.
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self.factory = factory
+        self.transport: Any = None
+
+    def getDestination(self) -> Any:
+        return IPv4Address("TCP", "127.0.0.1", 5678)
+
+    def stopConnecting(self) -> None:
+        pass
+
+
+def _connected_through_an_endpoint(protocol_factory: Any) -> tuple[Any, weakref.ref[Any]]:
+    """
+    What an endpoint builds to connect C{protocol_factory}, as after a TCP
+    connection was made: its connector (the transport set on it and it on
+    the transport) and a weak reference to the endpoint's wrapping factory.
+    """
+    wrapping = _WrappingFactory(protocol_factory)
+    connector = _Connector(wrapping)
+    wrapping.startedConnecting(connector)
+    wrapper = wrapping.buildProtocol(None)
+    transport = StringTransport()
+    cast(Any, transport).connector = connector
+    connector.transport = transport
+    wrapper.makeConnection(transport)
+    return wrapper, weakref.ref(wrapping)
+
+
+class EndpointCycleTests(TestCase):
+    """
+    The endpoint's wrapping factory of a pool connection is freed by
+    reference counting once the connection is lost.
+    """
+
+    def test_stock_wrapping_factory_stays_in_cycles(self) -> None:
+        """
+        Twisted's own: an endpoint's C{_WrappingFactory} keeps its connector
+        (whose factory it is) and its fired Deferred (whose canceller is its
+        method) after the connection is lost.  When this fails,
+        L{twisted_hooks._ClientProtocol.connectionLost} need not let go of
+        them.
+        """
+        with _collector_off():
+            wrapper, wrapping = _connected_through_an_endpoint(ClientFactory.forProtocol(Protocol))
+            wrapper.connectionLost(Failure(ConnectionDone()))
+            del wrapper
+            self.assertIsNotNone(wrapping())
+
+    @pinned("the pool's protocol leaves the endpoint's wrapping factory in its cycles")
+    def test_pool_connection_lets_the_wrapping_factory_go(self) -> None:
+        """
+        A lost pool connection leaves its endpoint's wrapping factory to
+        reference counting.
+        """
+        factory = connection_factory(twisted_hooks.quiet_pool(HTTPConnectionPool(MemoryReactorClock())))
+        with _collector_off():
+            wrapper, wrapping = _connected_through_an_endpoint(factory)
+            wrapper.connectionLost(Failure(ConnectionDone()))
+            del wrapper, factory
+            self.assertIsNone(wrapping())
