@@ -47,7 +47,9 @@ Client (the n8n side, twisted.web.client):
    of a finished answer's chunked decoder (C{HTTPClientParser.bodyDecoder},
    whose C{finishCallback} is the parser's method) in
    C{HTTP11ClientProtocol._disconnectParser}, and of a lost connection's
-   connector (C{tcp.Client.connector}, whose C{transport} stays set).  Freed
+   connector (C{tcp.Client.connector}, whose C{transport} stays set) and
+   of what the endpoint's C{_WrappingFactory} keeps (C{_connector},
+   C{_onConnection}).  Freed
    by reference counting, not by the garbage collector: at 2,000 streams a
    burst their cycles were tens of thousands of objects, and the
    generation-1 pass that found them stopped the server for most of a
@@ -60,8 +62,9 @@ standard library's list for the codes Twisted lacks (429, 431).
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.endpoints import _WrappingFactory
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -202,6 +205,15 @@ class _ClientProtocol(HTTP11ClientProtocol):
         connector = getattr(transport, "connector", None)
         if connector is not None and getattr(connector, "transport", None) is transport:
             connector.transport = None
+        # The endpoint's factory keeps its connector (whose factory it is)
+        # and its fired Deferred (whose canceller is the factory's method
+        # and whose result is this protocol); neither is used once the
+        # connection is lost.
+        factory = getattr(connector, "factory", None)
+        if isinstance(factory, _WrappingFactory):
+            wrapping = cast(Any, factory)
+            wrapping._connector = None
+            wrapping._onConnection = None
 
 
 class _QuietFactory(_HTTP11ClientFactory):

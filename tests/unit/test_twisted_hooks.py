@@ -32,7 +32,6 @@ from twisted.web.static import Data
 from inkflow.web import twisted_hooks
 from inkflow.web.channel import InkFlowChannel
 from tests.support.pools import connection_factory
-from tests.unit.helpers import pinned
 
 
 class _Spy(http.HTTPChannel):
@@ -411,7 +410,6 @@ class EndpointCycleTests(TestCase):
             del wrapper
             self.assertIsNotNone(wrapping())
 
-    @pinned("the pool's protocol leaves the endpoint's wrapping factory in its cycles")
     def test_pool_connection_lets_the_wrapping_factory_go(self) -> None:
         """
         A lost pool connection leaves its endpoint's wrapping factory to
