@@ -475,12 +475,15 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
     longest CPU time in ms.
     """
     events: list[tuple[float, int, float]] = []
+    freed = 0
     for path in logs.glob(f"gc-{name}-*.txt"):
         if "-census-" in path.name:
             continue
         for line in path.read_text("ascii").splitlines():
-            at, generation, ms = line.split()
+            at, generation, ms, collected = line.split()
             events.append((float(at), int(generation), float(ms)))
+            if window[0] <= float(at) < window[1]:
+                freed += int(collected)
     if not events:
         return {}
     began, ended = window
@@ -498,14 +501,16 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
         "gc_count": len(all_pauses),
         "gc_counts": counts,
         "gc_pauses_over_5ms": by_generation,
+        "gc_freed": freed,
     }
 
 
 def census(logs: Path, name: str, pid: int, count: int) -> dict[str, Any]:
     """
     The objects a server (one process) holds that only the garbage collector
-    can free, right after a run: what the run's streams left in reference
-    cycles (L{bench.gc_trace}, C{SIGUSR2}); per stream, and the commonest types.
+    can free, right after a run (L{bench.gc_trace}, C{SIGUSR2}): what the
+    run's streams left in reference cycles that its own passes (counted in
+    L{gc_in}) did not free yet, and the commonest types.
     """
     path = logs / f"gc-{name}-census-{pid}.txt"
     before = len(path.read_text("ascii").splitlines()) if path.exists() else 0
@@ -515,7 +520,7 @@ def census(logs: Path, name: str, pid: int, count: int) -> dict[str, Any]:
         lines = path.read_text("ascii").splitlines() if path.exists() else []
         if len(lines) > before:
             _, found, *top = lines[-1].split()
-            return {"cyclic_objects": int(found), "cyclic_per_stream": int(found) / count, "cyclic_top": " ".join(top)}
+            return {"cyclic_left": int(found), "cyclic_top": " ".join(top)}
         time.sleep(0.05)
     return {}
 
@@ -564,13 +569,15 @@ def print_relays(
             f"| {loads} |"
         )
     for name, rounds in load.items():
-        if any("cyclic_objects" in x for x in rounds):
-            found = " / ".join(f"{x.get('cyclic_objects', 'n/a')}" for x in rounds)
-            per = " / ".join(f"{x['cyclic_per_stream']:.1f}" if "cyclic_per_stream" in x else "n/a" for x in rounds)
+        if any("cyclic_left" in x for x in rounds):
+            freed = " / ".join(f"{x.get('gc_freed', 0):,}" for x in rounds)
+            left = " / ".join(f"{x.get('cyclic_left', 0):,}" for x in rounds)
+            per = " / ".join(f"{(x.get('gc_freed', 0) + x.get('cyclic_left', 0)) / count:.1f}" for x in rounds)
             print(
-                f"\n{LABELS[name]}: objects only the collector could free after each round: {found} ({per} per stream)"
+                f"\n{LABELS[name]}: objects only the collector could free, by round: {freed} freed by its passes "
+                f"during the round, {left} left at its end ({per} per stream)"
             )
-            print(f"  commonest, last round: {rounds[-1].get('cyclic_top', '')}")
+            print(f"  left at the end of the last round, commonest: {rounds[-1].get('cyclic_top', '')}")
     sys.stdout.flush()
 
 

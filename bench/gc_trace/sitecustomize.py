@@ -1,7 +1,7 @@
 """
 Loaded at start-up by a server that C{bench.stream --gc-trace} runs with
 this folder on C{PYTHONPATH}: appends a line for every garbage collection
-(wall-clock start, generation, its CPU time in ms: on a shared machine a
+(wall-clock start, generation, its CPU time in ms, the objects it freed: on a shared machine a
 collection's wall-clock time counts the other processes' turns too) to
 C{$BENCH_GC_TRACE-<pid>.txt}
 as it happens (twistd ends by re-raising SIGTERM: no exit hooks run).
@@ -34,7 +34,7 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
     pause = (time.thread_time() - _started[1]) * 1000.0
     if not _file:
         _file.append(open(f"{_prefix}-{os.getpid()}.txt", "a", encoding="ascii", buffering=1))  # noqa: SIM115
-    _file[0].write(f"{_started[0]:.6f} {info['generation']} {pause:.3f}\n")
+    _file[0].write(f"{_started[0]:.6f} {info['generation']} {pause:.3f} {info.get('collected', 0)}\n")
 
 
 def _census(signum: int, frame: Any) -> None:
