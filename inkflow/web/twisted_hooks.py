@@ -49,11 +49,10 @@ Client (the n8n side, twisted.web.client):
    C{HTTP11ClientProtocol._disconnectParser}, and of a lost connection's
    connector (C{tcp.Client.connector}, whose C{transport} stays set) and
    of what the endpoint's C{_WrappingFactory} keeps (C{_connector},
-   C{_onConnection}).  Freed
-   by reference counting, not by the garbage collector: at 2,000 streams a
-   burst their cycles were tens of thousands of objects, and the
-   generation-1 pass that found them stopped the server for most of a
-   second.
+   C{_onConnection}).  Freed by reference counting, not by the garbage
+   collector: at 2,000 streams a burst their cycles were tens of thousands
+   of objects, and the generation-1 pass that found them stopped the
+   server for most of a second.
 
 Reason phrases come from the public C{twisted.web.http.RESPONSES}, with the
 standard library's list for the codes Twisted lacks (429, 431).
