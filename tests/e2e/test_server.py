@@ -5,6 +5,7 @@ HTTP, in demo mode (no webhook).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import signal
@@ -256,9 +257,30 @@ def test_sigterm_when_idle_exits_within_a_second(tmp_path: Path) -> None:
     assert "Traceback" not in s.output()
 
 
+@contextlib.contextmanager
+def sigint_deliverable() -> Iterator[None]:
+    """
+    While a server is started: SIGINT not ignored in this process, so the
+    server does not inherit it ignored.  A suite started in the background
+    of a non-interactive shell (C{make test &}) has SIGINT ignored, and an
+    ignored signal stays ignored across C{exec}: Python then installs no
+    handler and Twisted, rightly, none either (the server would never see
+    the signal this test sends).
+    """
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_sigint_stops_cleanly(tmp_path: Path) -> None:
     """SIGINT stops the server with status 0 and no traceback."""
-    s = ServerProcess("--upload-dir", str(tmp_path)).start()
+    with sigint_deliverable():
+        s = ServerProcess("--upload-dir", str(tmp_path)).start()
     assert s.get_json("/api/health")[0] == 200  # the reactor runs: its signal handlers are in
     code = s.stop(signal.SIGINT)
     assert code in (0, -signal.SIGINT, 128 + signal.SIGINT)
