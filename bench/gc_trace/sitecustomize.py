@@ -9,8 +9,10 @@ as it happens (twistd ends by re-raising SIGTERM: no exit hooks run).
 On C{SIGUSR2} it takes a census of the objects only the collector can free
 (those in reference cycles, and what hangs from them): one collection that
 keeps them (C{gc.DEBUG_SAVEALL}), their count by type appended as one line
-to C{$BENCH_GC_TRACE-census-<pid>.txt}, then they are let go.  Not part of
-InkFlow.
+to C{$BENCH_GC_TRACE-census-<pid>.txt} and to standard error (C{gc census:
+<count> <type>=<n> ...}), then they are let go.  With C{BENCH_GC_OFF=1} the
+automatic collections are off, so a census counts every such object made
+since start-up (C{tests/e2e/test_stream_cycles.py}).  Not part of InkFlow.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import collections
 import gc
 import os
 import signal
+import sys
 import time
 from typing import IO, Any
 
@@ -41,7 +44,7 @@ def _census(signum: int, frame: Any) -> None:
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
-        kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        kinds = collections.Counter(type(o).__qualname__.replace(" ", "_") for o in gc.garbage)
         found = len(gc.garbage)
     finally:
         gc.garbage.clear()
@@ -49,8 +52,12 @@ def _census(signum: int, frame: Any) -> None:
     top = " ".join(f"{name}={n}" for name, n in kinds.most_common(8))
     with open(f"{_prefix}-census-{os.getpid()}.txt", "a", encoding="ascii") as out:
         out.write(f"{time.time():.6f} {found} {top}\n")
+    every = " ".join(f"{name}={n}" for name, n in kinds.most_common())
+    print(f"gc census: {found} {every}", file=sys.stderr, flush=True)
 
 
 if _prefix:
+    if os.environ.get("BENCH_GC_OFF") == "1":
+        gc.disable()
     gc.callbacks.append(_callback)
     signal.signal(signal.SIGUSR2, _census)
