@@ -4,10 +4,12 @@ Small helpers shared by the unit tests.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 from twisted.trial.unittest import TestCase
@@ -16,6 +18,21 @@ from twisted.web.http_headers import Headers
 from inkflow.chat import ChatBody
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """
+    The cyclic garbage collector off: what is freed meanwhile is freed by
+    reference counting alone (a test of "no reference cycle left").
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def temp_path(test: TestCase) -> str:

@@ -6,11 +6,9 @@ commit rules (L{inkflow.n8n.client}), the body opening and the relay
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,6 +28,7 @@ from inkflow.n8n.client import ForwardResult, StreamStart
 from inkflow.n8n.relay import StreamBody
 from inkflow.n8n.stream import ERROR_TEXT, KEEPALIVE_LINE
 from inkflow.web.stream import KEEPALIVE_AFTER, StreamRegistry, StreamRelay
+from tests.unit.helpers import collector_off
 from tests.unit.test_forward import URL_A, URL_B, Call, ForwarderTestsMixin, respond
 
 N8N_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-cache"}
@@ -566,21 +565,6 @@ class StreamRelayTests(RelayTestsMixin, TestCase):
         self.assertEqual(self.successResultOf(done), "drain")
         self.assertEqual(self.request.lines()[-1]["content"], ERROR_TEXT["drain"])
         self.assertTrue(self.response.transport.stopped)
-
-
-@contextlib.contextmanager
-def collector_off() -> Iterator[None]:
-    """
-    The cyclic garbage collector off: what is freed meanwhile is freed by
-    reference counting alone.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class StreamMemoryTests(RelayTestsMixin, TestCase):

@@ -6,10 +6,7 @@ fails here, by name.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -32,6 +29,7 @@ from twisted.web.static import Data
 from inkflow.web import twisted_hooks
 from inkflow.web.channel import InkFlowChannel
 from tests.support.pools import connection_factory
+from tests.unit.helpers import collector_off
 
 
 class _Spy(http.HTTPChannel):
@@ -268,17 +266,6 @@ _CHUNKED = (
 )
 
 
-@contextlib.contextmanager
-def _collector_off() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _one_chunked_exchange(protocol: HTTP11ClientProtocol) -> weakref.ref[Any]:
     """
     One request and its chunked answer, read to the end, on C{protocol};
@@ -316,7 +303,7 @@ class ClientCycleTests(TestCase):
         parser's method).  When this fails, Twisted has fixed it and
         L{twisted_hooks._ClientProtocol._disconnectParser} can go.
         """
-        with _collector_off():
+        with collector_off():
             parser = _one_chunked_exchange(HTTP11ClientProtocol())
             self.assertIsNotNone(parser())
 
@@ -325,7 +312,7 @@ class ClientCycleTests(TestCase):
         On the pool's connections a finished answer's parser is freed by
         reference counting.
         """
-        with _collector_off():
+        with collector_off():
             parser = _one_chunked_exchange(self.pool_protocol())
             self.assertIsNone(parser())
 
@@ -404,7 +391,7 @@ class EndpointCycleTests(TestCase):
         L{twisted_hooks._ClientProtocol.connectionLost} need not let go of
         them.
         """
-        with _collector_off():
+        with collector_off():
             wrapper, wrapping = _connected_through_an_endpoint(ClientFactory.forProtocol(Protocol))
             wrapper.connectionLost(Failure(ConnectionDone()))
             del wrapper
@@ -416,7 +403,7 @@ class EndpointCycleTests(TestCase):
         reference counting.
         """
         factory = connection_factory(twisted_hooks.quiet_pool(HTTPConnectionPool(MemoryReactorClock())))
-        with _collector_off():
+        with collector_off():
             wrapper, wrapping = _connected_through_an_endpoint(factory)
             wrapper.connectionLost(Failure(ConnectionDone()))
             del wrapper, factory
