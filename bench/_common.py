@@ -190,6 +190,20 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
+def read_head(s: socket.socket, size: int = 65536) -> bytes:
+    """
+    What C{s} reads up to the end of an HTTP head (its blank line), with
+    whatever came with it in the same reads; less when the peer closed first.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(size)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 #: The chat message the benchmarks post (the fast backend answers it C{{"output":"ok"}}).
 CHAT_BODY = {"message": "x", "sessionId": "bench"}
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import attack_websocket
-from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, say
+from bench._common import HOST, STATIC, Proc, Row, arguments, inkflow, logdir, print_rows, read_head, say
 
 MB = 1024 * 1024
 BIG = "big.bin"  # 2 MB: cached in memory
@@ -59,12 +59,9 @@ def connect(port: int, rcvbuf: int | None = None, source: str | None = None) -> 
 
 def read_response(s: socket.socket) -> bytes:
     """One whole response (head and a Content-Length body); b"" when the server closed first."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
+    data = read_head(s)
+    if b"\r\n\r\n" not in data:
+        return data
     head, _, body = data.partition(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench._common import HOST, Row, inkflow, running, say, twistd
+from bench._common import HOST, Row, inkflow, read_head, running, say, twistd
 
 MB = 1024 * 1024
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -61,12 +61,9 @@ class Sink(threading.Thread):
 
     def _serve(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = read_head(conn)
+            if b"\r\n\r\n" not in data:
+                return
             key = next(
                 line.split(b":", 1)[1].strip()
                 for line in data.split(b"\r\n")
@@ -115,12 +112,7 @@ def upgrade(port: int, rcvbuf: int | None = None) -> tuple[int, socket.socket]:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = read_head(s, 4096)
     return int(data.split(b" ", 2)[1] or 0) if data else 0, s
 
 

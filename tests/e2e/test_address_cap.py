@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.support.fake_n8n import listen_fake_n8n
 from tests.support.fake_n8n_ws import install_chat_sockets
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, read_head
 
 reactor: Any = _reactor
 
@@ -152,12 +152,7 @@ def upgrade(server: ServerProcess, source: str) -> tuple[int, socket.socket, byt
         b"GET /chat?sessionId=s&executionId=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = read_head(s)
     status = int(data[9:12] or b"0")
     if status != 101:
         with contextlib.suppress(OSError):

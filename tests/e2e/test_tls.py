@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.server import ServerProcess, twistd
+from tests.support.server import ServerProcess, read_head, twistd
 
 HSTS = "max-age=31536000"
 
@@ -74,12 +74,7 @@ def test_tls_listener_serves_with_strict_transport_security(tmp_path: Path) -> N
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
         ):
             tls.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
+            head = read_head(tls, 4096)
         assert head.startswith(b"HTTP/1.1 400 "), head
         assert b"\r\nStrict-Transport-Security: " + HSTS.encode() + b"\r\n" in head
 
