@@ -85,6 +85,15 @@ class SiteAgent:
             if not (pump.clientIO.disconnected and pump.serverIO.disconnected):
                 self._pumps.add(pump)
 
+    def disconnect(self) -> None:
+        """
+        Every client leaves: its connection is closed and the server sees it.
+        """
+        pumps, self._pumps = self._pumps, set()
+        for pump in pumps:
+            pump.clientIO.loseConnection()
+            pump.flush()
+
 
 def _whole_body(data: bytes | str) -> BytesProducer:
     """
@@ -105,6 +114,7 @@ class SiteTreq:
         for name in treq.__all__:
             setattr(self, name, getattr(client, name, None) or getattr(treq, name))
         self.flush = self.agent.flush
+        self.disconnect = self.agent.disconnect
 
     def __getattr__(self, name: str) -> Any:  # for mypy: the functions set above
         raise AttributeError(name)
