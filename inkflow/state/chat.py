@@ -26,6 +26,7 @@ from inkflow.n8n.executions import started_execution
 from inkflow.state.base import Answer, Outcome, SharedState
 from inkflow.web.idempotency import REPLAYED_HEADERS, fingerprint
 from inkflow.web.state import request_state
+from inkflow.web.stream import Streaming
 
 __all__ = [
     "SharedExecutions",
@@ -114,10 +115,11 @@ class SharedIdempotentChat:
         request: Any,
         key: str | None,
         body: ChatBody | None,
-        handler: Callable[[], Awaitable[bytes | None]],
-    ) -> bytes | None:
+        handler: Callable[[], Awaitable[bytes | Streaming | None]],
+    ) -> bytes | Streaming | None:
         """
-        Answer C{request} with C{handler}, at most once per owner and key.
+        Answer C{request} with C{handler}, at most once per owner and key (a
+        stream's key is in progress until the stream ends).
 
         @param key: the request's C{Idempotency-Key} (L{parse_key}), or C{None}.
         @param body: the request's parsed body (owner and fingerprint).
@@ -147,10 +149,11 @@ class SharedIdempotentChat:
         return await self._lead(owner, key, request, handler)
 
     async def _lead(
-        self, owner: str, key: str, request: Any, handler: Callable[[], Awaitable[bytes | None]]
-    ) -> bytes | None:
+        self, owner: str, key: str, request: Any, handler: Callable[[], Awaitable[bytes | Streaming | None]]
+    ) -> bytes | Streaming | None:
         request_state(request).idempotency_scope = (owner, key)
         outcome: Outcome = None
+        streaming: Streaming | None = None
         try:
             body = await handler()
         except ApiError as e:
@@ -160,18 +163,26 @@ class SharedIdempotentChat:
             outcome = None  # cancelled or broken: nothing to share
             raise
         else:
+            if isinstance(body, Streaming):
+                # A streamed answer (the route wrote it itself) is never
+                # stored; its key is in progress until the stream ends.
+                streaming = body
+                return streaming.then(lambda: self._finish(request, owner, key, None))
             headers = tuple(
                 (name, value)
                 for name in REPLAYED_HEADERS
                 for value in (request.responseHeaders.getRawHeaders(name) or [])[:1]
             )
-            # A streamed answer (the route wrote it itself) is never stored.
             outcome = Answer(getattr(request, "code", 200), body, headers) if body is not None else None
             return body
         finally:
-            request_state(request).idempotency_scope = None
-            # Not awaited: the answer goes now; the store's own timeout bounds it.
-            self.state.idem_finish(owner, key, outcome).addErrback(lambda _: None)
+            if streaming is None:
+                self._finish(request, owner, key, outcome)
+
+    def _finish(self, request: Any, owner: str, key: str, outcome: Outcome) -> None:
+        request_state(request).idempotency_scope = None
+        # Not awaited: the answer goes now; the store's own timeout bounds it.
+        self.state.idem_finish(owner, key, outcome).addErrback(lambda _: None)
 
     @staticmethod
     def _send(request: Any, answer: Answer) -> bytes:

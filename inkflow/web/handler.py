@@ -2,12 +2,13 @@
 One chat message's answer: L{ChatHandler.answer} takes a parsed message,
 waits for a place in the queue, asks n8n (or the demo responder), and returns
 either a JSON answer (L{JsonAnswer}) or a stream (L{StreamAnswer}); the route
-writes it with C{await answer.write(request)}.
+writes it with C{answer.write(request)}.
 
 The commit point of a stream is here (L{StreamAnswer.write}): the headers go
 out, the C{Idempotency-Key} is marked as streaming (a stream is never
 replayed), the chat latency is its time to first byte; the queue slot is held
-until the stream ends.
+until the stream ends.  From there the stream relays on its own
+(L{inkflow.web.stream.Streaming}).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from inkflow.n8n.stream import StreamStart
 from inkflow.snapshot import UpstreamSnapshot
 from inkflow.web.admission import ChatQueue
 from inkflow.web.responses import JSON_TYPE, bytes_response, json_response
-from inkflow.web.stream import StreamAnswers
+from inkflow.web.stream import StreamAnswers, Streaming
 
 if TYPE_CHECKING:
     from inkflow.settings import Settings
@@ -109,7 +110,7 @@ class JsonAnswer:
     raw: bytes | None
     run: ChatRun
 
-    async def write(self, request: IRequest) -> bytes:
+    def write(self, request: IRequest) -> bytes:
         request.setHeader(b"X-Session-ID", self.session_id.encode())
         if self.raw is not None:
             # n8n's JSON as it came (checked when decoded): nothing to add.
@@ -141,8 +142,14 @@ class StreamAnswer:
     value: Any = None
     release: Callable[[], None] | None = None
 
-    async def write(self, request: IRequest) -> None:
+    def write(self, request: IRequest) -> Streaming | None:
+        """
+        Commit: write the synthesized lines (the route then finishes the
+        request), or start relaying n8n's stream (L{Streaming}: the slot is
+        given back when it ends).
+        """
         handler = self.handler
+        streaming: Streaming | None = None
         try:
             # The commit point: from here on, no retry and no failover.
             request.setHeader(b"X-Session-ID", self.session_id.encode())
@@ -157,10 +164,12 @@ class StreamAnswer:
                 # The chat latency of a stream is its time to first byte.
                 handler.metrics.observe_chat(handler.clock.seconds() - self.run.started, 200)
                 self.run.observed = True
-            await handler.streams.relay(request, self.start, self.run.started)
-            return None
-        finally:
+            streaming = handler.streams.relay(request, self.start, self.run.started)
             if self.release is not None:
+                streaming.then(self.release)
+            return streaming
+        finally:
+            if streaming is None and self.release is not None:
                 self.release()
 
 

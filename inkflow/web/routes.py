@@ -38,7 +38,7 @@ from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest
 from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
 from inkflow.web.state import request_state
-from inkflow.web.stream import wants_stream
+from inkflow.web.stream import Streaming, wants_stream
 from inkflow.web.websocket import is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ class ChatIdempotency(Protocol):
         request: Any,
         key: str | None,
         body: ChatBody | None,
-        handler: Callable[[], Awaitable[bytes | None]],
-    ) -> Awaitable[bytes | None]: ...
+        handler: Callable[[], Awaitable[bytes | Streaming | None]],
+    ) -> Awaitable[bytes | Streaming | None]: ...
 
 
 #: Takes one token from a client's bucket: 0.0 when allowed, else the seconds
@@ -200,6 +200,17 @@ def _allowed_on_error(reason: Failure) -> float:
     # else is a defect, and chat goes on without the limit rather than a 500.
     log.failure("The rate limit could not be checked", failure=reason)
     return 0.0
+
+
+def _until_ended(answer: bytes | Streaming | None) -> bytes | defer.Deferred[bytes | None] | None:
+    """
+    The route's answer as the body to write, a stream's as a wait for its
+    end (cancelling that wait ends the stream: the client left).
+    """
+    if isinstance(answer, Streaming):
+        ended: defer.Deferred[bytes | None] = answer.ended.addCallback(lambda _: None)
+        return ended
+    return answer
 
 
 def _rate_verdict(wait: float) -> None:
@@ -485,12 +496,19 @@ class InkFlowApp:
 
     @app.route("/api/chat", methods=["POST"])
     def chat(self, request: IRequest) -> defer.Deferred[bytes | None]:
-        self._cors_headers(request)
-        d = defer.Deferred.fromCoroutine(self._chat(request))
+        d = self._answer(request)
         # A client that leaves stops its work: a queued request leaves the
-        # queue, an attempt in flight is cancelled.
+        # queue, an attempt in flight is cancelled, a stream is ended.
         cast(Any, request).notifyFinish().addErrback(lambda _: d.cancel())
         return d
+
+    def _answer(self, request: IRequest) -> defer.Deferred[bytes | None]:
+        """
+        The chat's answer: fires with the body to write, or C{None} once the
+        answer is written (a stream's, when the stream has ended).
+        """
+        self._cors_headers(request)
+        return defer.Deferred.fromCoroutine(self._chat(request)).addCallback(_until_ended)
 
     def direct_chat(self, request: IRequest) -> int:
         """
@@ -501,18 +519,22 @@ class InkFlowApp:
         written once the request is finished (the client left).
         """
         finished = False
-
-        def gone(_: object) -> None:
-            nonlocal finished
-            finished = True
-
-        notify = cast(Any, request).notifyFinish
-        notify().addBoth(gone)
+        # Asked for first: the answer may finish the request at once.
+        finishing = cast(Any, request).notifyFinish()
         # Klein's bookkeeping: the matched segments move to prepath.
         request.prepath.extend(request.postpath[:2])
         request.postpath = request.postpath[2:]
-        d = defer.maybeDeferred(self.chat, request)
-        notify().addErrback(lambda _: d.cancel())
+        d = defer.maybeDeferred(self._answer, request)
+
+        def gone(result: object) -> None:
+            nonlocal finished
+            finished = True
+            if isinstance(result, Failure):
+                # The client left: its work stops (the queue, an attempt in
+                # flight, a stream).
+                d.cancel()
+
+        finishing.addBoth(gone)
 
         def failed(failure: Failure) -> bytes | None:
             if finished:
@@ -539,7 +561,7 @@ class InkFlowApp:
         )
         return server.NOT_DONE_YET
 
-    async def _chat(self, request: IRequest) -> bytes | None:
+    async def _chat(self, request: IRequest) -> bytes | Streaming | None:
         # (--static-only never gets here: sink_for refuses the request from
         # its head; the head check ran before the body.)
         state = request_state(request)
@@ -551,10 +573,10 @@ class InkFlowApp:
         stream = wants_stream(request.getHeader(b"Accept"))
         handler = self.chat_handler
 
-        async def answer() -> bytes | None:
+        async def answer() -> bytes | Streaming | None:
             with handler.observed(ChatRun(self.clock.seconds(), state.request_id)) as run:
                 message = handler.message(state.take_body(), run, key, request)
-                return await (await handler.answer(message, stream, run)).write(request)
+                return (await handler.answer(message, stream, run)).write(request)
 
         return await self.idempotency.run(cast(Any, request), key, state.body, answer)
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
@@ -51,6 +53,7 @@ __all__ = [
     "StreamAnswers",
     "StreamRegistry",
     "StreamRelay",
+    "Streaming",
     "UpstreamBody",
     "wants_stream",
 ]
@@ -343,6 +346,37 @@ class StreamRelay:
         self._schedule()
 
 
+@dataclass(frozen=True)
+class Streaming:
+    """
+    A committed stream, relaying on its own: the chat route's coroutines
+    have returned (each would hold its frame for the stream's whole life:
+    at 2,000 open streams, 12 MB), and what each had to do at the stream's
+    end is added to C{ended} (L{then}).
+
+    @ivar ended: fires with how the stream ended (a cause of
+        L{inkflow.n8n.stream}); cancelling it is the client leaving.
+    """
+
+    ended: Deferred[str]
+
+    def then(self, action: Callable[[], None]) -> Streaming:
+        """
+        Run C{action} when the stream has ended, however it ended (a failing
+        action is logged; the others still run).
+        """
+
+        def run(result: str | Failure) -> str | Failure:
+            try:
+                action()
+            except Exception:
+                log.failure("An action at a stream's end failed")
+            return result
+
+        self.ended.addBoth(run)
+        return self
+
+
 class StreamAnswers:
     """
     Answers streaming clients.
@@ -384,10 +418,9 @@ class StreamAnswers:
         if self._observe_start is not None:
             self._observe_start(self.clock.seconds() - started)
 
-    async def relay(self, request: IRequest, start: StreamStart, started: float) -> str:
+    def relay(self, request: IRequest, start: StreamStart, started: float) -> Streaming:
         """
-        Commit and relay n8n's stream; return how it ended.  Cancelling the
-        wait is the client leaving.
+        Commit and relay n8n's stream, which then goes on by itself.
         """
         self._headers(request, started)
         state = request_state(request)
@@ -404,14 +437,15 @@ class StreamAnswers:
             sweep=self.sweep,
             log_complete=self.log_complete,
         )
-        try:
-            cause = await relay.start()
-        finally:
+
+        def ended(cause: str | Failure) -> str | Failure:
             # For the access log line, written when the request finishes.
             state.stream_seconds = self.clock.seconds() - started
-        if cause == UPSTREAM_DROPPED:
-            start.dropped("n8n dropped the stream")
-        return cause
+            if cause == UPSTREAM_DROPPED:
+                start.dropped("n8n dropped the stream")
+            return cause
+
+        return Streaming(relay.start().addBoth(ended))
 
     def synthesized(self, request: IRequest, answer: Any, started: float) -> None:
         """

@@ -20,7 +20,6 @@ from twisted.trial.unittest import TestCase
 import inkflow
 from inkflow.chat import ChatMessage
 from inkflow.n8n.stream import COMPLETE, UPSTREAM_DROPPED, StreamStart
-from tests.unit.helpers import pinned
 from tests.unit.test_routes import FakeForwarder, make_app
 
 
@@ -122,7 +121,6 @@ class CommittedStreamTests(TestCase):
             )
         )
 
-    @pinned("a committed stream holds six coroutine frames of the chat route until it ends")
     def test_a_committed_stream_keeps_none_of_the_routes_coroutines(self) -> None:
         """
         Once the stream is committed, the chat route's coroutines (the
