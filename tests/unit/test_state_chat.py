@@ -18,6 +18,7 @@ from inkflow.state.base import StateConfig
 from inkflow.state.chat import SharedIdempotentChat, check_rate, note_execution, owner_of
 from inkflow.state.memory import MemoryState
 from inkflow.web.idempotency import parse_key
+from inkflow.web.stream import Streaming
 from tests.unit.helpers import FakeRequest
 
 
@@ -43,8 +44,8 @@ class SharedChatTests(TestCase):
         request.setHeader(b"X-Session-ID", b"s")
         return body
 
-    def send(self, request: Request) -> Deferred[bytes | None]:
-        async def run() -> bytes | None:
+    def send(self, request: Request) -> Deferred[bytes | Streaming | None]:
+        async def run() -> bytes | Streaming | None:
             # As the route does: the key parsed once, the body handed over.
             key = parse_key(request.requestHeaders.getRawHeaders(b"Idempotency-Key"))
             return await self.chat.run(request, key, request.chat_body, lambda: self.handler(request))
