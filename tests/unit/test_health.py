@@ -6,16 +6,22 @@ L{inkflow.server.health.ProcessMetrics}.  Pure: no reactor, no network.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any, get_type_hints, is_typeddict
+from unittest import mock
+
+import psutil
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from inkflow.health import HealthInputs, HealthReporter, SiteStats, build_health, readiness
 from inkflow.server.health import ProcessMetrics
 from inkflow.settings import Settings
 from inkflow.snapshot import Health, ProcessSnapshot, QueueSnapshot, UpstreamSnapshot, read_health
+from tests.unit.helpers import pinned
 
 
 def upstream(state: str = "closed", url: str = "http://127.0.0.1:1/webhook/a") -> UpstreamSnapshot:
@@ -211,3 +217,29 @@ class ProcessMetricsTests(TestCase):
         self.assertEqual(missing_keys(ProcessSnapshot, figures), [])
         self.assertGreater(figures["memory"]["rss_bytes"], 0)
         self.assertGreaterEqual(figures["threads"], 1)
+
+    def test_open_files_follow_the_descriptors_opened(self) -> None:
+        """Twenty sockets opened are twenty more open files, and closing them takes them off."""
+        metrics = ProcessMetrics()
+        before = metrics.read()["open_files"]
+        sockets = [socket.socket() for _ in range(20)]
+        try:
+            self.assertEqual(metrics.read()["open_files"], before + 20)
+        finally:
+            for s in sockets:
+                s.close()
+        self.assertEqual(metrics.read()["open_files"], before)
+
+    @pinned("health lists /proc/self/fd on every read: 1.6 ms at 4,000 descriptors, 90 % of /api/health")
+    def test_open_files_come_from_the_kernels_count_not_a_listing(self) -> None:
+        """
+        Where the kernel counts a process's descriptors (Linux 6.2 and later:
+        the size of C{/proc/<pid>/fd}), health reads that count and lists
+        nothing: listing took 1.6 ms at 4,000 descriptors (2,000 open
+        streams), 90 % of C{/api/health}'s time.
+        """
+        if not os.path.isdir("/proc/self/fd") or os.stat("/proc/self/fd").st_size == 0:
+            raise SkipTest("this kernel does not count a process's descriptors")
+        with mock.patch.object(psutil.Process, "num_fds", side_effect=AssertionError("listed")):
+            counted = ProcessMetrics().read()["open_files"]
+        self.assertEqual(counted, os.stat("/proc/self/fd").st_size)
