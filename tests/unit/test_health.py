@@ -13,7 +13,6 @@ from typing import Any, get_type_hints, is_typeddict
 from unittest import mock
 
 import psutil
-
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 
