@@ -127,9 +127,10 @@ class CommittedStreamTests(TestCase):
         route, the idempotency wrapper, the answer, the relay's wait) have
         returned: only the relay and its Deferred live as long as the stream.
         """
+        before = live_inkflow_coroutines()
         response = self.open(key="k-1")
         self.assertEqual(response.code, 200)
-        self.assertEqual(live_inkflow_coroutines(), [])
+        self.assertEqual(live_inkflow_coroutines(), before)
         content = response.content()
         self.forwarder.bodies[0].end()
         self.stub.flush()
