@@ -505,7 +505,7 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
     }
 
 
-def census(logs: Path, name: str, pid: int, count: int) -> dict[str, Any]:
+def census(logs: Path, name: str, pid: int, count: int, wait: float = 10.0) -> dict[str, Any]:
     """
     The objects a server (one process) holds that only the garbage collector
     can free, right after a run (L{bench.gc_trace}, C{SIGUSR2}): what the
@@ -515,7 +515,7 @@ def census(logs: Path, name: str, pid: int, count: int) -> dict[str, Any]:
     path = logs / f"gc-{name}-census-{pid}.txt"
     before = len(path.read_text("ascii").splitlines()) if path.exists() else 0
     os.kill(pid, signal.SIGUSR2)
-    deadline = time.monotonic() + 10.0
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         lines = path.read_text("ascii").splitlines() if path.exists() else []
         if len(lines) > before:
