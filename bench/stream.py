@@ -229,7 +229,7 @@ def many(relay: Relay, count: int, profile: str | None = None) -> dict[str, Any]
         check=False,
     )
     peak = sampler.stop() if sampler is not None else math.nan
-    cpu = cpu_seconds(relay.pid) - sampler.cpu_start if sampler is not None else math.nan
+    cpu = cpu_seconds(sampler.pid) - sampler.cpu_start if sampler is not None else math.nan
     health = prober.stop() if prober is not None else None
     if spy is not None:
         spy.wait(60)
@@ -398,7 +398,7 @@ def run(
         webhook = backend.url("/webhook/chat")
         if webhook_host:
             webhook = webhook.replace(f"//{HOST}:", f"//{webhook_host}:")
-        ink_args = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
+        ink_args: tuple[str, ...] = ("--webhook", webhook, "--rate-limit", "0", "--access-log", "false")
         ink_args += (
             "--max-concurrent",
             limits,
@@ -505,6 +505,18 @@ def gc_in(logs: Path, name: str, window: tuple[float, float], ramp: float = 3.0)
     }
 
 
+def runs_the_tracer(pid: int) -> bool:
+    """
+    Whether process C{pid} runs C{bench/gc_trace} (C{BENCH_GC_TRACE} in its
+    environment): only such a process answers C{SIGUSR2} with a census.  To
+    the bare proxy the signal is fatal, to nginx a binary upgrade.
+    """
+    try:
+        return b"\0BENCH_GC_TRACE=" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def census(logs: Path, name: str, pid: int, count: int, wait: float = 10.0) -> dict[str, Any]:
     """
     The objects a server (one process) holds that only the garbage collector
@@ -512,6 +524,8 @@ def census(logs: Path, name: str, pid: int, count: int, wait: float = 10.0) -> d
     run's streams left in reference cycles that its own passes (counted in
     L{gc_in}) did not free yet, and the commonest types.
     """
+    if not runs_the_tracer(pid):
+        return {}
     path = logs / f"gc-{name}-census-{pid}.txt"
     before = len(path.read_text("ascii").splitlines()) if path.exists() else 0
     os.kill(pid, signal.SIGUSR2)

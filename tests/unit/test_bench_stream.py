@@ -4,6 +4,7 @@ The stream benchmark's own parts that could spoil a run (L{bench.stream}).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -11,8 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from bench.stream import census
-from tests.unit.helpers import pinned
+from bench.stream import BENCH_DIR, census
 
 
 class CensusTests(TestCase):
@@ -20,7 +20,6 @@ class CensusTests(TestCase):
     C{--gc-trace}'s census signals only a process that runs the tracer.
     """
 
-    @pinned("the census sends SIGUSR2 to every relay: the bare proxy dies of it, nginx starts a binary upgrade")
     def test_a_process_without_the_tracer_is_not_signalled(self) -> None:
         """
         A relay that does not run C{bench/gc_trace} (the bare proxy, nginx)
@@ -33,4 +32,26 @@ class CensusTests(TestCase):
         self.addCleanup(child.kill)
         with tempfile.TemporaryDirectory() as logs:
             self.assertEqual(census(Path(logs), "bare", child.pid, 2000, wait=0.5), {})
+        self.assertIsNone(child.poll())
+
+    def test_a_process_with_the_tracer_is_counted(self) -> None:
+        """A server started with the tracer answers the census with its count."""
+        with tempfile.TemporaryDirectory() as logs:
+            env = {
+                **os.environ,
+                "PYTHONPATH": f"{BENCH_DIR / 'gc_trace'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "BENCH_GC_TRACE": f"{logs}/gc-ink",
+            }
+            child = subprocess.Popen(
+                [sys.executable, "-c", "import sys, time; print('up', flush=True); time.sleep(30)"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            self.addCleanup(child.wait)
+            self.addCleanup(child.kill)
+            assert child.stdout is not None
+            self.assertEqual(child.stdout.readline(), b"up\n")
+            found = census(Path(logs), "ink", child.pid, 1)
+        self.assertIn("cyclic_left", found)
         self.assertIsNone(child.poll())
