@@ -33,7 +33,7 @@ from inkflow.errors import ApiError
 from inkflow.paths import CHAT, HEALTH, READY
 from inkflow.web import twisted_hooks
 from inkflow.web.bodies import BodySink
-from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response
+from inkflow.web.responses import HSTS, SECURITY_HEADERS, error_response, set_headers
 from inkflow.web.state import RequestState, attach_state
 
 if TYPE_CHECKING:
@@ -285,8 +285,7 @@ class InkFlowRequest(server.Request):
         did not reach).
         """
         cors = self.site.cors_headers(self.method, unquote_to_bytes(self.path), self.requestHeaders, self.isSecure())
-        for name, value in cors.items():
-            self.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        set_headers(self, cors)
         self.write(error_response(self, error))
         self.finish()
 

@@ -29,6 +29,7 @@ __all__ = [
     "json_response",
     "raw_error_response",
     "request_id",
+    "set_headers",
     "set_status",
 ]
 
@@ -62,6 +63,14 @@ def request_id(request: IRequest) -> str:
     return request_state(request).request_id
 
 
+def set_headers(request: IRequest, headers: Mapping[str, str]) -> None:
+    """
+    Set C{headers} (names and values as text) on C{request}'s answer.
+    """
+    for name, value in headers.items():
+        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+
+
 def set_status(request: IRequest, status: int) -> None:
     """
     Set C{status} with a proper reason phrase (Twisted's own list lacks 429).
@@ -92,8 +101,7 @@ def error_response(request: IRequest, error: ApiError) -> bytes:
     The contract's JSON error, with the error's own headers (C{Retry-After},
     C{Allow}); the connection closes after a 408, a 413 or an internal error.
     """
-    for name, value in error.headers.items():
-        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+    set_headers(request, error.headers)
     if error.status in (408, 413) or error.code == "internal_error":
         request.setHeader(b"Connection", b"close")
     return json_response(request, error.body(request_id(request)), error.status)

@@ -36,7 +36,14 @@ from inkflow.web.idempotency import parse_key
 from inkflow.web.origin import check_origin, cors_headers
 from inkflow.web.page import PageFiles
 from inkflow.web.request import InkFlowRequest
-from inkflow.web.responses import SECURITY_HEADERS, bytes_response, error_response, json_response, request_id
+from inkflow.web.responses import (
+    SECURITY_HEADERS,
+    bytes_response,
+    error_response,
+    json_response,
+    request_id,
+    set_headers,
+)
 from inkflow.web.state import request_state
 from inkflow.web.stream import Streaming, wants_stream
 from inkflow.web.websocket import is_websocket_upgrade
@@ -394,8 +401,7 @@ class InkFlowApp:
         request's origin is a listed one.
         """
         headers = self.cors_for(request.method, _CHAT_PATH, request.requestHeaders, request.isSecure())
-        for name, value in headers.items():
-            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        set_headers(request, headers)
         return "Access-Control-Allow-Origin" in headers
 
     @app.handle_errors(ApiError)
