@@ -19,9 +19,10 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
 
+from bench._common import read_head
 from tests.support.fake_n8n import listen_fake_n8n
 from tests.support.fake_n8n_ws import install_chat_sockets
-from tests.support.server import ServerProcess, read_head
+from tests.support.server import ServerProcess
 
 reactor: Any = _reactor
 

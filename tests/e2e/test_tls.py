@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.server import ServerProcess, read_head, twistd
+from bench._common import read_head
+from tests.support.server import ServerProcess, twistd
 
 HSTS = "max-age=31536000"
 

@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -275,20 +274,6 @@ def run_command(command: Sequence[str], timeout: float = 60.0) -> subprocess.Com
         timeout=timeout,
         check=False,
     )
-
-
-def read_head(sock: socket.socket, size: int = 65536) -> bytes:
-    """
-    What C{sock} reads up to the end of an HTTP head (its blank line), with
-    whatever came with it in the same reads; less when the peer closed first.
-    """
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(size)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def multipart(fields: dict[str, str], files: list[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:
