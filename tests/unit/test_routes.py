@@ -806,6 +806,13 @@ class EarlyRefusalCorsTests(TestCase):
             b"Origin: " + origin.encode() + b"\r\n" + extra + b"\r\n"
         )
 
+    def answered(self, answer: bytes, status: int) -> dict[str, str]:
+        """
+        The CORS fields of a raw answer, once it is checked to be C{status}.
+        """
+        self.assertTrue(answer.startswith(b"HTTP/1.1 %d " % status), answer[:200])
+        return _raw_cors(answer)
+
     def test_413_from_content_length(self) -> None:
         """A Content-Length over the limit is refused 413 from the head, with the route's CORS headers."""
         _, stub = self.make()
@@ -833,9 +840,7 @@ class EarlyRefusalCorsTests(TestCase):
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP, extra=b"Transfer-Encoding: chunked\r\n"))
         channel.dataReceived(b"%x\r\n" % 70_000 + b"x" * 70_000 + b"\r\n")
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
-        self.assertEqual(_raw_cors(answer), route)
+        self.assertEqual(self.answered(transport.value(), 413), route)
 
     def test_503_over_the_connection_limit(self) -> None:
         """Over --max-connections, chat is refused 503 busy with the route's CORS headers; another origin gets none."""
@@ -848,12 +853,12 @@ class EarlyRefusalCorsTests(TestCase):
             channel, transport = self.connect(stub)
             channel.dataReceived(self.head(origin) + b'{"message":"a"}')
             answers.append(transport.value())
-        self.assertTrue(answers[0].startswith(b"HTTP/1.1 503 "), answers[0][:200])
+        cors0 = self.answered(answers[0], 503)
         self.assertIn(b'"busy"', answers[0])
         self.assertIn(b"Retry-After: ", answers[0])
-        self.assertEqual(_raw_cors(answers[0]), route)
-        self.assertTrue(answers[1].startswith(b"HTTP/1.1 503 "), answers[1][:200])
-        self.assertNotIn("access-control-allow-origin", _raw_cors(answers[1]))
+        self.assertEqual(cors0, route)
+        cors1 = self.answered(answers[1], 503)
+        self.assertNotIn("access-control-allow-origin", cors1)
 
     def test_503_over_the_address_cap(self) -> None:
         """Over --max-connections-per-ip, chat is refused 503 with the route's CORS headers."""
@@ -864,9 +869,8 @@ class EarlyRefusalCorsTests(TestCase):
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP) + b'{"message":"a"}')
         answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer[:200])
+        self.assertEqual(self.answered(answer, 503), route)
         self.assertIn(b'"too_many_connections_from_address"', answer)
-        self.assertEqual(_raw_cors(answer), route)
 
     def test_408_while_the_body_is_late(self) -> None:
         """A body that stops coming is answered 408 with the route's CORS headers."""
@@ -875,9 +879,7 @@ class EarlyRefusalCorsTests(TestCase):
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP, extra=b"Content-Length: 100\r\n") + b'{"message"')
         cast(Clock, app.clock).advance(app.settings.body_timeout + 1)
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:200])
-        self.assertEqual(_raw_cors(answer), route)
+        self.assertEqual(self.answered(transport.value(), 408), route)
 
     def test_400_for_a_malformed_chunk(self) -> None:
         """A chunked body that cannot be parsed is answered 400 with the route's CORS headers."""
@@ -885,9 +887,7 @@ class EarlyRefusalCorsTests(TestCase):
         route = self.route_cors(stub)
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP, extra=b"Transfer-Encoding: chunked\r\n") + b"zz\r\n")
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
-        self.assertEqual(_raw_cors(answer), route)
+        self.assertEqual(self.answered(transport.value(), 400), route)
 
     def test_400_for_a_host_that_is_not_utf8(self) -> None:
         """A request answered 400 before routing (a Host that is not UTF-8) carries the route's CORS headers."""
@@ -895,9 +895,7 @@ class EarlyRefusalCorsTests(TestCase):
         route = self.route_cors(stub)
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP).replace(b"inkflow.test", b"ink\xffflow") + b'{"message":"a"}')
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
-        self.assertEqual(_raw_cors(answer), route)
+        self.assertEqual(self.answered(transport.value(), 400), route)
 
     def test_429_from_the_head(self) -> None:
         """The rate limit's 429, decided from the head, carries the route's CORS headers."""
@@ -923,9 +921,7 @@ class EarlyRefusalCorsTests(TestCase):
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP, extra=b"Content-Length: 50000\r\n") + b"x" * 1000)
         answers[0].callback(3.0)
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer[:200])
-        self.assertEqual(_raw_cors(answer), route)
+        self.assertEqual(self.answered(transport.value(), 429), route)
 
     def test_preflight_refused_from_the_head(self) -> None:
         """A preflight refused from its head (a body over what OPTIONS takes) carries the preflight's CORS headers."""
@@ -934,9 +930,7 @@ class EarlyRefusalCorsTests(TestCase):
         channel.dataReceived(
             self.head(self.SHOP, b"OPTIONS", b"Access-Control-Request-Method: POST\r\nContent-Length: 100000\r\n")
         )
-        answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
-        self.assertEqual(_raw_cors(answer)["access-control-allow-origin"], self.SHOP)
+        self.assertEqual(self.answered(transport.value(), 413)["access-control-allow-origin"], self.SHOP)
 
     def test_preflight_is_answered_over_the_connection_limit(self) -> None:
         """
@@ -950,6 +944,5 @@ class EarlyRefusalCorsTests(TestCase):
         channel, transport = self.connect(stub)
         channel.dataReceived(self.head(self.SHOP, b"OPTIONS", b"Access-Control-Request-Method: POST\r\n"))
         answer = transport.value()
-        self.assertTrue(answer.startswith(b"HTTP/1.1 204 "), answer[:200])
-        self.assertEqual(_raw_cors(answer)["access-control-allow-origin"], self.SHOP)
+        self.assertEqual(self.answered(answer, 204)["access-control-allow-origin"], self.SHOP)
         self.assertIn(b"Connection: close", answer)
